@@ -1,0 +1,431 @@
+"""The queue: where page requests are reported, grouped, handed out and answered.
+
+>>> from iopf import Queue, Fault, Response
+>>> q = Queue()
+>>> q.report(Fault(dev=1, pasid=5, grpid=3, addr=0x1000))       # partial: held
+>>> g = q.report(Fault(dev=1, pasid=5, grpid=3, addr=0x2000, last=True))
+>>> len(g), g.pasid, g.respond(Response.SUCCESS), g.respond(Response.SUCCESS)
+(2, 5, True, False)
+>>> q.take_responses()[["grpid", "code", "nfaults"]].tolist()
+[(3, 0, 2)]
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Union, overload
+
+import numpy as np
+
+from iopf_core import STRATEGIES
+
+from . import policies
+from .policies import Policy
+from .types import FAULT_DTYPE, NO_PASID, Fault, Flag, PageResponse, Reason, Response
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+__all__ = ["Queue", "Group", "GroupBatch", "Stats", "Handler"]
+
+Handler: TypeAlias = "Callable[[Group], Union[Response, int, None]]"
+
+
+class Group:
+    """A completed group: the partials of its key in arrival order, LPIG last."""
+
+    __slots__ = ("_queue", "cookie", "faults")
+
+    def __init__(self, queue: Queue, cookie: int, faults: np.ndarray) -> None:
+        self._queue = queue
+        self.cookie = int(cookie)
+        self.faults = faults
+
+    @property
+    def last(self) -> Fault:
+        """The LPIG, the request that completed the group."""
+        return Fault.from_record(self.faults[-1])
+
+    @property
+    def dev(self) -> int:
+        return int(self.faults["dev"][-1])
+
+    @property
+    def pasid(self) -> int:
+        return int(self.faults["pasid"][-1])
+
+    @property
+    def pasid_valid(self) -> bool:
+        return bool(self.faults["flags"][-1] & Flag.PASID_VALID)
+
+    @property
+    def grpid(self) -> int:
+        return int(self.faults["grpid"][-1])
+
+    @property
+    def time(self) -> int:
+        return int(self.faults["time"][-1])
+
+    def __len__(self) -> int:
+        return len(self.faults)
+
+    def __iter__(self) -> Iterator[Fault]:
+        return (Fault.from_record(r) for r in self.faults)
+
+    def respond(self, code: Response | int, *, time: int | None = None) -> bool:
+        """Answer the group; False if it was answered already (R4)."""
+        return self._queue.respond(self.cookie, code, time=time)
+
+    def __repr__(self) -> str:
+        return (f"Group(cookie={self.cookie}, dev={self.dev}, pasid={self.pasid}, "
+                f"grpid={self.grpid}, faults={len(self)}, time={self.time})")
+
+
+class GroupBatch:
+    """The groups completed by one ``report_batch``, as arrays.
+
+    ``faults[offsets[i]:offsets[i+1]]`` are the faults of group i, answered
+    with cookie ``cookies[i]``; indexing or iterating gives ``Group`` objects.
+    """
+
+    __slots__ = ("_queue", "faults", "offsets", "cookies")
+
+    def __init__(self, queue: Queue, faults: np.ndarray, offsets: np.ndarray, cookies: np.ndarray):
+        self._queue = queue
+        self.faults = faults
+        self.offsets = offsets
+        self.cookies = cookies
+
+    def __len__(self) -> int:
+        return len(self.cookies)
+
+    def __getitem__(self, i: int) -> Group:
+        n = len(self.cookies)
+        if not -n <= i < n:
+            raise IndexError(f"group index {i} out of range for {n} groups")
+        i %= n
+        return Group(self._queue, int(self.cookies[i]),
+                     self.faults[self.offsets[i]:self.offsets[i + 1]])
+
+    def __iter__(self) -> Iterator[Group]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Number of faults of each group."""
+        return np.diff(self.offsets)
+
+    def respond(self, code: Response | int) -> np.ndarray:
+        """Answer every group of the batch with one code; which were sent."""
+        return self._queue.respond_batch(self.cookies, np.full(len(self), int(code), np.uint32))
+
+    def __repr__(self) -> str:
+        return f"GroupBatch({len(self)} groups, {len(self.faults)} faults)"
+
+
+class Stats:
+    """A snapshot of the counters of SPEC F6."""
+
+    __slots__ = ("faults_reported", "partial_now", "grouped", "stop_markers", "rejected",
+                 "overflowed", "discarded", "flushed", "removed", "groups", "answered",
+                 "pending_now", "stale_responses")
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        for name in self.__slots__:
+            setattr(self, name, int(counters[name]))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def conserved(self) -> bool:
+        """The conservation law of F6: no fault or group unaccounted for."""
+        return (self.faults_reported == self.partial_now + self.grouped + self.stop_markers
+                + self.rejected + self.overflowed + self.discarded + self.flushed + self.removed
+                and self.groups == self.answered + self.pending_now)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stats) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
+
+
+def _key_pasid(pasid: int | None) -> int:
+    if pasid is None:
+        return NO_PASID
+    if not 0 <= pasid < NO_PASID:
+        raise ValueError(f"pasid {pasid} out of range")
+    return int(pasid)
+
+
+def _check_code(code: Response | int) -> int:
+    try:
+        return int(Response(code))
+    except ValueError:
+        raise ValueError(f"response code {code!r} is not one of "
+                         f"{[int(r) for r in Response]} (SUCCESS, INVALID, FAILURE)") from None
+
+
+class Queue:
+    """An IOMMU's page request queue (SPEC §7).
+
+    ``strategy`` picks where partial faults wait: ``"hash"`` (default),
+    ``"tree"``, ``"list"`` (the kernel's) or ``"python"`` (the reference
+    twin; also chosen by the environment variable ``IOPF_PURE_PYTHON=1``).
+
+    One queue is safe to share between threads: every call takes the
+    queue's lock (the batch loop itself runs without the GIL).
+    """
+
+    def __init__(self, policy: Policy = policies.PCIE, *, strategy: str = "hash",
+                 default_handler: Handler | None = None,
+                 on_response: Callable[[PageResponse], Any] | None = None) -> None:
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an iopf.Policy, not {type(policy).__name__}")
+        if os.environ.get("IOPF_PURE_PYTHON") == "1":
+            strategy = "python"
+        try:
+            core_cls = STRATEGIES[strategy]
+        except KeyError:
+            raise ValueError(f"unknown strategy {strategy!r}; "
+                             f"choose from {sorted(STRATEGIES)}") from None
+        self.policy = policy
+        self.strategy = strategy
+        self.core = core_cls(policy)
+        self.on_response = on_response
+        self._handlers: dict[tuple[int, int | None], Handler] = {}
+        self._default: Handler | None = None
+        self._lock = threading.RLock()
+        self._dispatching = False
+        self.default_handler = default_handler
+
+    # -- configuration -----------------------------------------------------------------
+    @property
+    def default_handler(self) -> Handler | None:
+        return self._default
+
+    @default_handler.setter
+    def default_handler(self, handler: Handler | None) -> None:
+        with self._lock:
+            self._default = handler
+            self.core.set_default_handler(handler is not None)
+
+    def add_device(self, dev: int, outstanding: int | None = None) -> None:
+        """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""
+        if outstanding is not None and not 0 < outstanding < 2**32:
+            raise ValueError(f"outstanding must be a positive 32-bit count, got {outstanding}")
+        with self._lock:
+            self.core.add_device(dev, outstanding or 0)
+
+    def remove_device(self, dev: int, *, time: int | None = None) -> None:
+        """Drop dev's partials; answer its pending groups INVALID (F4)."""
+        with self._lock:
+            self.core.remove_device(dev, time)
+            self._deliver()
+
+    def attach(self, dev: int, pasid: int | None, handler: Handler) -> None:
+        """Route the groups of (dev, pasid) to handler; pasid None is no-PASID.
+
+        Attaching over an existing handler is a replace: the old attachment's
+        pending groups are answered INVALID, as detach does.
+        """
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        with self._lock:
+            self.core.attach(dev, _key_pasid(pasid))
+            self._handlers[(dev, pasid)] = handler
+            self._deliver()
+
+    def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
+        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2)."""
+        with self._lock:
+            self._handlers.pop((dev, pasid), None)
+            done = self.core.detach(dev, _key_pasid(pasid), time)
+            self._deliver()
+            return bool(done)
+
+    # -- reporting -----------------------------------------------------------------------
+    def report(self, fault: Fault) -> Group | None:
+        """Report one page request; the group it completed, if any.
+
+        The group is returned whether or not a handler took it (a handler's
+        answer makes later responses to it stale, R4).
+        """
+        with self._lock:
+            self._check_reentry()
+            cookie = self.core.report(tuple(fault))
+            group = None
+            if cookie:
+                group = Group(self, cookie, self.core.group_faults(cookie))
+                handler = self._handler_for(group)
+                if handler is not None:
+                    self._dispatch(handler, group)
+            self._deliver()
+            return group
+
+    def report_batch(self, faults: np.ndarray) -> GroupBatch:
+        """Report a FAULT_DTYPE array; the groups it completed.
+
+        Every record is checked first: a bad one raises ValueError naming its
+        index and nothing of the batch is applied (G8). The loop runs in C
+        without the GIL; it returns to Python only to call a handler, once per
+        group that has one, so the result equals reporting one by one.
+        """
+        arr = self._as_batch(faults)
+        errors: list[BaseException] = []
+        with self._lock:
+            self._check_reentry()
+            self.core.check(arr)
+            core = self.core
+            i, n = 0, len(arr)
+            while i < n:
+                i = core.run(arr, i)
+                cookie = core.last_cookie
+                if cookie and self._handlers_exist():
+                    group = Group(self, cookie, core.group_faults(cookie))
+                    handler = self._handler_for(group)
+                    if handler is not None:
+                        try:
+                            self._dispatch(handler, group)
+                        except Exception as exc:  # answered already; raised after the batch
+                            errors.append(exc)
+            batch = GroupBatch(self, *core.take_groups())
+            self._deliver()
+        if errors:
+            exc = errors[0]
+            if len(errors) > 1:
+                exc.add_note(f"{len(errors) - 1} more handler errors in this batch")
+            raise exc
+        return batch
+
+    @staticmethod
+    def _as_batch(faults: np.ndarray) -> np.ndarray:
+        if not isinstance(faults, np.ndarray):
+            raise TypeError(f"faults must be a numpy array of FAULT_DTYPE, not {type(faults).__name__}")
+        if faults.dtype != FAULT_DTYPE:
+            raise TypeError(f"faults must have dtype iopf.FAULT_DTYPE, got {faults.dtype}")
+        if faults.ndim != 1:
+            raise ValueError(f"faults must be one-dimensional, got shape {faults.shape}")
+        return np.ascontiguousarray(faults)
+
+    def _check_reentry(self) -> None:
+        if self._dispatching:
+            raise RuntimeError("a handler may answer groups but not report faults to its own queue")
+
+    def _handlers_exist(self) -> bool:
+        return self._default is not None or bool(self._handlers)
+
+    def _handler_for(self, group: Group) -> Handler | None:
+        key = (group.dev, group.pasid if group.pasid_valid else None)
+        return self._handlers.get(key, self._default)
+
+    def _dispatch(self, handler: Handler, group: Group) -> None:
+        """R1/R3: call the handler; answer with its code, or FAILURE if it raises."""
+        self._dispatching = True
+        try:
+            code = handler(group)
+        except BaseException:
+            self.core.respond(group.cookie, int(self.policy.handler_error_code), Reason.HANDLER_ERROR)
+            raise
+        finally:
+            self._dispatching = False
+        if code is not None:
+            self.core.respond(group.cookie, _check_code(code), Reason.HANDLER)
+
+    # -- responses ---------------------------------------------------------------------
+    def respond(self, group: Group | int, code: Response | int, *, time: int | None = None) -> bool:
+        """Answer a pending group (a Group or its cookie); False if not pending (R4)."""
+        cookie = group.cookie if isinstance(group, Group) else group
+        if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
+            raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
+        code = _check_code(code)
+        with self._lock:
+            if not 0 < cookie < 2**64:
+                self.core.respond(0, code, Reason.CALLER, time)  # counted stale, as any unknown cookie
+                return False
+            sent = self.core.respond(int(cookie), code, Reason.CALLER, time)
+            self._deliver()
+            return bool(sent)
+
+    def respond_batch(self, cookies: Iterable[int] | np.ndarray,
+                      codes: Iterable[int] | np.ndarray | int) -> np.ndarray:
+        """Answer many groups; a bool array of which were sent. Codes are checked first."""
+        k = np.asarray(cookies)
+        if k.ndim != 1 or (k.size and not np.issubdtype(k.dtype, np.integer)):
+            raise TypeError("cookies must be a 1-D array of integers")
+        if k.size and k.min() < 0:
+            raise ValueError("cookies must be positive")
+        c = np.broadcast_to(np.asarray(codes), k.shape)
+        if c.size and not np.issubdtype(c.dtype, np.integer):
+            raise TypeError("codes must be integers")
+        bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE))) if c.size else []
+        if len(bad):
+            raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
+        with self._lock:
+            sent = self.core.respond_batch(k.astype(np.uint64), c.astype(np.uint32), Reason.CALLER)
+            self._deliver()
+            return sent
+
+    def take_responses(self) -> np.ndarray:
+        """Empty the outbox: the responses sent so far, in order (RESPONSE_DTYPE)."""
+        with self._lock:
+            return self.core.take_responses()
+
+    def _deliver(self) -> None:
+        """R6: hand responses to on_response if set (else they wait in the outbox)."""
+        if self.on_response is not None and self.core.has_responses:
+            for rec in self.core.take_responses():
+                self.on_response(PageResponse.from_record(rec))
+
+    # -- flush, discard, expire ----------------------------------------------------------
+    def flush_pasid(self, dev: int, pasid: int | None, code: Response | int = Response.INVALID,
+                    *, time: int | None = None) -> None:
+        """F1: drop the partials of (dev, pasid) and answer its pending groups with code."""
+        code = _check_code(code)
+        with self._lock:
+            self.core.flush_pasid(dev, _key_pasid(pasid), code, time)
+            self._deliver()
+
+    def discard_partial(self) -> None:
+        """F3: drop every partial fault of every device, without responses."""
+        with self._lock:
+            self.core.discard_partial()
+
+    def expire(self, now: int) -> None:
+        """R7: answer the pending groups older than policy.response_timeout at ``now``."""
+        if now < 0:
+            raise ValueError("now must be >= 0")
+        with self._lock:
+            self.core.expire(now)
+            self._deliver()
+
+    # -- inspection --------------------------------------------------------------------
+    def pending(self) -> list[Group]:
+        """The pending groups (handed out, not answered), oldest first."""
+        with self._lock:
+            return [Group(self, int(k), self.core.group_faults(int(k)))
+                    for k in self.core.pending_cookies()]
+
+    @property
+    def stats(self) -> Stats:
+        with self._lock:
+            return Stats(self.core.stats())
+
+    @property
+    def partial_count(self) -> int:
+        return int(self.core.partial_count)
+
+    @property
+    def now(self) -> int:
+        """The latest simulated time the queue has seen (ns)."""
+        return int(self.core.now)
+
+    def sizeof(self) -> int:
+        """Bytes of C memory held by the core (0 for the pure-Python twin)."""
+        return int(self.core.sizeof())
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"Queue(strategy={self.strategy!r}, partial={s.partial_now}, "
+                f"pending={s.pending_now}, groups={s.groups})")

@@ -1,0 +1,152 @@
+"""The data model: flags, permissions, response codes, record dtypes, Fault, PageResponse.
+
+Values follow the Linux uapi (``include/linux/iommu.h``) of v5.13-v6.8, where
+PRIV_DATA still existed (reference §1.3-1.5).
+"""
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Flag", "Perm", "Response", "Reason", "FAULT_DTYPE", "RESPONSE_DTYPE",
+    "Fault", "PageResponse", "NO_PASID",
+]
+
+
+class Flag(enum.IntFlag):
+    """Page request flags (``IOMMU_FAULT_PAGE_REQUEST_*``)."""
+
+    PASID_VALID = 1
+    LAST_PAGE = 2
+    NEEDS_PASID = 4
+    PRIV_DATA = 8
+
+
+class Perm(enum.IntFlag):
+    """Requested access (``IOMMU_FAULT_PERM_*``)."""
+
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+    PRIV = 8
+
+
+class Response(enum.IntEnum):
+    """Page response codes (``enum iommu_page_response_code``)."""
+
+    SUCCESS = 0
+    INVALID = 1
+    FAILURE = 2
+
+
+class Reason(enum.IntEnum):
+    """Why a response was sent (the ``reason`` field of a response)."""
+
+    HANDLER = 0
+    NO_HANDLER = 1
+    HANDLER_ERROR = 2
+    STOP_MARKER = 3
+    OVERFLOW = 4
+    DISCARDED = 5
+    FLUSHED = 6
+    DETACHED = 7
+    REMOVED = 8
+    TIMEOUT = 9
+    CALLER = 10
+
+
+#: The key PASID of a request without PASID_VALID: above every 20-bit (or up
+#: to 31-bit) PASID, so it can never collide with a real one.
+NO_PASID = 0xFFFFFFFF
+
+#: One page request. Packed (52 bytes), the layout the core reads and writes.
+FAULT_DTYPE = np.dtype([
+    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
+    ("flags", "<u4"), ("perm", "<u4"), ("addr", "<u8"), ("private", "<u8", (2,)),
+])
+
+#: One page response. Packed (48 bytes).
+RESPONSE_DTYPE = np.dtype([
+    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
+    ("code", "<u4"), ("flags", "<u4"), ("cookie", "<u8"), ("nfaults", "<u4"),
+    ("reason", "<u4"),
+])
+
+
+class _FaultFields(NamedTuple):
+    time: int
+    dev: int
+    pasid: int
+    grpid: int
+    flags: int
+    perm: int
+    addr: int
+    private: tuple[int, int]
+
+
+class Fault(_FaultFields):
+    """One page request: an immutable record with the fields of FAULT_DTYPE.
+
+    >>> f = Fault(3, 7, 5, 0x1000, last=True)
+    >>> f.last, f.pasid_valid, f.flags
+    (True, True, <Flag.PASID_VALID|LAST_PAGE: 3>)
+    >>> Fault(3, 7, 5, 0x1000, flags=0).pasid_valid
+    False
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, dev: int, pasid: int, grpid: int, addr: int, *,
+                perm: int = Perm.READ, last: bool = False, pasid_valid: bool = True,
+                needs_pasid: bool = False, flags: int | None = None, time: int = 0,
+                private: tuple[int, int] = (0, 0)) -> Fault:
+        if flags is None:
+            flags = ((Flag.PASID_VALID if pasid_valid else 0)
+                     | (Flag.LAST_PAGE if last else 0)
+                     | (Flag.NEEDS_PASID if needs_pasid else 0))
+        p0, p1 = private
+        return super().__new__(cls, int(time), int(dev), int(pasid), int(grpid),
+                               Flag(int(flags)), Perm(int(perm)), int(addr), (int(p0), int(p1)))
+
+    @classmethod
+    def from_record(cls, rec: np.void | tuple) -> Fault:
+        """A Fault from one FAULT_DTYPE record (or a tuple in its field order)."""
+        time, dev, pasid, grpid, flags, perm, addr, private = rec
+        return cls(dev, pasid, grpid, addr, perm=perm, flags=flags, time=time,
+                   private=(int(private[0]), int(private[1])))
+
+    @property
+    def last(self) -> bool:
+        return bool(self.flags & Flag.LAST_PAGE)
+
+    @property
+    def pasid_valid(self) -> bool:
+        return bool(self.flags & Flag.PASID_VALID)
+
+    def __repr__(self) -> str:
+        return (f"Fault(dev={self.dev}, pasid={self.pasid}, grpid={self.grpid}, "
+                f"addr={self.addr:#x}, perm={self.perm!r}, flags={self.flags!r}, "
+                f"time={self.time})")
+
+
+class PageResponse(NamedTuple):
+    """One page response, with the fields of RESPONSE_DTYPE."""
+
+    time: int
+    dev: int
+    pasid: int
+    grpid: int
+    code: Response
+    flags: Flag
+    cookie: int
+    nfaults: int
+    reason: Reason
+
+    @classmethod
+    def from_record(cls, rec: np.void) -> PageResponse:
+        t, dev, pasid, grpid, code, flags, cookie, nfaults, reason = rec.tolist()
+        return cls(t, dev, pasid, grpid, Response(code), Flag(flags), cookie, nfaults,
+                   Reason(reason))

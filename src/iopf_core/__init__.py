@@ -1,0 +1,13 @@
+"""iopf_core: the compiled grouping core of iopf, and its pure-Python twin.
+
+``HashGrouper``, ``ListGrouper`` and ``TreeGrouper`` are Cython classes that
+hold partial faults in C memory; ``PyGrouper`` is the reference twin. All
+four have the same interface and give the same results. Most users want
+``iopf.Queue``, which wraps one of them.
+"""
+from iopf_core.grouper import Grouper, HashGrouper, ListGrouper
+from iopf_core.twin import PyGrouper
+
+STRATEGIES = {"hash": HashGrouper, "list": ListGrouper, "python": PyGrouper}
+
+__all__ = ["Grouper", "HashGrouper", "ListGrouper", "PyGrouper", "STRATEGIES"]

@@ -1,0 +1,168 @@
+# cython: language_level=3
+"""C-level declarations of the grouping core, for Cython code that cimports it.
+
+    from iopf_core.grouper cimport Grouper, FaultRec
+    cdef Grouper g = queue.core
+    g.report_rec(&rec, False)   # no Python overhead per fault
+
+A Grouper owns all its memory; every index below is into one of its pools.
+"""
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
+
+cdef enum:
+    NIL = 0xFFFFFFFF          # no node / no record
+    KEY_NO_PASID = 0xFFFFFFFF # key PASID of a request without PASID_VALID
+    KEY_ANY = 0xFFFFFFFE      # key PASID when match_pasid is False
+    KEY_DEVICE = 0xFFFFFFFD   # Entry of a device (its limit and outstanding count)
+    KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
+    KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
+    DEAD = 0x8000             # Node.flags mark: the node is being dropped
+
+# One record of FAULT_DTYPE (packed, 52 bytes): what batches are made of.
+cdef packed struct FaultRec:
+    uint64_t time
+    uint32_t dev, pasid, grpid, flags, perm
+    uint64_t addr
+    uint64_t priv[2]
+
+# One record of RESPONSE_DTYPE (packed, 44 bytes).
+cdef packed struct RespRec:
+    uint64_t time
+    uint32_t dev, pasid, grpid, code, flags
+    uint64_t cookie
+    uint32_t nfaults, reason
+
+# A held fault: a partial, or a member of a pending group. 56 bytes: the
+# fields of FaultRec (flags and perm are 4-bit, checked on entry), the link of
+# its group list and the two links of its (dev, PASID) chain, so that a flush
+# visits only that PASID's faults.
+ctypedef struct Node:
+    uint64_t time, addr, priv0, priv1
+    uint32_t dev, pasid, grpid
+    uint16_t flags, perm
+    uint32_t next
+    uint32_t pnext, pprev
+
+# Per (dev, key PASID): chain of its partials, its pending groups and its
+# attachment. Per device (pasid == KEY_DEVICE): the PRI allocation.
+ctypedef struct Entry:
+    uint32_t dev, pasid
+    uint32_t phead
+    uint32_t qhead, qtail
+    uint32_t handle
+    uint32_t limit, outstanding
+
+# A group list in a Slot: open addressing on (dev, key PASID, group id).
+ctypedef struct Slot:
+    uint32_t dev, kpasid, grpid
+    uint32_t head, tail
+    uint32_t epoch
+
+ctypedef struct Pend:
+    uint64_t cookie, time
+    uint32_t dev, kpasid, handle, nfaults
+    uint32_t head, tail
+    uint32_t qnext, qprev
+
+ctypedef struct CookieSlot:
+    uint64_t cookie
+    uint32_t idx
+
+ctypedef struct HeapItem:
+    uint64_t time, cookie
+
+ctypedef struct Counters:
+    uint64_t faults_reported, partial_now, grouped, stop_markers, rejected
+    uint64_t overflowed, discarded, flushed, removed, groups, answered
+    uint64_t pending_now, stale_responses
+
+ctypedef struct Rules:
+    bint match_pasid, stall, stop_markers, priv_data_is_last, require_handler
+    bint discard_on_overflow, flush_partial_on_detach, has_timeout, has_depth
+    uint32_t pasid_bits, grpid_bits
+    uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
+    uint64_t timeout, depth
+
+ctypedef struct SlotTable:
+    Slot* slots
+    uint32_t cap, count
+
+ctypedef struct Buf:           # a growable byte buffer
+    char* data
+    size_t len, cap
+
+
+cdef class Grouper:
+    cdef Rules rules
+    cdef public object policy
+    cdef Counters c
+    cdef readonly uint64_t now
+    cdef readonly uint64_t last_cookie
+    cdef bint default_handler
+    # pools
+    cdef Node* nodes
+    cdef uint32_t node_cap, node_free, node_used
+    cdef Pend* pends
+    cdef uint32_t pend_cap, pend_free
+    # tables
+    cdef Entry* entries
+    cdef uint32_t entry_cap, entry_count, n_limited
+    cdef CookieSlot* cookies
+    cdef uint32_t cookie_cap
+    cdef HeapItem* heap
+    cdef uint32_t heap_len, heap_cap
+    cdef uint64_t pending_faults, next_cookie
+    cdef uint32_t next_handle, epoch
+    # batch output and outbox
+    cdef Buf out_faults, out_offsets, out_cookies, outbox
+
+    # internals (see grouper.pyx)
+    cdef uint32_t slot_kpasid(self, const Node* n) noexcept nogil
+    cdef uint32_t filter_dead(self, Slot* s) noexcept nogil
+    cdef uint32_t node_alloc(self) except NIL nogil
+    cdef void node_release(self, uint32_t i) noexcept nogil
+    cdef uint32_t pend_alloc(self) except NIL nogil
+    cdef int _entries_init(self, uint32_t cap) except -1
+    cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
+    cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
+    cdef void entry_delete(self, uint32_t i) noexcept nogil
+    cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil
+    cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
+    cdef int _cookies_init(self, uint32_t cap) except -1
+    cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
+    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
+    cdef void cookie_delete(self, uint32_t i) noexcept nogil
+    cdef int heap_push(self, uint64_t time, uint64_t cookie) except -1 nogil
+    cdef void heap_sift_down(self, uint32_t i) noexcept nogil
+    cdef void heap_pop(self) noexcept nogil
+    cdef void heap_rebuild(self) noexcept nogil
+    cdef int send(self, uint64_t time, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason) except -1 nogil
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+    cdef void node_to_rec(self, const Node* n, FaultRec* f) noexcept nogil
+    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie) except -1 nogil
+    cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
+    cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
+    cdef void unchain(self, uint32_t m) noexcept nogil
+    cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
+    cdef uint32_t free_chain(self, uint32_t e) noexcept nogil
+    cdef void tidy_all(self) noexcept nogil
+    cdef uint64_t _time(self, object time) except? 0
+    cdef const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL
+
+    # the strategy: where partials wait for their LPIG
+    cdef int s_add(self, uint32_t n) except -1 nogil
+    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
+    cdef void s_purge(self, uint32_t n) noexcept nogil
+    cdef size_t s_sizeof(self) noexcept nogil
+
+    cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+
+
+cdef class HashGrouper(Grouper):
+    cdef SlotTable table
+
+
+cdef class ListGrouper(Grouper):
+    cdef SlotTable lists
+

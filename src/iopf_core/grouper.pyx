@@ -1,0 +1,1176 @@
+# cython: language_level=3
+"""The compiled grouping core: partial faults in C memory, grouped at their LPIG.
+
+Three strategies share one engine (``Grouper``) and differ only in where
+partial faults wait for their last page in group:
+
+* ``HashGrouper``: an open-addressed hash on (device, key PASID, group id),
+  O(1) LPIG completion;
+* ``ListGrouper``: the Linux kernel's design, one list per device scanned at
+  every LPIG;
+* ``TreeGrouper``: a balanced search tree on the same key.
+
+Everything else (pending groups, capacity, attachments, responses, counters)
+is shared, so the strategies give identical results by construction of the
+engine and by test against the pure-Python twin (``iopf_core.twin``).
+
+Memory comes from ``PyMem_Raw*``, which tracemalloc sees and which may be
+called without the GIL; the batch loop runs without the GIL.
+"""
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from libc.string cimport memset, memcpy
+from libc.stdlib cimport qsort
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+import numpy as np
+
+from iopf_core.twin import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
+
+cdef enum:
+    PASID_VALID = 1
+    LAST_PAGE = 2
+    NEEDS_PASID = 4
+    PRIV_DATA = 8
+    PERM_RW = 3
+    R_HANDLER = 0
+    R_NO_HANDLER = 1
+    R_OVERFLOW = 4
+    R_FLUSHED = 6
+    R_DETACHED = 7
+    R_REMOVED = 8
+    R_TIMEOUT = 9
+    R_CALLER = 10
+    C_INVALID = 1
+    MIN_CAP = 16
+
+assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
+assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
+
+
+# --- small helpers -------------------------------------------------------------
+
+cdef inline uint64_t mix3(uint32_t a, uint32_t b, uint32_t c) noexcept nogil:
+    # Multiply-xorshift: cheap, and spreads the low bits that group ids and
+    # PASIDs vary in over the whole word (the table index takes low bits).
+    cdef uint64_t h = (<uint64_t>a << 32 | b) * 0x9E3779B97F4A7C15ULL
+    h ^= (<uint64_t>c + 0x632BE59BD9B4E019ULL) * 0xC2B2AE3D27D4EB4FULL
+    h ^= h >> 32
+    h *= 0xD6E8FEB86659FD93ULL
+    h ^= h >> 29
+    return h
+
+
+cdef int raise_nomem() except -1 with gil:
+    raise MemoryError("iopf_core: out of memory")
+
+
+cdef void* grow(void* p, size_t* cap, size_t need, size_t item) except NULL nogil:
+    """Grow an array of `item`-sized elements to hold at least `need` (x2)."""
+    cdef size_t c = cap[0] if cap[0] else MIN_CAP
+    while c < need:
+        c *= 2
+    cdef void* q = PyMem_RawRealloc(p, c * item)
+    if q == NULL:
+        raise_nomem()
+        return NULL
+    cap[0] = c
+    return q
+
+
+cdef int buf_reserve(Buf* b, size_t extra) except -1 nogil:
+    if b.len + extra > b.cap:
+        b.data = <char*>grow(b.data, &b.cap, b.len + extra, 1)
+    return 0
+
+
+cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags) noexcept nogil:
+    return pasid if flags & PASID_VALID else KEY_NO_PASID
+
+
+cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+# --- the slot table: open addressing, linear probing, backward-shift delete ----
+# Backward shift keeps every probe chain as short as if the deleted keys had
+# never been there, with no tombstones to sweep; no one holds a slot index
+# across a delete (nodes link to nodes, not to slots).
+
+cdef inline uint32_t slot_home(const SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
+    return <uint32_t>(mix3(dev, kp, grp) & (t.cap - 1))
+
+
+cdef inline int64_t slot_find(const SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
+    if t.cap == 0:
+        return -1
+    cdef uint32_t mask = t.cap - 1
+    cdef uint32_t i = slot_home(t, dev, kp, grp)
+    cdef const Slot* s
+    while True:
+        s = &t.slots[i]
+        if s.kpasid == KEY_EMPTY:
+            return -1
+        if s.dev == dev and s.kpasid == kp and s.grpid == grp:
+            return i
+        i = (i + 1) & mask
+
+
+cdef int slot_resize(SlotTable* t, uint32_t cap) except -1 nogil:
+    cdef Slot* old = t.slots
+    cdef uint32_t old_cap = t.cap, i, j, mask = cap - 1
+    cdef Slot* s = <Slot*>PyMem_RawMalloc(cap * sizeof(Slot))
+    if s == NULL:
+        return raise_nomem()
+    for i in range(cap):
+        s[i].kpasid = KEY_EMPTY
+    for i in range(old_cap):
+        if old[i].kpasid != KEY_EMPTY:
+            j = <uint32_t>(mix3(old[i].dev, old[i].kpasid, old[i].grpid) & mask)
+            while s[j].kpasid != KEY_EMPTY:
+                j = (j + 1) & mask
+            s[j] = old[i]
+    t.slots = s
+    t.cap = cap
+    PyMem_RawFree(old)
+    return 0
+
+
+cdef int64_t slot_insert(SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) except -1 nogil:
+    """Index of a new slot for a key that is not in the table."""
+    # Load at most 1/2: a probe then touches ~1.5 slots of one cache line.
+    if 2 * (t.count + 1) > t.cap:
+        slot_resize(t, t.cap * 2 if t.cap else MIN_CAP)
+    cdef uint32_t mask = t.cap - 1
+    cdef uint32_t i = slot_home(t, dev, kp, grp)
+    while t.slots[i].kpasid != KEY_EMPTY:
+        i = (i + 1) & mask
+    t.slots[i].dev = dev
+    t.slots[i].kpasid = kp
+    t.slots[i].grpid = grp
+    t.slots[i].head = NIL
+    t.slots[i].tail = NIL
+    t.slots[i].epoch = 0
+    t.count += 1
+    return i
+
+
+cdef void slot_delete(SlotTable* t, uint32_t i) noexcept nogil:
+    cdef uint32_t mask = t.cap - 1, j = i, k
+    while True:
+        j = (j + 1) & mask
+        if t.slots[j].kpasid == KEY_EMPTY:
+            break
+        k = slot_home(t, t.slots[j].dev, t.slots[j].kpasid, t.slots[j].grpid)
+        # Move j back to i unless its home lies cyclically in (i, j].
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            t.slots[i] = t.slots[j]
+            i = j
+    t.slots[i].kpasid = KEY_EMPTY
+    t.count -= 1
+
+
+cdef void slot_free(SlotTable* t) noexcept nogil:
+    PyMem_RawFree(t.slots)
+    t.slots = NULL
+    t.cap = t.count = 0
+
+
+# --- the engine ------------------------------------------------------------------
+
+cdef class Grouper:
+    """The grouping engine. Use a subclass: HashGrouper, ListGrouper, TreeGrouper.
+
+    This is the low-level interface behind ``iopf.Queue``; the queue adds
+    handlers, ``Fault``/``Group`` objects and argument checks. Key PASIDs are
+    the PASID, or ``NO_PASID`` (0xFFFFFFFF) for requests without PASID_VALID.
+    """
+
+    strategy = "base"
+
+    def __cinit__(self, *args, **kwargs):
+        self.node_free = NIL
+        self.pend_free = NIL
+        self.next_cookie = 1
+        self.next_handle = 1
+        self.epoch = 0
+
+    def __init__(self, policy):
+        cdef Rules* r = &self.rules
+        r.match_pasid = policy.match_pasid
+        r.stall = policy.stall
+        r.stop_markers = policy.stop_markers
+        r.priv_data_is_last = policy.priv_data_is_last
+        r.require_handler = policy.require_handler
+        r.discard_on_overflow = policy.discard_on_overflow
+        r.flush_partial_on_detach = policy.flush_partial_on_detach
+        r.pasid_bits = policy.pasid_bits
+        r.grpid_bits = policy.grpid_bits
+        r.no_handler_code = policy.no_handler_code
+        r.handler_error_code = policy.handler_error_code
+        r.timeout_code = policy.timeout_code
+        r.overflow_code = policy.overflow_code
+        r.has_timeout = policy.response_timeout is not None
+        r.timeout = policy.response_timeout or 0
+        r.has_depth = policy.queue_depth is not None
+        r.depth = policy.queue_depth or 0
+        self.policy = policy
+        self._entries_init(MIN_CAP)
+        self._cookies_init(MIN_CAP)
+        buf_reserve(&self.out_offsets, sizeof(int64_t))
+        (<int64_t*>self.out_offsets.data)[0] = 0
+        self.out_offsets.len = sizeof(int64_t)
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.nodes); self.nodes = NULL
+        PyMem_RawFree(self.pends); self.pends = NULL
+        PyMem_RawFree(self.entries); self.entries = NULL
+        PyMem_RawFree(self.cookies); self.cookies = NULL
+        PyMem_RawFree(self.heap); self.heap = NULL
+        PyMem_RawFree(self.out_faults.data); self.out_faults.data = NULL
+        PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
+        PyMem_RawFree(self.out_cookies.data); self.out_cookies.data = NULL
+        PyMem_RawFree(self.outbox.data); self.outbox.data = NULL
+
+    # -- strategy (overridden) ---------------------------------------------------------
+    cdef int s_add(self, uint32_t n) except -1 nogil:
+        with gil:
+            raise NotImplementedError("use HashGrouper, ListGrouper or TreeGrouper")
+
+    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        return NIL
+
+    cdef void s_purge(self, uint32_t n) noexcept nogil:
+        pass
+
+    cdef size_t s_sizeof(self) noexcept nogil:
+        return 0
+
+    cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
+        """The PASID part of the grouping key of a held fault (G3)."""
+        if self.rules.match_pasid:
+            return key_pasid(n.pasid, n.flags)
+        return KEY_ANY
+
+    cdef uint32_t filter_dead(self, Slot* s) noexcept nogil:
+        """Unlink the DEAD nodes of a slot's list; return how many remain."""
+        cdef uint32_t n = s.head, prev = NIL, kept = 0
+        s.head = NIL
+        while n != NIL:
+            if not self.nodes[n].flags & DEAD:
+                if prev == NIL:
+                    s.head = n
+                else:
+                    self.nodes[prev].next = n
+                prev = n
+                kept += 1
+            n = self.nodes[n].next
+        if prev != NIL:
+            self.nodes[prev].next = NIL
+        s.tail = prev
+        s.epoch = self.epoch
+        return kept
+
+    # -- pools -----------------------------------------------------------------------
+    cdef uint32_t node_alloc(self) except NIL nogil:
+        cdef uint32_t i
+        cdef size_t cap
+        if self.node_free == NIL:
+            cap = self.node_cap
+            if cap >= 0xFFFFFFF0u:
+                raise_nomem()
+            self.nodes = <Node*>grow(self.nodes, &cap, cap + 1, sizeof(Node))
+            for i in range(self.node_cap, <uint32_t>cap):
+                self.nodes[i].next = self.node_free if i == cap - 1 else i + 1
+            self.nodes[cap - 1].next = NIL
+            self.node_free = self.node_cap
+            self.node_cap = <uint32_t>cap
+        i = self.node_free
+        self.node_free = self.nodes[i].next
+        self.node_used += 1
+        return i
+
+    cdef inline void node_release(self, uint32_t i) noexcept nogil:
+        self.nodes[i].next = self.node_free
+        self.node_free = i
+        self.node_used -= 1
+
+    cdef uint32_t pend_alloc(self) except NIL nogil:
+        cdef uint32_t i
+        cdef size_t cap
+        if self.pend_free == NIL:
+            cap = self.pend_cap
+            self.pends = <Pend*>grow(self.pends, &cap, cap + 1, sizeof(Pend))
+            for i in range(self.pend_cap, <uint32_t>cap):
+                self.pends[i].qnext = i + 1
+            self.pends[cap - 1].qnext = NIL
+            self.pend_free = self.pend_cap
+            self.pend_cap = <uint32_t>cap
+        i = self.pend_free
+        self.pend_free = self.pends[i].qnext
+        return i
+
+    # -- entries: (dev, key PASID) -> chains, attachment; (dev, KEY_DEVICE) -> limit -----
+    cdef int _entries_init(self, uint32_t cap) except -1:
+        cdef uint32_t i
+        self.entries = <Entry*>PyMem_RawMalloc(cap * sizeof(Entry))
+        if self.entries == NULL:
+            raise MemoryError()
+        for i in range(cap):
+            self.entries[i].pasid = KEY_EMPTY
+        self.entry_cap = cap
+        return 0
+
+    cdef inline int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil:
+        cdef uint32_t mask = self.entry_cap - 1
+        cdef uint32_t i = <uint32_t>(mix3(dev, pasid, 0) & mask)
+        while True:
+            if self.entries[i].pasid == KEY_EMPTY:
+                return -1
+            if self.entries[i].dev == dev and self.entries[i].pasid == pasid:
+                return i
+            i = (i + 1) & mask
+
+    cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil:
+        """Find or create; creating may move every entry (indices go stale)."""
+        cdef int64_t f = self.entry_find(dev, pasid)
+        if f >= 0:
+            return f
+        cdef uint32_t i, j, mask, old_cap = self.entry_cap
+        cdef Entry* old
+        if 2 * (self.entry_count + 1) > self.entry_cap:
+            old = self.entries
+            mask = 2 * old_cap - 1
+            self.entries = <Entry*>PyMem_RawMalloc(2 * old_cap * sizeof(Entry))
+            if self.entries == NULL:
+                self.entries = old
+                return raise_nomem()
+            for i in range(2 * old_cap):
+                self.entries[i].pasid = KEY_EMPTY
+            for i in range(old_cap):
+                if old[i].pasid != KEY_EMPTY:
+                    j = <uint32_t>(mix3(old[i].dev, old[i].pasid, 0) & mask)
+                    while self.entries[j].pasid != KEY_EMPTY:
+                        j = (j + 1) & mask
+                    self.entries[j] = old[i]
+            self.entry_cap = 2 * old_cap
+            PyMem_RawFree(old)
+        mask = self.entry_cap - 1
+        i = <uint32_t>(mix3(dev, pasid, 0) & mask)
+        while self.entries[i].pasid != KEY_EMPTY:
+            i = (i + 1) & mask
+        memset(&self.entries[i], 0, sizeof(Entry))
+        self.entries[i].dev = dev
+        self.entries[i].pasid = pasid
+        self.entries[i].phead = NIL
+        self.entries[i].qhead = NIL
+        self.entries[i].qtail = NIL
+        self.entry_count += 1
+        return i
+
+    cdef void entry_delete(self, uint32_t i) noexcept nogil:
+        cdef uint32_t mask = self.entry_cap - 1, j = i, k
+        while True:
+            j = (j + 1) & mask
+            if self.entries[j].pasid == KEY_EMPTY:
+                break
+            k = <uint32_t>(mix3(self.entries[j].dev, self.entries[j].pasid, 0) & mask)
+            if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+                self.entries[i] = self.entries[j]
+                i = j
+        self.entries[i].pasid = KEY_EMPTY
+        self.entry_count -= 1
+
+    cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil:
+        """Delete the (dev, pasid) entry if nothing hangs on it any more."""
+        cdef int64_t i = self.entry_find(dev, pasid)
+        if i >= 0 and pasid != KEY_DEVICE:
+            if (self.entries[i].phead == NIL and self.entries[i].qhead == NIL
+                    and self.entries[i].handle == 0):
+                self.entry_delete(<uint32_t>i)
+
+    cdef inline void hold(self, uint32_t dev, int64_t n) noexcept nogil:
+        """Count n more (or fewer) outstanding requests for dev's allocation (F5)."""
+        cdef int64_t i
+        if self.n_limited:
+            i = self.entry_find(dev, KEY_DEVICE)
+            if i >= 0:
+                self.entries[i].outstanding = <uint32_t>(self.entries[i].outstanding + n)
+
+    # -- cookies: open addressing on the cookie, backward-shift delete ------------------
+    cdef int _cookies_init(self, uint32_t cap) except -1:
+        self.cookies = <CookieSlot*>PyMem_RawMalloc(cap * sizeof(CookieSlot))
+        if self.cookies == NULL:
+            raise MemoryError()
+        memset(self.cookies, 0, cap * sizeof(CookieSlot))
+        self.cookie_cap = cap
+        return 0
+
+    cdef inline int64_t cookie_find(self, uint64_t cookie) noexcept nogil:
+        cdef uint32_t mask = self.cookie_cap - 1
+        cdef uint32_t i = <uint32_t>(mix3(<uint32_t>cookie, <uint32_t>(cookie >> 32), 1) & mask)
+        if cookie == 0:
+            return -1
+        while True:
+            if self.cookies[i].cookie == 0:
+                return -1
+            if self.cookies[i].cookie == cookie:
+                return i
+            i = (i + 1) & mask
+
+    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
+        cdef uint32_t i, j, mask, old_cap = self.cookie_cap
+        cdef CookieSlot* old
+        if 2 * (self.c.pending_now + 1) > old_cap:
+            old = self.cookies
+            mask = 2 * old_cap - 1
+            self.cookies = <CookieSlot*>PyMem_RawMalloc(2 * old_cap * sizeof(CookieSlot))
+            if self.cookies == NULL:
+                self.cookies = old
+                return raise_nomem()
+            memset(self.cookies, 0, 2 * old_cap * sizeof(CookieSlot))
+            for i in range(old_cap):
+                if old[i].cookie:
+                    j = <uint32_t>(mix3(<uint32_t>old[i].cookie, <uint32_t>(old[i].cookie >> 32), 1) & mask)
+                    while self.cookies[j].cookie:
+                        j = (j + 1) & mask
+                    self.cookies[j] = old[i]
+            self.cookie_cap = 2 * old_cap
+            PyMem_RawFree(old)
+        mask = self.cookie_cap - 1
+        i = <uint32_t>(mix3(<uint32_t>cookie, <uint32_t>(cookie >> 32), 1) & mask)
+        while self.cookies[i].cookie:
+            i = (i + 1) & mask
+        self.cookies[i].cookie = cookie
+        self.cookies[i].idx = idx
+        return 0
+
+    cdef void cookie_delete(self, uint32_t i) noexcept nogil:
+        cdef uint32_t mask = self.cookie_cap - 1, j = i, k
+        while True:
+            j = (j + 1) & mask
+            if self.cookies[j].cookie == 0:
+                break
+            k = <uint32_t>(mix3(<uint32_t>self.cookies[j].cookie,
+                                <uint32_t>(self.cookies[j].cookie >> 32), 1) & mask)
+            if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+                self.cookies[i] = self.cookies[j]
+                i = j
+        self.cookies[i].cookie = 0
+
+    # -- timeout heap: (time, cookie), lazily skipping answered groups ----------------
+    cdef int heap_push(self, uint64_t time, uint64_t cookie) except -1 nogil:
+        cdef size_t cap = self.heap_cap
+        cdef uint32_t i, p
+        cdef HeapItem it
+        if self.heap_len == self.heap_cap:
+            if self.heap_len > 2 * self.c.pending_now + 64:
+                self.heap_rebuild()   # drop answered groups instead of growing
+            if self.heap_len == self.heap_cap:
+                self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
+                self.heap_cap = <uint32_t>cap
+        i = self.heap_len
+        self.heap_len += 1
+        it.time = time
+        it.cookie = cookie
+        while i > 0:
+            p = (i - 1) // 2
+            if (self.heap[p].time < time or
+                    (self.heap[p].time == time and self.heap[p].cookie < cookie)):
+                break
+            self.heap[i] = self.heap[p]
+            i = p
+        self.heap[i] = it
+        return 0
+
+    cdef void heap_sift_down(self, uint32_t i) noexcept nogil:
+        cdef HeapItem it = self.heap[i]
+        cdef uint32_t ch
+        while True:
+            ch = 2 * i + 1
+            if ch >= self.heap_len:
+                break
+            if ch + 1 < self.heap_len and (
+                    self.heap[ch + 1].time < self.heap[ch].time or
+                    (self.heap[ch + 1].time == self.heap[ch].time and
+                     self.heap[ch + 1].cookie < self.heap[ch].cookie)):
+                ch += 1
+            if (it.time < self.heap[ch].time or
+                    (it.time == self.heap[ch].time and it.cookie < self.heap[ch].cookie)):
+                break
+            self.heap[i] = self.heap[ch]
+            i = ch
+        self.heap[i] = it
+
+    cdef void heap_pop(self) noexcept nogil:
+        self.heap_len -= 1
+        if self.heap_len:
+            self.heap[0] = self.heap[self.heap_len]
+            self.heap_sift_down(0)
+
+    cdef void heap_rebuild(self) noexcept nogil:
+        cdef uint32_t i, n = 0
+        for i in range(self.heap_len):
+            if self.cookie_find(self.heap[i].cookie) >= 0:
+                self.heap[n] = self.heap[i]
+                n += 1
+        self.heap_len = n
+        i = n // 2
+        while i > 0:
+            i -= 1
+            self.heap_sift_down(i)
+
+    # -- output ----------------------------------------------------------------------
+    cdef int send(self, uint64_t time, const Node* last, uint32_t code, uint64_t cookie,
+                  uint32_t nfaults, uint32_t reason) except -1 nogil:
+        buf_reserve(&self.outbox, sizeof(RespRec))
+        cdef RespRec* r = <RespRec*>(self.outbox.data + self.outbox.len)
+        r.time = time
+        r.dev = last.dev
+        r.pasid = last.pasid
+        r.grpid = last.grpid
+        r.code = code
+        # R5: the PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
+        r.flags = PASID_VALID if (last.flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
+        r.cookie = cookie
+        r.nfaults = nfaults
+        r.reason = reason
+        self.outbox.len += sizeof(RespRec)
+        return 0
+
+    cdef inline void node_to_rec(self, const Node* n, FaultRec* f) noexcept nogil:
+        f.time = n.time
+        f.dev = n.dev
+        f.pasid = n.pasid
+        f.grpid = n.grpid
+        f.flags = n.flags
+        f.perm = n.perm
+        f.addr = n.addr
+        f.priv[0] = n.priv0
+        f.priv[1] = n.priv1
+
+    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie) except -1 nogil:
+        """Append a completed group to the batch output."""
+        buf_reserve(&self.out_faults, nfaults * sizeof(FaultRec))
+        buf_reserve(&self.out_offsets, sizeof(int64_t))
+        buf_reserve(&self.out_cookies, sizeof(uint64_t))
+        cdef FaultRec* f = <FaultRec*>(self.out_faults.data + self.out_faults.len)
+        cdef uint32_t n = head
+        while n != NIL:
+            self.node_to_rec(&self.nodes[n], f)
+            f += 1
+            n = self.nodes[n].next
+        self.out_faults.len += nfaults * sizeof(FaultRec)
+        (<int64_t*>(self.out_offsets.data + self.out_offsets.len))[0] = self.out_faults.len // sizeof(FaultRec)
+        self.out_offsets.len += sizeof(int64_t)
+        (<uint64_t*>(self.out_cookies.data + self.out_cookies.len))[0] = cookie
+        self.out_cookies.len += sizeof(uint64_t)
+        return 0
+
+    # -- the per-fault rules ------------------------------------------------------------
+    cdef inline bint bad_rec(self, const FaultRec* r) noexcept nogil:
+        return ((r.pasid >> self.rules.pasid_bits) != 0 or
+                (<uint64_t>r.grpid >> self.rules.grpid_bits) != 0 or
+                r.flags > 0xF or r.perm > 0xF)
+
+    cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil:
+        """Apply one checked request; return 1 if it completed a group (self.last_cookie)."""
+        cdef Rules* p = &self.rules
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q
+        cdef int64_t ei, di
+        cdef uint32_t handle = 0
+        cdef bint last
+        cdef Node lpig
+        self.c.faults_reported += 1
+        if r.time > self.now:
+            self.now = r.time
+        self.last_cookie = 0
+        last = p.stall or (flags & LAST_PAGE) != 0 or (p.priv_data_is_last and (flags & PRIV_DATA) != 0)
+        if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
+            self.c.stop_markers += 1
+            return 0
+        kp = key_pasid(r.pasid, flags)
+        ei = self.entry_find(dev, kp)
+        if ei >= 0:
+            handle = self.entries[ei].handle
+        if p.require_handler and not self.default_handler and handle == 0:    # R2
+            lpig.dev = dev; lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>flags
+            self.send(r.time, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
+            self.c.rejected += 1
+            return 0
+        if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
+            return self.overflow(r, last)
+        if self.n_limited:
+            di = self.entry_find(dev, KEY_DEVICE)
+            if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
+                return self.overflow(r, last)
+        n = self.node_alloc()
+        self.hold(dev, 1)
+        cdef Node* node = &self.nodes[n]
+        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
+        node.dev = dev; node.pasid = r.pasid; node.grpid = r.grpid
+        node.flags = <uint16_t>flags; node.perm = <uint16_t>r.perm
+        node.next = NIL
+        if not last:                                                            # G1
+            if ei < 0:
+                ei = self.entry_get(dev, kp)
+            node.pprev = NIL
+            node.pnext = self.entries[ei].phead
+            if node.pnext != NIL:
+                self.nodes[node.pnext].pprev = n
+            self.entries[ei].phead = n
+            self.s_add(n)
+            self.c.partial_now += 1
+            return 0
+        # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
+        head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
+        nf = 1
+        tail = NIL
+        m = head
+        while m != NIL:
+            self.unchain(m)
+            tail = m
+            nf += 1
+            m = self.nodes[m].next
+        if tail == NIL:
+            head = n
+        else:
+            self.nodes[tail].next = n
+        self.c.partial_now -= nf - 1
+        self.c.grouped += nf
+        self.c.groups += 1
+        self.c.pending_now += 1
+        self.pending_faults += nf
+        # The pending group, chained on its LPIG's (dev, key PASID).
+        q = self.pend_alloc()
+        cdef Pend* g = &self.pends[q]
+        g.cookie = self.next_cookie
+        self.next_cookie += 1
+        g.time = r.time
+        g.dev = dev
+        g.kpasid = kp
+        g.handle = handle
+        g.nfaults = nf
+        g.head = head
+        g.tail = n
+        g.qnext = NIL
+        ei = self.entry_get(dev, kp)
+        g.qprev = self.entries[ei].qtail
+        if g.qprev == NIL:
+            self.entries[ei].qhead = q
+        else:
+            self.pends[g.qprev].qnext = q
+        self.entries[ei].qtail = q
+        self.cookie_insert(g.cookie, q)
+        if p.has_timeout:
+            self.heap_push(g.time, g.cookie)
+        self.last_cookie = g.cookie
+        if collect:
+            self.collect(head, nf, g.cookie)
+        return 1
+
+    cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
+        """F5: drop the request; answer it if it is an LPIG; maybe discard all partials."""
+        cdef Node lpig
+        self.c.overflowed += 1
+        if last:
+            lpig.dev = r.dev; lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>r.flags
+            self.send(r.time, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW)
+        if self.rules.discard_on_overflow:
+            self.drop_where(0, 0, 0, &self.c.discarded)
+        return 0
+
+    cdef void unchain(self, uint32_t m) noexcept nogil:
+        """Take a partial off its (dev, key PASID) chain as it joins a group."""
+        cdef Node* x = &self.nodes[m]
+        cdef int64_t ei
+        cdef uint32_t kp
+        if x.pnext != NIL:
+            self.nodes[x.pnext].pprev = x.pprev
+        if x.pprev != NIL:
+            self.nodes[x.pprev].pnext = x.pnext
+        else:
+            kp = key_pasid(x.pasid, x.flags)
+            ei = self.entry_find(x.dev, kp)
+            self.entries[ei].phead = x.pnext
+            if x.pnext == NIL:
+                self.entry_tidy(x.dev, kp)
+
+    # -- dropping partials (flush, discard, remove) --------------------------------------
+    cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil:
+        """Drop held partials: mode 0 all, 1 of a device, 2 of (dev, key PASID).
+
+        Three passes so that each strategy filters a list once, whatever the
+        number of its faults that go: mark DEAD, purge from the strategy, free.
+        Returns nothing; counts into *counter.
+        """
+        cdef uint32_t i, n, dropped = 0
+        cdef int64_t e
+        if mode == 2:
+            e = self.entry_find(dev, kp)
+            if e < 0 or self.entries[e].phead == NIL:
+                return 0
+            self.epoch += 1
+            n = self.entries[e].phead
+            while n != NIL:
+                self.nodes[n].flags |= DEAD
+                n = self.nodes[n].pnext
+            n = self.entries[e].phead
+            while n != NIL:
+                self.s_purge(n)
+                n = self.nodes[n].pnext
+            dropped = self.free_chain(<uint32_t>e)
+            self.entry_tidy(dev, kp)
+        else:
+            self.epoch += 1
+            for i in range(self.entry_cap):
+                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
+                    if mode == 0 or self.entries[i].dev == dev:
+                        n = self.entries[i].phead
+                        while n != NIL:
+                            self.nodes[n].flags |= DEAD
+                            n = self.nodes[n].pnext
+            for i in range(self.entry_cap):
+                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
+                    if mode == 0 or self.entries[i].dev == dev:
+                        n = self.entries[i].phead
+                        while n != NIL:
+                            self.s_purge(n)
+                            n = self.nodes[n].pnext
+            for i in range(self.entry_cap):
+                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
+                    if mode == 0 or self.entries[i].dev == dev:
+                        dropped += self.free_chain(i)
+            self.tidy_all()
+        counter[0] += dropped
+        self.c.partial_now -= dropped
+        return 0
+
+    cdef uint32_t free_chain(self, uint32_t e) noexcept nogil:
+        cdef uint32_t n = self.entries[e].phead, nx, k = 0
+        cdef uint32_t dev = self.entries[e].dev
+        while n != NIL:
+            nx = self.nodes[n].pnext
+            self.node_release(n)
+            k += 1
+            n = nx
+        self.entries[e].phead = NIL
+        self.hold(dev, -<int64_t>k)
+        return k
+
+    cdef void tidy_all(self) noexcept nogil:
+        """Delete every entry with nothing on it (after a sweep over the table)."""
+        cdef uint32_t i = 0
+        while i < self.entry_cap:
+            if (self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE and
+                    self.entries[i].phead == NIL and self.entries[i].qhead == NIL and
+                    self.entries[i].handle == 0):
+                self.entry_delete(i)   # may pull a later entry into i: look at i again
+            else:
+                i += 1
+
+    # -- answering pending groups ----------------------------------------------------------
+    cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
+        """Answer a pending group (R4): 1 if sent, 0 if stale."""
+        cdef int64_t ci = self.cookie_find(cookie), ei
+        if ci < 0:
+            self.c.stale_responses += 1
+            return 0
+        cdef uint32_t q = self.cookies[ci].idx, n, nx
+        cdef Pend* g = &self.pends[q]
+        self.cookie_delete(<uint32_t>ci)
+        ei = self.entry_find(g.dev, g.kpasid)
+        if g.qprev == NIL:
+            self.entries[ei].qhead = g.qnext
+        else:
+            self.pends[g.qprev].qnext = g.qnext
+        if g.qnext == NIL:
+            self.entries[ei].qtail = g.qprev
+        else:
+            self.pends[g.qnext].qprev = g.qprev
+        self.entry_tidy(g.dev, g.kpasid)
+        self.send(time, &self.nodes[g.tail], code, cookie, g.nfaults, reason)
+        n = g.head
+        while n != NIL:
+            nx = self.nodes[n].next
+            self.node_release(n)
+            n = nx
+        self.hold(g.dev, -<int64_t>g.nfaults)
+        self.pending_faults -= g.nfaults
+        self.c.answered += 1
+        self.c.pending_now -= 1
+        g.qnext = self.pend_free
+        self.pend_free = q
+        return 1
+
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle,
+                          uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
+        """Answer the pending groups of (dev, kp) in cookie order (optionally one attachment's)."""
+        cdef int64_t e = self.entry_find(dev, kp)
+        if e < 0:
+            return 0
+        cdef uint32_t q = self.entries[e].qhead, nx
+        while q != NIL:
+            nx = self.pends[q].qnext        # pools do not move while answering
+            if not by_handle or self.pends[q].handle == handle:
+                self.respond_cookie(self.pends[q].cookie, code, reason, time)
+            q = nx
+        return 0
+
+    # -- Python interface --------------------------------------------------------------------
+    cdef uint64_t _time(self, object time) except? 0:
+        cdef uint64_t t
+        if time is None:
+            return self.now
+        t = time
+        if t > self.now:
+            self.now = t
+        return t
+
+    cdef inline const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL:
+        cdef const uint8_t[::1] raw = arr.view(np.uint8)
+        n[0] = arr.shape[0]
+        if n[0] == 0:
+            return NULL
+        return <const FaultRec*>&raw[0]
+
+    def add_device(self, uint32_t dev, uint32_t limit):
+        """Set dev's PRI allocation (F5); 0 means unlimited."""
+        cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
+        cdef uint32_t i, n, count = 0
+        if limit == 0:
+            if e >= 0:
+                self.entry_delete(<uint32_t>e)
+                self.n_limited -= 1
+            return
+        if e < 0:
+            # Count what the device holds now: partials and faults of pending groups.
+            for i in range(self.entry_cap):
+                if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
+                    n = self.entries[i].phead
+                    while n != NIL:
+                        count += 1
+                        n = self.nodes[n].pnext
+                    n = self.entries[i].qhead
+                    while n != NIL:
+                        count += self.pends[n].nfaults
+                        n = self.pends[n].qnext
+            e = self.entry_get(dev, KEY_DEVICE)
+            self.entries[e].outstanding = count
+            self.n_limited += 1
+        self.entries[e].limit = limit
+
+    def set_default_handler(self, bint present):
+        self.default_handler = present
+
+    def attach(self, uint32_t dev, uint32_t kpasid, time=None):
+        """Attach a handler to (dev, kpasid); a replace answers the old one's groups."""
+        self.detach(dev, kpasid, time)
+        cdef int64_t e = self.entry_get(dev, kpasid)
+        self.entries[e].handle = self.next_handle
+        self.next_handle += 1
+
+    def detach(self, uint32_t dev, uint32_t kpasid, time=None):
+        """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
+        cdef int64_t e = self.entry_find(dev, kpasid)
+        if e < 0 or self.entries[e].handle == 0:
+            return False
+        cdef uint32_t handle = self.entries[e].handle
+        cdef uint64_t t = self._time(time)
+        self.entries[e].handle = 0
+        self.answer_chain(dev, kpasid, True, handle, C_INVALID, R_DETACHED, t)
+        if self.rules.flush_partial_on_detach:
+            self.drop_where(2, dev, kpasid, &self.c.flushed)
+        self.entry_tidy(dev, kpasid)
+        return True
+
+    def check(self, arr):
+        """Raise ValueError naming the first record a field check refuses (G8)."""
+        cdef Py_ssize_t n, i, bad = -1
+        cdef const FaultRec* recs = self._records(arr, &n)
+        with nogil:
+            for i in range(n):
+                if self.bad_rec(&recs[i]):
+                    bad = i
+                    break
+        if bad >= 0:
+            check_record(bad, arr[bad].tolist(), self.rules.pasid_bits, self.rules.grpid_bits)
+            raise ValueError(f"record {bad}: bad field")  # pragma: no cover
+
+    def report(self, tuple rec):
+        """Report one request (a tuple in FAULT_DTYPE order); the cookie of the
+        group it completed, or 0."""
+        cdef FaultRec r
+        try:
+            r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
+            r.flags = rec[4]; r.perm = rec[5]; r.addr = rec[6]
+            r.priv[0] = rec[7][0]; r.priv[1] = rec[7][1]
+        except OverflowError:
+            check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
+            raise ValueError(f"field out of range in {rec!r}")
+        if self.bad_rec(&r):
+            check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
+        self.report_rec(&r, False)
+        return self.last_cookie
+
+    def run(self, arr, Py_ssize_t start=0):
+        """Report arr[start:] (checked already) without the GIL; stop after a
+        group that has a handler to call. Returns the index to resume from."""
+        cdef Py_ssize_t n, i
+        cdef const FaultRec* recs = self._records(arr, &n)
+        cdef int64_t e
+        i = start
+        with nogil:
+            while i < n:
+                self.report_rec(&recs[i], True)
+                i += 1
+                if self.last_cookie and (self.default_handler or
+                        self.pends[self.cookies[self.cookie_find(self.last_cookie)].idx].handle):
+                    break
+        return i
+
+    def take_groups(self):
+        """(faults, offsets, cookies) of the groups collected by run(); resets them."""
+        cdef Py_ssize_t nf = self.out_faults.len // sizeof(FaultRec)
+        cdef Py_ssize_t ng = self.out_cookies.len // sizeof(uint64_t)
+        faults = np.empty(nf, dtype=FAULT_DTYPE)
+        offsets = np.empty(ng + 1, dtype=np.int64)
+        cookies = np.empty(ng, dtype=np.uint64)
+        cdef uint8_t[::1] fv = faults.view(np.uint8)
+        cdef int64_t[::1] ov = offsets
+        cdef uint64_t[::1] cv = cookies
+        if nf:
+            memcpy(&fv[0], self.out_faults.data, self.out_faults.len)
+        memcpy(&ov[0], self.out_offsets.data, self.out_offsets.len)
+        if ng:
+            memcpy(&cv[0], self.out_cookies.data, self.out_cookies.len)
+        self.out_faults.len = 0
+        self.out_cookies.len = 0
+        self.out_offsets.len = sizeof(int64_t)
+        return faults, offsets, cookies
+
+    def respond(self, uint64_t cookie, uint32_t code, uint32_t reason=R_CALLER, time=None):
+        """Answer a pending group; False (and counted stale) if it is not pending."""
+        cdef uint64_t t = self._time(time)
+        return self.respond_cookie(cookie, code, reason, t) == 1
+
+    def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None):
+        cdef const uint64_t[::1] kv = np.ascontiguousarray(cookies, dtype=np.uint64)
+        cdef const uint32_t[::1] cv = np.ascontiguousarray(codes, dtype=np.uint32)
+        cdef Py_ssize_t i, n = kv.shape[0]
+        sent = np.zeros(n, dtype=np.bool_)
+        cdef uint8_t[::1] sv = sent.view(np.uint8)
+        cdef uint64_t t = self._time(time)
+        with nogil:
+            for i in range(n):
+                sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
+        return sent
+
+    def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
+        """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
+        cdef uint64_t t = self._time(time)
+        self.drop_where(2, dev, kpasid, &self.c.flushed)
+        self.answer_chain(dev, kpasid, False, 0, code, R_FLUSHED, t)
+
+    def discard_partial(self):
+        """F3: drop every partial, no responses."""
+        self.drop_where(0, 0, 0, &self.c.discarded)
+
+    def remove_device(self, uint32_t dev, time=None):
+        """F4: drop dev's partials, answer its pending groups INVALID (cookie order)."""
+        cdef uint64_t t = self._time(time)
+        cdef uint32_t i
+        cdef int64_t e
+        self.drop_where(1, dev, 0, &self.c.removed)
+        found = []
+        for i in range(self.cookie_cap):
+            if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
+                found.append(self.cookies[i].cookie)
+        for cookie in sorted(found):
+            self.respond_cookie(cookie, C_INVALID, R_REMOVED, t)
+        e = self.entry_find(dev, KEY_DEVICE)
+        if e >= 0:
+            self.entry_delete(<uint32_t>e)
+            self.n_limited -= 1
+
+    def expire(self, uint64_t now):
+        """R7: answer every pending group formed at or before now - response_timeout."""
+        if now > self.now:
+            self.now = now
+        if not self.rules.has_timeout or now < self.rules.timeout:
+            return
+        cdef uint64_t cutoff = now - self.rules.timeout, cookie
+        with nogil:
+            while self.heap_len and self.heap[0].time <= cutoff:
+                cookie = self.heap[0].cookie
+                self.heap_pop()
+                if self.cookie_find(cookie) >= 0:
+                    self.respond_cookie(cookie, self.rules.timeout_code, R_TIMEOUT, now)
+
+    def take_responses(self):
+        """The responses sent since the last call, as a RESPONSE_DTYPE array."""
+        cdef Py_ssize_t n = self.outbox.len // sizeof(RespRec)
+        out = np.empty(n, dtype=RESPONSE_DTYPE)
+        cdef uint8_t[::1] v = out.view(np.uint8)
+        if n:
+            memcpy(&v[0], self.outbox.data, self.outbox.len)
+        self.outbox.len = 0
+        return out
+
+    @property
+    def has_responses(self):
+        return self.outbox.len != 0
+
+    @property
+    def partial_count(self):
+        return self.c.partial_now
+
+    def pending_cookies(self):
+        """Cookies of the pending groups, ascending."""
+        out = np.empty(self.c.pending_now, dtype=np.uint64)
+        cdef uint64_t[::1] v = out
+        cdef uint32_t i, k = 0
+        for i in range(self.cookie_cap):
+            if self.cookies[i].cookie:
+                v[k] = self.cookies[i].cookie
+                k += 1
+        if k:
+            qsort(&v[0], k, sizeof(uint64_t), cmp_u64)
+        return out
+
+    def group_faults(self, uint64_t cookie):
+        """The faults of a pending group (FAULT_DTYPE, LPIG last), or None."""
+        cdef int64_t ci = self.cookie_find(cookie)
+        if ci < 0:
+            return None
+        cdef Pend* g = &self.pends[self.cookies[ci].idx]
+        out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
+        cdef uint8_t[::1] v = out.view(np.uint8)
+        cdef FaultRec* f = <FaultRec*>&v[0]
+        cdef uint32_t n = g.head
+        while n != NIL:
+            self.node_to_rec(&self.nodes[n], f)
+            f += 1
+            n = self.nodes[n].next
+        return out
+
+    def stats(self):
+        """The counters of SPEC F6, as a dict."""
+        cdef Counters* c = &self.c
+        return dict(zip(COUNTERS, (
+            c.faults_reported, c.partial_now, c.grouped, c.stop_markers, c.rejected,
+            c.overflowed, c.discarded, c.flushed, c.removed, c.groups, c.answered,
+            c.pending_now, c.stale_responses)))
+
+    def sizeof(self):
+        """Bytes of C memory this grouper holds (all of it visible to tracemalloc)."""
+        return (self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
+                + self.entry_cap * sizeof(Entry) + self.cookie_cap * sizeof(CookieSlot)
+                + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
+                + self.out_cookies.cap + self.outbox.cap + self.s_sizeof())
+
+    def get_state(self):
+        """Sizes of the internal tables, for inspection and tests."""
+        return {"nodes_used": self.node_used, "node_capacity": self.node_cap,
+                "pend_capacity": self.pend_cap, "entries": self.entry_count,
+                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
+                "heap": self.heap_len, "bytes": self.sizeof()}
+
+
+cdef class HashGrouper(Grouper):
+    """Partials in an open-addressed hash on (dev, key PASID, grpid): O(1) LPIG."""
+
+    strategy = "hash"
+
+    def __dealloc__(self):
+        slot_free(&self.table)
+
+    cdef int s_add(self, uint32_t n) except -1 nogil:
+        cdef Node* x = &self.nodes[n]
+        cdef uint32_t kp = self.slot_kpasid(x)
+        cdef int64_t i = slot_find(&self.table, x.dev, kp, x.grpid)
+        if i < 0:
+            i = slot_insert(&self.table, x.dev, kp, x.grpid)
+            self.table.slots[i].head = n
+        else:
+            self.nodes[self.table.slots[i].tail].next = n
+        self.table.slots[i].tail = n
+        return 0
+
+    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        cdef int64_t i = slot_find(&self.table, dev, kpasid, grpid)
+        if i < 0:
+            return NIL
+        cdef uint32_t head = self.table.slots[i].head
+        slot_delete(&self.table, <uint32_t>i)
+        return head
+
+    cdef void s_purge(self, uint32_t n) noexcept nogil:
+        cdef Node* x = &self.nodes[n]
+        cdef int64_t i = slot_find(&self.table, x.dev, self.slot_kpasid(x), x.grpid)
+        if i >= 0 and self.table.slots[i].epoch != self.epoch:
+            if self.filter_dead(&self.table.slots[i]) == 0:
+                slot_delete(&self.table, <uint32_t>i)
+
+    cdef size_t s_sizeof(self) noexcept nogil:
+        return self.table.cap * sizeof(Slot)
+
+
+cdef class ListGrouper(Grouper):
+    """The kernel's design: one partial list per device, scanned at every LPIG."""
+
+    strategy = "list"
+
+    def __dealloc__(self):
+        slot_free(&self.lists)
+
+    cdef int s_add(self, uint32_t n) except -1 nogil:
+        cdef uint32_t dev = self.nodes[n].dev
+        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
+        if i < 0:
+            i = slot_insert(&self.lists, dev, KEY_LIST, KEY_LIST)
+            self.lists.slots[i].head = n
+        else:
+            self.nodes[self.lists.slots[i].tail].next = n
+        self.lists.slots[i].tail = n
+        return 0
+
+    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        # As iopf_group_alloc(): walk the whole device list, move out the matches.
+        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
+        if i < 0:
+            return NIL
+        cdef Slot* s = &self.lists.slots[i]
+        cdef uint32_t n = s.head, prev = NIL, nx, ghead = NIL, gtail = NIL
+        cdef Node* x
+        while n != NIL:
+            x = &self.nodes[n]
+            nx = x.next
+            if x.grpid == grpid and self.slot_kpasid(x) == kpasid:
+                if prev == NIL:
+                    s.head = nx
+                else:
+                    self.nodes[prev].next = nx
+                if s.tail == n:
+                    s.tail = prev
+                x.next = NIL
+                if gtail == NIL:
+                    ghead = n
+                else:
+                    self.nodes[gtail].next = n
+                gtail = n
+            else:
+                prev = n
+            n = nx
+        if s.head == NIL:
+            slot_delete(&self.lists, <uint32_t>i)
+        return ghead
+
+    cdef void s_purge(self, uint32_t n) noexcept nogil:
+        cdef int64_t i = slot_find(&self.lists, self.nodes[n].dev, KEY_LIST, KEY_LIST)
+        if i >= 0 and self.lists.slots[i].epoch != self.epoch:
+            if self.filter_dead(&self.lists.slots[i]) == 0:
+                slot_delete(&self.lists, <uint32_t>i)
+
+    cdef size_t s_sizeof(self) noexcept nogil:
+        return self.lists.cap * sizeof(Slot)

@@ -1,0 +1,308 @@
+"""The pure-Python reference twin of the compiled groupers.
+
+Small and dict based, written to be obviously correct rather than fast: every
+compiled strategy must give exactly the results this class gives, and the
+tests drive them side by side. It is also the baseline of the benchmarks.
+
+The rules are those of SPEC §3-§5; the numbers in comments name them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Values shared with iopf.types (a test checks they agree).
+PASID_VALID, LAST_PAGE, NEEDS_PASID, PRIV_DATA = 1, 2, 4, 8
+READ, WRITE = 1, 2
+(HANDLER, NO_HANDLER, HANDLER_ERROR, STOP_MARKER, OVERFLOW, DISCARDED, FLUSHED,
+ DETACHED, REMOVED, TIMEOUT, CALLER) = range(11)
+SUCCESS, INVALID, FAILURE = 0, 1, 2
+NO_PASID = 0xFFFFFFFF
+ANY_PASID = 0xFFFFFFFE  # key PASID when match_pasid is False
+
+FAULT_DTYPE = np.dtype([
+    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
+    ("flags", "<u4"), ("perm", "<u4"), ("addr", "<u8"), ("private", "<u8", (2,)),
+])
+RESPONSE_DTYPE = np.dtype([
+    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
+    ("code", "<u4"), ("flags", "<u4"), ("cookie", "<u8"), ("nfaults", "<u4"),
+    ("reason", "<u4"),
+])
+COUNTERS = ("faults_reported", "partial_now", "grouped", "stop_markers", "rejected",
+            "overflowed", "discarded", "flushed", "removed", "groups", "answered",
+            "pending_now", "stale_responses")
+U64 = (1 << 64) - 1
+
+
+def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) -> None:
+    """Raise ValueError naming the record when a field does not fit (G8)."""
+    time, dev, pasid, grpid, flags, perm = rec[:6]
+    where = "" if i is None else f"record {i}: "
+    if not 0 <= pasid < (1 << pasid_bits):
+        raise ValueError(f"{where}pasid {pasid:#x} does not fit in {pasid_bits} bits")
+    if not 0 <= grpid < (1 << grpid_bits):
+        raise ValueError(f"{where}grpid {grpid:#x} does not fit in {grpid_bits} bits")
+    if not 0 <= flags <= 0xF:
+        raise ValueError(f"{where}flags {flags:#x} has bits outside PASID_VALID|LAST_PAGE|NEEDS_PASID|PRIV_DATA")
+    if not 0 <= perm <= 0xF:
+        raise ValueError(f"{where}perm {perm:#x} has bits outside READ|WRITE|EXEC|PRIV")
+    if not 0 <= dev <= 0xFFFFFFFF or not 0 <= time <= U64:
+        raise ValueError(f"{where}dev or time out of range")
+
+
+class _Pending:
+    __slots__ = ("cookie", "time", "dev", "kpasid", "faults", "handle")
+
+    def __init__(self, cookie: int, time: int, dev: int, kpasid: int, faults: list, handle: int):
+        self.cookie, self.time, self.dev, self.kpasid = cookie, time, dev, kpasid
+        self.faults, self.handle = faults, handle
+
+
+class PyGrouper:
+    """Reference implementation of the grouping engine (strategy ``"python"``)."""
+
+    strategy = "python"
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.pasid_bits = policy.pasid_bits
+        self.grpid_bits = policy.grpid_bits
+        self.partials: dict[tuple[int, int, int], list[tuple]] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.limits: dict[int, int] = {}
+        self.dev_out: dict[int, int] = {}
+        self.total_out = 0
+        self.handles: dict[tuple[int, int], int] = {}
+        self.default_handler = False
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.outbox: list[tuple] = []
+        self.now = 0
+        self.next_cookie = 1
+        self.next_handle = 1
+        self.last_cookie = 0
+        self._out_faults: list[tuple] = []
+        self._out_offsets: list[int] = [0]
+        self._out_cookies: list[int] = []
+
+    # -- helpers -----------------------------------------------------------------
+    @staticmethod
+    def kpasid(rec: tuple) -> int:
+        return rec[2] if rec[4] & PASID_VALID else NO_PASID
+
+    def _key(self, rec: tuple) -> tuple[int, int, int]:
+        return (rec[1], self.kpasid(rec) if self.policy.match_pasid else ANY_PASID, rec[3])
+
+    def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int) -> None:
+        flags = rec[4]
+        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # R5
+        self.outbox.append((time, rec[1], rec[2], rec[3], code, out_flags, cookie, nfaults, reason))
+
+    def _hold(self, dev: int, n: int) -> None:
+        self.dev_out[dev] = self.dev_out.get(dev, 0) + n
+        self.total_out += n
+
+    def _release(self, dev: int, n: int) -> None:
+        self.dev_out[dev] -= n
+        self.total_out -= n
+
+    def _time(self, time: int | None) -> int:
+        if time is None:
+            return self.now
+        self.now = max(self.now, time)
+        return time
+
+    # -- configuration --------------------------------------------------------------
+    def add_device(self, dev: int, limit: int) -> None:
+        if limit:
+            self.limits[dev] = limit
+        else:
+            self.limits.pop(dev, None)
+
+    def set_default_handler(self, present: bool) -> None:
+        self.default_handler = bool(present)
+
+    def attach(self, dev: int, kpasid: int, time: int | None = None) -> None:
+        self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
+        self.handles[(dev, kpasid)] = self.next_handle
+        self.next_handle += 1
+
+    def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
+        handle = self.handles.pop((dev, kpasid), 0)
+        if not handle:
+            return False
+        t = self._time(time)
+        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+            if g.dev == dev and g.kpasid == kpasid and g.handle == handle:
+                self._answer(g, INVALID, DETACHED, t)
+        if self.policy.flush_partial_on_detach:
+            self._drop_partials(lambda f: f[1] == dev and self.kpasid(f) == kpasid, "flushed")
+        return True
+
+    # -- reporting -------------------------------------------------------------------
+    def check(self, arr: np.ndarray) -> None:
+        for i, rec in enumerate(arr.tolist()):
+            check_record(i, rec, self.pasid_bits, self.grpid_bits)
+
+    def report(self, rec: tuple) -> int:
+        check_record(None, rec, self.pasid_bits, self.grpid_bits)
+        return self._report(tuple(rec), collect=False)
+
+    def run(self, arr: np.ndarray, start: int = 0) -> int:
+        """Report arr[start:] (already checked); stop after a group to dispatch."""
+        records = arr.tolist()
+        for i in range(start, len(records)):
+            rec = records[i]
+            rec = rec[:7] + (tuple(rec[7]),)
+            cookie = self._report(rec, collect=True)
+            if cookie and self.needs_dispatch(self.pending[cookie]):
+                return i + 1
+        return len(records)
+
+    def needs_dispatch(self, g: _Pending) -> bool:
+        return self.default_handler or g.handle != 0
+
+    def _report(self, rec: tuple, collect: bool) -> int:
+        p = self.policy
+        c = self.counters
+        time, dev, pasid, grpid, flags, perm = rec[:6]
+        c["faults_reported"] += 1
+        self.now = max(self.now, time)
+        self.last_cookie = 0
+        last = p.stall or bool(flags & LAST_PAGE) or (p.priv_data_is_last and bool(flags & PRIV_DATA))
+        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # G6
+            c["stop_markers"] += 1
+            return 0
+        kpasid = self.kpasid(rec)
+        if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
+            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # R2, even non-last
+            c["rejected"] += 1
+            return 0
+        limit = self.limits.get(dev, 0)
+        if (limit and self.dev_out.get(dev, 0) + 1 > limit) or (
+                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # F5
+            c["overflowed"] += 1
+            if last:
+                self._send(time, rec, p.overflow_code, 0, 1, OVERFLOW)
+            if p.discard_on_overflow:
+                self.discard_partial()
+            return 0
+        self._hold(dev, 1)
+        key = self._key(rec)
+        if not last:  # G1
+            self.partials.setdefault(key, []).append(rec)
+            c["partial_now"] += 1
+            return 0
+        faults = self.partials.pop(key, [])  # G2-G4: stale and other-PASID partials too
+        c["partial_now"] -= len(faults)
+        faults.append(rec)
+        cookie = self.next_cookie
+        self.next_cookie += 1
+        g = _Pending(cookie, time, dev, kpasid, faults, self.handles.get((dev, kpasid), 0))
+        self.pending[cookie] = g
+        c["grouped"] += len(faults)
+        c["groups"] += 1
+        c["pending_now"] += 1
+        self.last_cookie = cookie
+        if collect:
+            self._out_faults.extend(faults)
+            self._out_offsets.append(len(self._out_faults))
+            self._out_cookies.append(cookie)
+        return cookie
+
+    def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
+        offsets = np.array(self._out_offsets, dtype=np.int64)
+        cookies = np.array(self._out_cookies, dtype=np.uint64)
+        self._out_faults, self._out_offsets, self._out_cookies = [], [0], []
+        return faults, offsets, cookies
+
+    # -- responses ---------------------------------------------------------------------
+    def _answer(self, g: _Pending, code: int, reason: int, time: int) -> None:
+        del self.pending[g.cookie]
+        self._send(time, g.faults[-1], code, g.cookie, len(g.faults), reason)
+        self._release(g.dev, len(g.faults))
+        self.counters["answered"] += 1
+        self.counters["pending_now"] -= 1
+
+    def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None) -> bool:
+        g = self.pending.get(cookie)
+        if g is None:  # R4
+            self.counters["stale_responses"] += 1
+            return False
+        self._answer(g, code, reason, self._time(time))
+        return True
+
+    def respond_batch(self, cookies: np.ndarray, codes: np.ndarray, reason: int = CALLER,
+                      time: int | None = None) -> np.ndarray:
+        return np.array([self.respond(int(k), int(c), reason, time)
+                         for k, c in zip(cookies.tolist(), codes.tolist())], dtype=bool)
+
+    def take_responses(self) -> np.ndarray:
+        out = np.array(self.outbox, dtype=RESPONSE_DTYPE)
+        self.outbox = []
+        return out
+
+    # -- flush, discard, remove, expire -------------------------------------------------
+    def _drop_partials(self, doomed: Any, counter: str) -> None:
+        for key in list(self.partials):
+            keep = []
+            for f in self.partials[key]:
+                if doomed(f):
+                    self.counters[counter] += 1
+                    self.counters["partial_now"] -= 1
+                    self._release(f[1], 1)
+                else:
+                    keep.append(f)
+            if keep:
+                self.partials[key] = keep
+            else:
+                del self.partials[key]
+
+    def _answer_all(self, which: Any, code: int, reason: int, time: int) -> None:
+        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+            if which(g):
+                self._answer(g, code, reason, time)
+
+    def flush_pasid(self, dev: int, kpasid: int, code: int = INVALID, time: int | None = None) -> None:
+        t = self._time(time)
+        self._drop_partials(lambda f: f[1] == dev and self.kpasid(f) == kpasid, "flushed")
+        self._answer_all(lambda g: g.dev == dev and g.kpasid == kpasid, code, FLUSHED, t)
+
+    def discard_partial(self) -> None:
+        self._drop_partials(lambda f: True, "discarded")
+
+    def remove_device(self, dev: int, time: int | None = None) -> None:
+        t = self._time(time)
+        self._drop_partials(lambda f: f[1] == dev, "removed")
+        self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t)
+        self.limits.pop(dev, None)
+
+    def expire(self, now: int) -> None:
+        self.now = max(self.now, now)
+        timeout = self.policy.response_timeout
+        if timeout is None or now < timeout:
+            return
+        cutoff = now - timeout
+        for g in sorted(self.pending.values(), key=lambda g: (g.time, g.cookie)):
+            if g.time <= cutoff:
+                self._answer(g, self.policy.timeout_code, TIMEOUT, now)
+
+    # -- inspection ----------------------------------------------------------------------
+    @property
+    def partial_count(self) -> int:
+        return self.counters["partial_now"]
+
+    def pending_cookies(self) -> np.ndarray:
+        return np.array(sorted(self.pending), dtype=np.uint64)
+
+    def group_faults(self, cookie: int) -> np.ndarray | None:
+        g = self.pending.get(cookie)
+        return None if g is None else np.array(g.faults, dtype=FAULT_DTYPE)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def sizeof(self) -> int:
+        return 0  # no C memory
