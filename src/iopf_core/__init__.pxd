@@ -1,1 +1,1 @@
-from iopf_core.grouper cimport Grouper, HashGrouper, ListGrouper, FaultRec, RespRec
+from iopf_core.grouper cimport Grouper, HashGrouper, ListGrouper, TreeGrouper, FaultRec, RespRec

@@ -7,7 +7,7 @@
 
 A Grouper owns all its memory; every index below is into one of its pools.
 """
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef enum:
     NIL = 0xFFFFFFFF          # no node / no record
@@ -57,6 +57,12 @@ ctypedef struct Slot:
     uint32_t dev, kpasid, grpid
     uint32_t head, tail
     uint32_t epoch
+
+# A node of TreeGrouper's AVL tree: a Slot plus its links.
+ctypedef struct TNode:
+    Slot s
+    uint32_t left, right
+    int32_t height
 
 ctypedef struct Pend:
     uint64_t cookie, time
@@ -166,3 +172,15 @@ cdef class HashGrouper(Grouper):
 cdef class ListGrouper(Grouper):
     cdef SlotTable lists
 
+
+cdef class TreeGrouper(Grouper):
+    cdef TNode* t
+    cdef uint32_t t_cap, t_free, root
+    cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
+    cdef void t_fix(self, uint32_t i) noexcept nogil
+    cdef uint32_t t_rotate_right(self, uint32_t y) noexcept nogil
+    cdef uint32_t t_rotate_left(self, uint32_t x) noexcept nogil
+    cdef uint32_t t_balance(self, uint32_t i) noexcept nogil
+    cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil
+    cdef uint32_t t_remove_min(self, uint32_t i, uint32_t* out) noexcept nogil
+    cdef uint32_t t_delete(self, uint32_t root, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t* out) noexcept nogil
