@@ -321,17 +321,20 @@ class Queue:
         return self._handlers.get(key, self._default)
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
-        """R1/R3: call the handler; answer with its code, or FAILURE if it raises."""
+        """R1/R3: call the handler; answer with its code, or FAILURE if it raises
+        (or returns something that is not a response code)."""
         self._dispatching = True
         try:
             code = handler(group)
+            if code is not None:
+                code = _check_code(code)
         except BaseException:
             self.core.respond(group.cookie, int(self.policy.handler_error_code), Reason.HANDLER_ERROR)
             raise
         finally:
             self._dispatching = False
         if code is not None:
-            self.core.respond(group.cookie, _check_code(code), Reason.HANDLER)
+            self.core.respond(group.cookie, code, Reason.HANDLER)
 
     # -- responses ---------------------------------------------------------------------
     def respond(self, group: Group | int, code: Response | int, *, time: int | None = None) -> bool:

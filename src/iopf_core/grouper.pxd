@@ -33,12 +33,13 @@ cdef packed struct RespRec:
     uint32_t nfaults, reason
 
 # A held fault: a partial, or a member of a pending group. 56 bytes: the
-# fields of FaultRec (flags and perm are 4-bit, checked on entry), the link of
-# its group list and the two links of its (dev, PASID) chain, so that a flush
-# visits only that PASID's faults.
+# fields of FaultRec but the device (every list a node is on belongs to one
+# device, which the caller knows), flags and perm in 16 bits (they are 4-bit,
+# checked on entry), the link of its group list and the two links of its
+# (dev, PASID) chain, so that a flush visits only that PASID's faults.
 ctypedef struct Node:
     uint64_t time, addr, priv0, priv1
-    uint32_t dev, pasid, grpid
+    uint32_t pasid, grpid
     uint16_t flags, perm
     uint32_t next
     uint32_t pnext, pprev
@@ -105,9 +106,9 @@ cdef class Grouper:
     cdef readonly uint64_t now
     cdef readonly uint64_t last_cookie
     cdef bint default_handler
-    # pools
-    cdef Node* nodes
-    cdef uint32_t node_cap, node_free, node_used
+    # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
+    cdef Node** chunks
+    cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
     cdef Pend* pends
     cdef uint32_t pend_cap, pend_free
     # tables
@@ -123,8 +124,10 @@ cdef class Grouper:
     cdef Buf out_faults, out_offsets, out_cookies, outbox
 
     # internals (see grouper.pyx)
+    cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t slot_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t filter_dead(self, Slot* s) noexcept nogil
+    cdef int node_grow(self) except -1 nogil
     cdef uint32_t node_alloc(self) except NIL nogil
     cdef void node_release(self, uint32_t i) noexcept nogil
     cdef uint32_t pend_alloc(self) except NIL nogil
@@ -142,13 +145,13 @@ cdef class Grouper:
     cdef void heap_sift_down(self, uint32_t i) noexcept nogil
     cdef void heap_pop(self) noexcept nogil
     cdef void heap_rebuild(self) noexcept nogil
-    cdef int send(self, uint64_t time, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason) except -1 nogil
+    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
-    cdef void node_to_rec(self, const Node* n, FaultRec* f) noexcept nogil
-    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie) except -1 nogil
+    cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
+    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
-    cdef void unchain(self, uint32_t m) noexcept nogil
+    cdef void unchain(self, uint32_t m, uint32_t dev) noexcept nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
     cdef uint32_t free_chain(self, uint32_t e) noexcept nogil
     cdef void tidy_all(self) noexcept nogil
@@ -156,9 +159,9 @@ cdef class Grouper:
     cdef const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL
 
     # the strategy: where partials wait for their LPIG
-    cdef int s_add(self, uint32_t n) except -1 nogil
+    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil
     cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
-    cdef void s_purge(self, uint32_t n) noexcept nogil
+    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil
     cdef size_t s_sizeof(self) noexcept nogil
 
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil

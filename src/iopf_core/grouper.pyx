@@ -42,6 +42,9 @@ cdef enum:
     R_CALLER = 10
     C_INVALID = 1
     MIN_CAP = 16
+    CHUNK_BITS = 12           # 4096 nodes (224 KiB) a chunk: slack stays small
+    CHUNK = 1 << CHUNK_BITS
+    CHUNK_MASK = CHUNK - 1
 
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
@@ -222,7 +225,10 @@ cdef class Grouper:
         self.out_offsets.len = sizeof(int64_t)
 
     def __dealloc__(self):
-        PyMem_RawFree(self.nodes); self.nodes = NULL
+        cdef uint32_t i
+        for i in range(self.n_chunks):
+            PyMem_RawFree(self.chunks[i])
+        PyMem_RawFree(self.chunks); self.chunks = NULL
         PyMem_RawFree(self.pends); self.pends = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
         PyMem_RawFree(self.cookies); self.cookies = NULL
@@ -233,18 +239,21 @@ cdef class Grouper:
         PyMem_RawFree(self.outbox.data); self.outbox.data = NULL
 
     # -- strategy (overridden) ---------------------------------------------------------
-    cdef int s_add(self, uint32_t n) except -1 nogil:
+    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
         with gil:
             raise NotImplementedError("use HashGrouper, ListGrouper or TreeGrouper")
 
     cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
         return NIL
 
-    cdef void s_purge(self, uint32_t n) noexcept nogil:
+    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
         pass
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
+
+    cdef inline Node* N(self, uint32_t i) noexcept nogil:
+        return &self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK]
 
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
         """The PASID part of the grouping key of a held fault (G3)."""
@@ -257,41 +266,54 @@ cdef class Grouper:
         cdef uint32_t n = s.head, prev = NIL, kept = 0
         s.head = NIL
         while n != NIL:
-            if not self.nodes[n].flags & DEAD:
+            if not self.N(n).flags & DEAD:
                 if prev == NIL:
                     s.head = n
                 else:
-                    self.nodes[prev].next = n
+                    self.N(prev).next = n
                 prev = n
                 kept += 1
-            n = self.nodes[n].next
+            n = self.N(n).next
         if prev != NIL:
-            self.nodes[prev].next = NIL
+            self.N(prev).next = NIL
         s.tail = prev
         s.epoch = self.epoch
         return kept
 
     # -- pools -----------------------------------------------------------------------
+    cdef int node_grow(self) except -1 nogil:
+        """Add one chunk of nodes to the free list."""
+        cdef size_t cap = self.chunks_cap
+        cdef uint32_t i, base = self.node_cap
+        cdef Node* chunk
+        if self.node_cap >= 0xFFFFFFFFu - CHUNK:
+            return raise_nomem()
+        if self.n_chunks == self.chunks_cap:
+            self.chunks = <Node**>grow(self.chunks, &cap, cap + 1, sizeof(Node*))
+            self.chunks_cap = <uint32_t>cap
+        chunk = <Node*>PyMem_RawMalloc(CHUNK * sizeof(Node))
+        if chunk == NULL:
+            return raise_nomem()
+        self.chunks[self.n_chunks] = chunk
+        self.n_chunks += 1
+        for i in range(CHUNK - 1):
+            chunk[i].next = base + i + 1
+        chunk[CHUNK - 1].next = self.node_free
+        self.node_free = base
+        self.node_cap += CHUNK
+        return 0
+
     cdef uint32_t node_alloc(self) except NIL nogil:
         cdef uint32_t i
-        cdef size_t cap
         if self.node_free == NIL:
-            cap = self.node_cap
-            if cap >= 0xFFFFFFF0u:
-                raise_nomem()
-            self.nodes = <Node*>grow(self.nodes, &cap, cap + 1, sizeof(Node))
-            for i in range(self.node_cap, <uint32_t>cap):
-                self.nodes[i].next = self.node_free if i == cap - 1 else i + 1
-            self.nodes[cap - 1].next = NIL
-            self.node_free = self.node_cap
-            self.node_cap = <uint32_t>cap
+            self.node_grow()
         i = self.node_free
-        self.node_free = self.nodes[i].next
+        self.node_free = self.N(i).next
         self.node_used += 1
         return i
 
     cdef inline void node_release(self, uint32_t i) noexcept nogil:
-        self.nodes[i].next = self.node_free
+        self.N(i).next = self.node_free
         self.node_free = i
         self.node_used -= 1
 
@@ -521,12 +543,12 @@ cdef class Grouper:
             self.heap_sift_down(i)
 
     # -- output ----------------------------------------------------------------------
-    cdef int send(self, uint64_t time, const Node* last, uint32_t code, uint64_t cookie,
+    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie,
                   uint32_t nfaults, uint32_t reason) except -1 nogil:
         buf_reserve(&self.outbox, sizeof(RespRec))
         cdef RespRec* r = <RespRec*>(self.outbox.data + self.outbox.len)
         r.time = time
-        r.dev = last.dev
+        r.dev = dev
         r.pasid = last.pasid
         r.grpid = last.grpid
         r.code = code
@@ -538,9 +560,9 @@ cdef class Grouper:
         self.outbox.len += sizeof(RespRec)
         return 0
 
-    cdef inline void node_to_rec(self, const Node* n, FaultRec* f) noexcept nogil:
+    cdef inline void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil:
         f.time = n.time
-        f.dev = n.dev
+        f.dev = dev
         f.pasid = n.pasid
         f.grpid = n.grpid
         f.flags = n.flags
@@ -549,7 +571,7 @@ cdef class Grouper:
         f.priv[0] = n.priv0
         f.priv[1] = n.priv1
 
-    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie) except -1 nogil:
+    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil:
         """Append a completed group to the batch output."""
         buf_reserve(&self.out_faults, nfaults * sizeof(FaultRec))
         buf_reserve(&self.out_offsets, sizeof(int64_t))
@@ -557,9 +579,9 @@ cdef class Grouper:
         cdef FaultRec* f = <FaultRec*>(self.out_faults.data + self.out_faults.len)
         cdef uint32_t n = head
         while n != NIL:
-            self.node_to_rec(&self.nodes[n], f)
+            self.node_to_rec(self.N(n), dev, f)
             f += 1
-            n = self.nodes[n].next
+            n = self.N(n).next
         self.out_faults.len += nfaults * sizeof(FaultRec)
         (<int64_t*>(self.out_offsets.data + self.out_offsets.len))[0] = self.out_faults.len // sizeof(FaultRec)
         self.out_offsets.len += sizeof(int64_t)
@@ -594,8 +616,8 @@ cdef class Grouper:
         if ei >= 0:
             handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # R2
-            lpig.dev = dev; lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>flags
-            self.send(r.time, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
+            lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>flags
+            self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
             self.c.rejected += 1
             return 0
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
@@ -606,9 +628,9 @@ cdef class Grouper:
                 return self.overflow(r, last)
         n = self.node_alloc()
         self.hold(dev, 1)
-        cdef Node* node = &self.nodes[n]
+        cdef Node* node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.dev = dev; node.pasid = r.pasid; node.grpid = r.grpid
+        node.pasid = r.pasid; node.grpid = r.grpid
         node.flags = <uint16_t>flags; node.perm = <uint16_t>r.perm
         node.next = NIL
         if not last:                                                            # G1
@@ -617,9 +639,9 @@ cdef class Grouper:
             node.pprev = NIL
             node.pnext = self.entries[ei].phead
             if node.pnext != NIL:
-                self.nodes[node.pnext].pprev = n
+                self.N(node.pnext).pprev = n
             self.entries[ei].phead = n
-            self.s_add(n)
+            self.s_add(n, dev)
             self.c.partial_now += 1
             return 0
         # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
@@ -628,14 +650,14 @@ cdef class Grouper:
         tail = NIL
         m = head
         while m != NIL:
-            self.unchain(m)
+            self.unchain(m, dev)
             tail = m
             nf += 1
-            m = self.nodes[m].next
+            m = self.N(m).next
         if tail == NIL:
             head = n
         else:
-            self.nodes[tail].next = n
+            self.N(tail).next = n
         self.c.partial_now -= nf - 1
         self.c.grouped += nf
         self.c.groups += 1
@@ -666,7 +688,7 @@ cdef class Grouper:
             self.heap_push(g.time, g.cookie)
         self.last_cookie = g.cookie
         if collect:
-            self.collect(head, nf, g.cookie)
+            self.collect(head, nf, g.cookie, dev)
         return 1
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
@@ -674,27 +696,27 @@ cdef class Grouper:
         cdef Node lpig
         self.c.overflowed += 1
         if last:
-            lpig.dev = r.dev; lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>r.flags
-            self.send(r.time, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW)
+            lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>r.flags
+            self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW)
         if self.rules.discard_on_overflow:
             self.drop_where(0, 0, 0, &self.c.discarded)
         return 0
 
-    cdef void unchain(self, uint32_t m) noexcept nogil:
+    cdef void unchain(self, uint32_t m, uint32_t dev) noexcept nogil:
         """Take a partial off its (dev, key PASID) chain as it joins a group."""
-        cdef Node* x = &self.nodes[m]
+        cdef Node* x = self.N(m)
         cdef int64_t ei
         cdef uint32_t kp
         if x.pnext != NIL:
-            self.nodes[x.pnext].pprev = x.pprev
+            self.N(x.pnext).pprev = x.pprev
         if x.pprev != NIL:
-            self.nodes[x.pprev].pnext = x.pnext
+            self.N(x.pprev).pnext = x.pnext
         else:
             kp = key_pasid(x.pasid, x.flags)
-            ei = self.entry_find(x.dev, kp)
+            ei = self.entry_find(dev, kp)
             self.entries[ei].phead = x.pnext
             if x.pnext == NIL:
-                self.entry_tidy(x.dev, kp)
+                self.entry_tidy(dev, kp)
 
     # -- dropping partials (flush, discard, remove) --------------------------------------
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil:
@@ -713,12 +735,12 @@ cdef class Grouper:
             self.epoch += 1
             n = self.entries[e].phead
             while n != NIL:
-                self.nodes[n].flags |= DEAD
-                n = self.nodes[n].pnext
+                self.N(n).flags |= DEAD
+                n = self.N(n).pnext
             n = self.entries[e].phead
             while n != NIL:
-                self.s_purge(n)
-                n = self.nodes[n].pnext
+                self.s_purge(n, dev)
+                n = self.N(n).pnext
             dropped = self.free_chain(<uint32_t>e)
             self.entry_tidy(dev, kp)
         else:
@@ -728,15 +750,15 @@ cdef class Grouper:
                     if mode == 0 or self.entries[i].dev == dev:
                         n = self.entries[i].phead
                         while n != NIL:
-                            self.nodes[n].flags |= DEAD
-                            n = self.nodes[n].pnext
+                            self.N(n).flags |= DEAD
+                            n = self.N(n).pnext
             for i in range(self.entry_cap):
                 if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
                     if mode == 0 or self.entries[i].dev == dev:
                         n = self.entries[i].phead
                         while n != NIL:
-                            self.s_purge(n)
-                            n = self.nodes[n].pnext
+                            self.s_purge(n, self.entries[i].dev)
+                            n = self.N(n).pnext
             for i in range(self.entry_cap):
                 if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
                     if mode == 0 or self.entries[i].dev == dev:
@@ -750,7 +772,7 @@ cdef class Grouper:
         cdef uint32_t n = self.entries[e].phead, nx, k = 0
         cdef uint32_t dev = self.entries[e].dev
         while n != NIL:
-            nx = self.nodes[n].pnext
+            nx = self.N(n).pnext
             self.node_release(n)
             k += 1
             n = nx
@@ -789,10 +811,10 @@ cdef class Grouper:
         else:
             self.pends[g.qnext].qprev = g.qprev
         self.entry_tidy(g.dev, g.kpasid)
-        self.send(time, &self.nodes[g.tail], code, cookie, g.nfaults, reason)
+        self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason)
         n = g.head
         while n != NIL:
-            nx = self.nodes[n].next
+            nx = self.N(n).next
             self.node_release(n)
             n = nx
         self.hold(g.dev, -<int64_t>g.nfaults)
@@ -850,7 +872,7 @@ cdef class Grouper:
                     n = self.entries[i].phead
                     while n != NIL:
                         count += 1
-                        n = self.nodes[n].pnext
+                        n = self.N(n).pnext
                     n = self.entries[i].qhead
                     while n != NIL:
                         count += self.pends[n].nfaults
@@ -1049,9 +1071,9 @@ cdef class Grouper:
         cdef FaultRec* f = <FaultRec*>&v[0]
         cdef uint32_t n = g.head
         while n != NIL:
-            self.node_to_rec(&self.nodes[n], f)
+            self.node_to_rec(self.N(n), g.dev, f)
             f += 1
-            n = self.nodes[n].next
+            n = self.N(n).next
         return out
 
     def stats(self):
@@ -1064,7 +1086,7 @@ cdef class Grouper:
 
     def sizeof(self):
         """Bytes of C memory this grouper holds (all of it visible to tracemalloc)."""
-        return (self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
+        return (self.node_cap * sizeof(Node) + self.chunks_cap * sizeof(Node*) + self.pend_cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.cookie_cap * sizeof(CookieSlot)
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.s_sizeof())
@@ -1085,15 +1107,15 @@ cdef class HashGrouper(Grouper):
     def __dealloc__(self):
         slot_free(&self.table)
 
-    cdef int s_add(self, uint32_t n) except -1 nogil:
-        cdef Node* x = &self.nodes[n]
+    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
+        cdef Node* x = self.N(n)
         cdef uint32_t kp = self.slot_kpasid(x)
-        cdef int64_t i = slot_find(&self.table, x.dev, kp, x.grpid)
+        cdef int64_t i = slot_find(&self.table, dev, kp, x.grpid)
         if i < 0:
-            i = slot_insert(&self.table, x.dev, kp, x.grpid)
+            i = slot_insert(&self.table, dev, kp, x.grpid)
             self.table.slots[i].head = n
         else:
-            self.nodes[self.table.slots[i].tail].next = n
+            self.N(self.table.slots[i].tail).next = n
         self.table.slots[i].tail = n
         return 0
 
@@ -1105,9 +1127,9 @@ cdef class HashGrouper(Grouper):
         slot_delete(&self.table, <uint32_t>i)
         return head
 
-    cdef void s_purge(self, uint32_t n) noexcept nogil:
-        cdef Node* x = &self.nodes[n]
-        cdef int64_t i = slot_find(&self.table, x.dev, self.slot_kpasid(x), x.grpid)
+    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
+        cdef Node* x = self.N(n)
+        cdef int64_t i = slot_find(&self.table, dev, self.slot_kpasid(x), x.grpid)
         if i >= 0 and self.table.slots[i].epoch != self.epoch:
             if self.filter_dead(&self.table.slots[i]) == 0:
                 slot_delete(&self.table, <uint32_t>i)
@@ -1124,14 +1146,13 @@ cdef class ListGrouper(Grouper):
     def __dealloc__(self):
         slot_free(&self.lists)
 
-    cdef int s_add(self, uint32_t n) except -1 nogil:
-        cdef uint32_t dev = self.nodes[n].dev
+    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
         cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
         if i < 0:
             i = slot_insert(&self.lists, dev, KEY_LIST, KEY_LIST)
             self.lists.slots[i].head = n
         else:
-            self.nodes[self.lists.slots[i].tail].next = n
+            self.N(self.lists.slots[i].tail).next = n
         self.lists.slots[i].tail = n
         return 0
 
@@ -1144,20 +1165,20 @@ cdef class ListGrouper(Grouper):
         cdef uint32_t n = s.head, prev = NIL, nx, ghead = NIL, gtail = NIL
         cdef Node* x
         while n != NIL:
-            x = &self.nodes[n]
+            x = self.N(n)
             nx = x.next
             if x.grpid == grpid and self.slot_kpasid(x) == kpasid:
                 if prev == NIL:
                     s.head = nx
                 else:
-                    self.nodes[prev].next = nx
+                    self.N(prev).next = nx
                 if s.tail == n:
                     s.tail = prev
                 x.next = NIL
                 if gtail == NIL:
                     ghead = n
                 else:
-                    self.nodes[gtail].next = n
+                    self.N(gtail).next = n
                 gtail = n
             else:
                 prev = n
@@ -1166,8 +1187,8 @@ cdef class ListGrouper(Grouper):
             slot_delete(&self.lists, <uint32_t>i)
         return ghead
 
-    cdef void s_purge(self, uint32_t n) noexcept nogil:
-        cdef int64_t i = slot_find(&self.lists, self.nodes[n].dev, KEY_LIST, KEY_LIST)
+    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
+        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
         if i >= 0 and self.lists.slots[i].epoch != self.epoch:
             if self.filter_dead(&self.lists.slots[i]) == 0:
                 slot_delete(&self.lists, <uint32_t>i)
@@ -1290,9 +1311,9 @@ cdef class TreeGrouper(Grouper):
             return self.t_balance(m)
         return self.t_balance(root)
 
-    cdef int s_add(self, uint32_t n) except -1 nogil:
-        cdef Node* x = &self.nodes[n]
-        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(x.dev, kp, x.grpid)
+    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
+        cdef Node* x = self.N(n)
+        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(dev, kp, x.grpid)
         cdef size_t cap
         if i == NIL:
             if self.t_free == NIL:    # grow before linking: the pool may move
@@ -1305,7 +1326,7 @@ cdef class TreeGrouper(Grouper):
                 self.t_cap = <uint32_t>cap
             i = self.t_free
             self.t_free = self.t[i].left
-            self.t[i].s.dev = x.dev
+            self.t[i].s.dev = dev
             self.t[i].s.kpasid = kp
             self.t[i].s.grpid = x.grpid
             self.t[i].s.head = n
@@ -1315,7 +1336,7 @@ cdef class TreeGrouper(Grouper):
             self.t[i].height = 1
             self.root = self.t_insert(self.root, i)
         else:
-            self.nodes[self.t[i].s.tail].next = n
+            self.N(self.t[i].s.tail).next = n
         self.t[i].s.tail = n
         return 0
 
@@ -1328,12 +1349,12 @@ cdef class TreeGrouper(Grouper):
         self.t_free = found
         return self.t[found].s.head
 
-    cdef void s_purge(self, uint32_t n) noexcept nogil:
-        cdef Node* x = &self.nodes[n]
-        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(x.dev, kp, x.grpid)
+    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
+        cdef Node* x = self.N(n)
+        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(dev, kp, x.grpid)
         if i != NIL and self.t[i].s.epoch != self.epoch:
             if self.filter_dead(&self.t[i].s) == 0:
-                self.s_take(x.dev, kp, x.grpid)
+                self.s_take(dev, kp, x.grpid)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.t_cap * sizeof(TNode)
