@@ -256,12 +256,14 @@ class Queue:
             self._check_reentry()
             cookie = self.core.report(tuple(fault))
             group = None
-            if cookie:
-                group = Group(self, cookie, self.core.group_faults(cookie))
-                handler = self._handler_for(group)
-                if handler is not None:
-                    self._dispatch(handler, group)
-            self._deliver()
+            try:
+                if cookie:
+                    group = Group(self, cookie, self.core.group_faults(cookie))
+                    handler = self._handler_for(group)
+                    if handler is not None:
+                        self._dispatch(handler, group)
+            finally:  # a handler's FAILURE answer is delivered before its exception
+                self._deliver()
             return group
 
     def report_batch(self, faults: np.ndarray) -> GroupBatch:

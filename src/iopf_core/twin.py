@@ -239,6 +239,10 @@ class PyGrouper:
         return np.array([self.respond(int(k), int(c), reason, time)
                          for k, c in zip(cookies.tolist(), codes.tolist())], dtype=bool)
 
+    @property
+    def has_responses(self) -> bool:
+        return bool(self.outbox)
+
     def take_responses(self) -> np.ndarray:
         out = np.array(self.outbox, dtype=RESPONSE_DTYPE)
         self.outbox = []
