@@ -54,6 +54,13 @@ def as_array(fs: list[Fault]) -> np.ndarray:
     return np.array([tuple(f) for f in fs], dtype=FAULT_DTYPE)
 
 
+def make_handler(mode: str):
+    """A constant handler ("const-CODE", answered in the engine) or a Python one."""
+    if mode.startswith("const-"):
+        return Response[mode[6:]]
+    return Handler(mode)
+
+
 class Handler:
     """Deterministic handler: answers with a code, defers (None) or raises."""
 
@@ -123,17 +130,18 @@ class Agreement(RuleBasedStateMachine):
     def remove_device(self, dev):
         self.all(lambda q: q.remove_device(dev))
 
-    @rule(dev=DEVS, pasid=PASID_OR_NONE, mode=st.sampled_from(["SUCCESS", "INVALID", "defer", "raise"]))
+    @rule(dev=DEVS, pasid=PASID_OR_NONE,
+          mode=st.sampled_from(["SUCCESS", "INVALID", "defer", "raise", "const-SUCCESS", "const-FAILURE"]))
     def attach(self, dev, pasid, mode):
-        self.all(lambda q: q.attach(dev, pasid, Handler(mode)))
+        self.all(lambda q: q.attach(dev, pasid, make_handler(mode)))
 
     @rule(dev=DEVS, pasid=PASID_OR_NONE)
     def detach(self, dev, pasid):
         self.all(lambda q: q.detach(dev, pasid))
 
-    @rule(mode=st.sampled_from([None, "SUCCESS", "defer", "raise"]))
+    @rule(mode=st.sampled_from([None, "SUCCESS", "defer", "raise", "const-INVALID"]))
     def default_handler(self, mode):
-        self.all(lambda q: setattr(q, "default_handler", mode and Handler(mode)))
+        self.all(lambda q: setattr(q, "default_handler", mode and make_handler(mode)))
 
     @rule(dev=DEVS, outstanding=st.sampled_from([None, 1, 2, 5]))
     def add_device(self, dev, outstanding):

@@ -6,8 +6,8 @@
 >>> q.stats.conserved()
 True
 """
-from . import policies
-
+from . import policies, trace
+from ._replay import ReplayReport, replay
 from .policies import Policy
 from .queue import Group, GroupBatch, Handler, Queue, Stats
 from .types import (FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, Fault, Flag, PageResponse, Perm,

@@ -159,6 +159,15 @@ def _key_pasid(pasid: int | None) -> int:
     return int(pasid)
 
 
+def _constant_code(handler: object) -> int:
+    """The code of a constant handler, -1 for a callable (or None)."""
+    if handler is None or callable(handler):
+        return -1
+    if isinstance(handler, (int, np.integer)) and not isinstance(handler, bool):
+        return _check_code(handler)  # type: ignore[arg-type]
+    raise TypeError(f"a handler is a callable or a Response code, not {type(handler).__name__}")
+
+
 def _check_code(code: Response | int) -> int:
     try:
         return int(Response(code))
@@ -206,10 +215,11 @@ class Queue:
         return self._default
 
     @default_handler.setter
-    def default_handler(self, handler: Handler | None) -> None:
+    def default_handler(self, handler: Handler | Response | None) -> None:
         with self._lock:
+            auto = _constant_code(handler)
             self._default = handler
-            self.core.set_default_handler(handler is not None)
+            self.core.set_default_handler(handler is not None, auto)
 
     def add_device(self, dev: int, outstanding: int | None = None) -> None:
         """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""
@@ -224,16 +234,18 @@ class Queue:
             self.core.remove_device(dev, time)
             self._deliver()
 
-    def attach(self, dev: int, pasid: int | None, handler: Handler) -> None:
+    def attach(self, dev: int, pasid: int | None, handler: Handler | Response) -> None:
         """Route the groups of (dev, pasid) to handler; pasid None is no-PASID.
 
-        Attaching over an existing handler is a replace: the old attachment's
-        pending groups are answered INVALID, as detach does.
+        A ``Response`` instead of a callable is a constant handler: every
+        group is answered with that code as it forms, without a call into
+        Python (a batch then stays in C). Attaching over an existing handler
+        is a replace: the old attachment's pending groups are answered
+        INVALID, as detach does.
         """
-        if not callable(handler):
-            raise TypeError("handler must be callable")
+        auto = _constant_code(handler)
         with self._lock:
-            self.core.attach(dev, _key_pasid(pasid))
+            self.core.attach(dev, _key_pasid(pasid), None, auto)
             self._handlers[(dev, pasid)] = handler
             self._deliver()
 
@@ -258,10 +270,9 @@ class Queue:
             group = None
             try:
                 if cookie:
-                    group = Group(self, cookie, self.core.group_faults(cookie))
-                    handler = self._handler_for(group)
-                    if handler is not None:
-                        self._dispatch(handler, group)
+                    group = Group(self, cookie, self.core.take_groups()[0])
+                    if self.core.dispatch:
+                        self._dispatch(self._handler_for(group), group)
             finally:  # a handler's FAILURE answer is delivered before its exception
                 self._deliver()
             return group
@@ -283,15 +294,12 @@ class Queue:
             i, n = 0, len(arr)
             while i < n:
                 i = core.run(arr, i)
-                cookie = core.last_cookie
-                if cookie and self._handlers_exist():
-                    group = Group(self, cookie, core.group_faults(cookie))
-                    handler = self._handler_for(group)
-                    if handler is not None:
-                        try:
-                            self._dispatch(handler, group)
-                        except Exception as exc:  # answered already; raised after the batch
-                            errors.append(exc)
+                if core.dispatch:
+                    group = Group(self, core.last_cookie, core.group_faults(core.last_cookie))
+                    try:
+                        self._dispatch(self._handler_for(group), group)
+                    except Exception as exc:  # answered already; raised after the batch
+                        errors.append(exc)
             batch = GroupBatch(self, *core.take_groups())
             self._deliver()
         if errors:
@@ -315,12 +323,9 @@ class Queue:
         if self._dispatching:
             raise RuntimeError("a handler may answer groups but not report faults to its own queue")
 
-    def _handlers_exist(self) -> bool:
-        return self._default is not None or bool(self._handlers)
-
-    def _handler_for(self, group: Group) -> Handler | None:
+    def _handler_for(self, group: Group) -> Handler:
         key = (group.dev, group.pasid if group.pasid_valid else None)
-        return self._handlers.get(key, self._default)
+        return self._handlers.get(key, self._default)  # type: ignore[return-value]
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
         """R1/R3: call the handler; answer with its code, or FAILURE if it raises

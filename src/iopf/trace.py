@@ -27,7 +27,9 @@ Formats (``format=`` names):
     kernel's NEEDS_PASID, which the kernel leaks through the raw ``flags``).
     Lost: ``time`` (``load`` numbers the records 0, 1, 2, ... instead),
     ``private`` and PRIV_DATA. ``load`` ignores ``__reserved`` (kernels
-    before v6.14 leaked stack bytes there), ``length`` and ``cookie``.
+    before v6.14 leaked stack bytes there), ``length`` and ``cookie``. An
+    empty file is an empty trace when the format is known (from ``format=``
+    or the extension); the sniffer cannot tell it from a failed capture.
 ``"parquet"``
     One column per field (``private0``, ``private1``), unsigned integers.
     Lossless. Needs pyarrow (``pip install iopf[parquet]``).
@@ -47,19 +49,18 @@ True
 from __future__ import annotations
 
 import codecs
-import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from .types import FAULT_DTYPE, Flag, Perm
 
 __all__ = [
-    "FORMATS", "TraceError", "OptionalDependencyError", "LoadStats",
+    "FORMATS", "IOMMUFD_DTYPE", "TraceError", "OptionalDependencyError", "LoadStats",
     "detect_format", "load", "iter_chunks", "save", "synthetic",
 ]
 
@@ -86,6 +87,8 @@ _TEXT_BATCH = 1 << 16
 _CSV_COLUMNS = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr",
                 "private0", "private1")
 _CSV_OPTIONAL = frozenset({"time", "private0", "private1"})
+_SCALAR_FIELDS = _CSV_COLUMNS[:7]
+assert FAULT_DTYPE.names == (*_SCALAR_FIELDS, "private")
 _CSV_HEADER = ",".join(_CSV_COLUMNS)
 _U32_COLUMNS = frozenset({"dev", "pasid", "grpid", "flags", "perm"})
 
@@ -202,10 +205,13 @@ def _sniff(path: PathLike) -> str:
     if text is not None:
         if "prq_report:" in text:
             return "prq_report"
-        first = next((ln for ln in text.splitlines() if ln.strip()), "")
-        if _csv_header_names(first) is not None:
+        lines = [ln for ln in text.lstrip("\ufeff").splitlines() if ln.strip()]
+        if not lines:
+            raise TraceError("empty file", path=path)
+        data = [ln for ln in lines if not ln.lstrip().startswith("#")]
+        if data and _csv_header_names(data[0]) is not None:
             return "csv"
-        if first.startswith("# tracer:") or _FTRACE_CONTEXT.search(text):
+        if lines[0].startswith("# tracer:") or _FTRACE_CONTEXT.search(text):
             return "prq_report"
         raise TraceError("cannot determine the format of this text file (no "
                          "prq_report lines, no CSV header); pass format=", path=path)
@@ -260,7 +266,9 @@ def iter_chunks(path: PathLike, *, format: str | None = None, skip_bad: bool = F
     fmt = detect_format(path, format)
     st = stats if stats is not None else LoadStats()
     st.format = fmt
-    if os.path.getsize(path) == 0:
+    # Zero bytes is a valid iommufd capture (read() returned nothing); every
+    # other format has a header, so an empty file is a failed capture.
+    if fmt != "iommufd" and os.path.getsize(path) == 0:
         raise TraceError("empty file", path=path)
     reader = _READERS[fmt]
     chunks = reader(path, skip_bad=skip_bad, chunk_size=chunk_size, stats=st)
@@ -386,8 +394,9 @@ def _parse_int(text: str) -> int:
 def _read_csv(path: PathLike, *, skip_bad: bool, chunk_size: int,
               stats: LoadStats) -> Iterator[np.ndarray]:
     # Find the header now so that a file without one fails at the call.
+    # utf-8-sig: spreadsheet programs start the file with a byte-order mark.
     names: list[str] | None = None
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 names = _csv_header_names(line)
@@ -403,7 +412,7 @@ def _read_csv(path: PathLike, *, skip_bad: bool, chunk_size: int,
 
 def _csv_batches(path: PathLike, names: list[str], header_line: int, skip_bad: bool,
                  stats: LoadStats) -> Iterator[np.ndarray]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         linenos: list[int] = []
         lines: list[str] = []
         for lineno, line in enumerate(f, 1):
@@ -421,50 +430,29 @@ def _csv_batches(path: PathLike, names: list[str], header_line: int, skip_bad: b
 def _csv_batch(path: PathLike, names: list[str], linenos: list[int], lines: list[str],
                skip_bad: bool, stats: LoadStats) -> np.ndarray:
     ncol = len(names)
+    u32_cols = [i for i, name in enumerate(names) if name in _U32_COLUMNS]
+    table = None
     try:
-        # The C parser of loadtxt is ten times faster than int() per field;
-        # anything it refuses (hex, a bad field) goes to the slow path, which
-        # also finds the line to blame.
+        # The C parser of loadtxt is ten times faster than int() per field.
+        # Anything it refuses (hex, a bad field) or a u4 overflow sends the
+        # batch to the slow path, which finds the first line to blame.
         table = np.loadtxt(lines, dtype=np.uint64, delimiter=",", ndmin=2, comments=None)
-        if table.shape != (len(lines), ncol):
-            raise ValueError("column count")
+        if table.shape != (len(lines), ncol) or (table[:, u32_cols] > _U32_MAX).any():
+            table = None
     except ValueError:
+        pass
+    if table is None:
         rows: list[list[int]] = []
-        keep: list[int] = []
         for lineno, line in zip(linenos, lines):
-            fields = line.split(",")
             try:
-                if len(fields) != ncol:
-                    raise ValueError(f"{len(fields)} fields, expected {ncol}")
-                row = [_parse_int(x) for x in fields]
-                if any(v > _U64_MAX for v in row):
-                    raise ValueError("value out of range for u8")
+                rows.append(_csv_row(line, names, u32_cols))
             except ValueError as e:
                 err = TraceError(f"bad CSV record ({e}): {_shorten(line)}",
                                  path=path, line=lineno)
                 if not skip_bad:
                     raise err from None
                 stats._skip(err)
-                continue
-            rows.append(row)
-            keep.append(lineno)
         table = np.array(rows, dtype=np.uint64).reshape(len(rows), ncol)
-        linenos = keep
-    # u4 columns: find the first line that overflows, to name it.
-    bad = np.zeros(len(table), dtype=bool)
-    for i, name in enumerate(names):
-        if name in _U32_COLUMNS:
-            bad |= table[:, i] > _U32_MAX
-    if bad.any():
-        for row in np.flatnonzero(bad):
-            over = [n for i, n in enumerate(names) if n in _U32_COLUMNS
-                    and table[row, i] > _U32_MAX]
-            err = TraceError(f"{over[0]} out of range for u4: {int(table[row, names.index(over[0])])}",
-                             path=path, line=linenos[row])
-            if not skip_bad:
-                raise err
-            stats._skip(err)
-        table = table[~bad]
     out = np.zeros(len(table), FAULT_DTYPE)
     for i, name in enumerate(names):
         if name.startswith("private"):
@@ -474,13 +462,24 @@ def _csv_batch(path: PathLike, names: list[str], linenos: list[int], lines: list
     return out
 
 
+def _csv_row(line: str, names: list[str], u32_cols: list[int]) -> list[int]:
+    fields = line.split(",")
+    if len(fields) != len(names):
+        raise ValueError(f"{len(fields)} fields, expected {len(names)}")
+    row = [_parse_int(x) for x in fields]
+    for i, v in enumerate(row):
+        if v > (_U32_MAX if i in u32_cols else _U64_MAX):
+            raise ValueError(f"{names[i]} out of range for {'u4' if i in u32_cols else 'u8'}")
+    return row
+
+
 def _write_csv(path: str, arr: np.ndarray) -> None:
     fmt = ",".join(["{}"] * len(_CSV_COLUMNS)) + "\n"
     with open(path, "w", encoding="ascii", newline="\n") as f:
         f.write(_CSV_HEADER + "\n")
         for start in range(0, len(arr), _TEXT_BATCH):
             c = arr[start:start + _TEXT_BATCH]
-            cols = [c[n].tolist() for n in FAULT_DTYPE.names if n != "private"]
+            cols = [c[n].tolist() for n in _SCALAR_FIELDS]
             cols += [c["private"][:, 0].tolist(), c["private"][:, 1].tolist()]
             f.writelines(map(fmt.format, *cols))
 
@@ -491,50 +490,71 @@ def _write_csv(path: str, arr: np.ndarray) -> None:
 # The ftrace context: "task-pid [cpu] flags timestamp: " (the `trace` file),
 # "task-pid [cpu] timestamp: " (trace-cmd report, or irq-info off), with an
 # optional "(tgid)" column. The task name may hold spaces and dashes, hence
-# the lazy match up to the last "-pid" before the CPU column.
+# the lazy match up to the first "-pid" followed by the CPU column. Only the
+# fields we keep are captured: each capture costs on every line.
 _PRQ_LINE = re.compile(
-    r"\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:\S+\s+)?(?P<sec>\d+)(?:\.(?P<frac>\d+))?:\s+(?:intel_iommu:)?prq_report:\s+"
-    r"(?P<iommu>[^\s/]+)/(?P<devname>\S+)\s+seq#\s+(?P<seq>\d+):\s+"
-    r"rid=0x(?P<rid>[0-9a-fA-F]+)\s+addr=0x(?P<addr>[0-9a-fA-F]+)\s+"
-    r"(?P<perm>[r-][w-][x-][p-][l-])\s+pasid=0x(?P<pasid>[0-9a-fA-F]+)\s+"
-    r"index=0x(?P<index>[0-9a-fA-F]+)"
-    r"(?:\s+private=0x(?P<p0>[0-9a-fA-F]+)/0x(?P<p1>[0-9a-fA-F]+))?\s*")
+    r"\s*.*?-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s+"
+    r"(?:\S+\s+)?(\d+)(?:\.(\d+))?:\s+(?:intel_iommu:)?prq_report:\s+"
+    r"[^\s/]+/\S+\s+seq#\s+\d+:\s+"
+    r"rid=0x([0-9a-fA-F]+)\s+addr=0x([0-9a-fA-F]+)\s+"
+    r"([r-][w-][x-][p-][l-])\s+pasid=0x([0-9a-fA-F]+)\s+"
+    r"index=0x([0-9a-fA-F]+)"
+    r"(?:\s+private=0x([0-9a-fA-F]+)/0x([0-9a-fA-F]+))?\s*")
 
 _PASID_FLAGS = int(Flag.PASID_VALID | Flag.NEEDS_PASID)
 _NS_PER_S = 1_000_000_000
+_MAX_PAGE = _U64_MAX >> 12
+
+
+def _perm_codes() -> dict[str, tuple[int, int]]:
+    """The 32 flag strings ("rw--l", ...) -> (perm, LAST_PAGE or 0)."""
+    meaning = (("r", Perm.READ), ("w", Perm.WRITE), ("x", Perm.EXEC), ("p", Perm.PRIV),
+               ("l", Flag.LAST_PAGE))
+    codes = {}
+    for bits in range(32):
+        on = [bits >> i & 1 for i in range(5)]
+        chars = "".join(c if set_ else "-" for (c, _), set_ in zip(meaning, on))
+        perm = sum(int(value) for (_, value), set_ in zip(meaning[:4], on) if set_)
+        codes[chars] = (perm, int(Flag.LAST_PAGE) if on[4] else 0)
+    return codes
+
+
+_PERM_CODES = _perm_codes()
 
 
 def _prq_record(m: re.Match[str]) -> tuple[int, ...]:
     """One prq_report match as the nine integers of a CSV row, range-checked."""
-    sec, frac = m["sec"], m["frac"]
+    sec, frac, rid, page, rw, pasid, index, p0, p1 = m.groups()
     if frac is None:
         # Counter clocks (x86-tsc, counter) print a raw count, no decimals.
         time = int(sec)
+    elif len(frac) > 9:
+        raise ValueError(f"timestamp {sec}.{frac} finer than a nanosecond")
     else:
-        if len(frac) > 9:
-            raise ValueError(f"timestamp {sec}.{frac} finer than a nanosecond")
         # Exact: 1234.567890 is 1234567890000 ns, which a float cannot promise.
         time = int(sec) * _NS_PER_S + int(frac.ljust(9, "0"))
+    rid, page, pasid, index = int(rid, 16), int(page, 16), int(pasid, 16), int(index, 16)
+    if time > _U64_MAX or page > _MAX_PAGE or (rid | pasid | index) > _U32_MAX:
+        _prq_range_error(time, rid, page, pasid, index)
+    perm, flags = _PERM_CODES[rw]
+    if pasid:
+        flags |= _PASID_FLAGS
+    if p0 is None:
+        return (time, rid, pasid, index, flags, perm, page << 12, 0, 0)
+    p0, p1 = int(p0, 16), int(p1, 16)
+    if (p0 | p1) > _U64_MAX:
+        raise ValueError("private data out of range for u8")
+    return (time, rid, pasid, index, flags | Flag.PRIV_DATA.value, perm, page << 12, p0, p1)
+
+
+def _prq_range_error(time: int, rid: int, page: int, pasid: int, index: int) -> None:
     if time > _U64_MAX:
-        raise ValueError(f"timestamp {sec}.{frac} out of range")
-    rid, page, pasid, index = (int(m[k], 16) for k in ("rid", "addr", "pasid", "index"))
+        raise ValueError(f"timestamp {time} ns out of range for u8")
+    if page > _MAX_PAGE:
+        raise ValueError(f"addr=0x{page:x} out of range (page number over 52 bits)")
     for name, value in (("rid", rid), ("pasid", pasid), ("index", index)):
         if value > _U32_MAX:
             raise ValueError(f"{name}=0x{value:x} out of range for u4")
-    if page > _U64_MAX >> 12:
-        raise ValueError(f"addr=0x{page:x} out of range (page number over 52 bits)")
-    rw = m["perm"]
-    perm = ((rw[0] == "r") * Perm.READ | (rw[1] == "w") * Perm.WRITE
-            | (rw[2] == "x") * Perm.EXEC | (rw[3] == "p") * Perm.PRIV)
-    flags = (Flag.LAST_PAGE if rw[4] == "l" else 0) | (_PASID_FLAGS if pasid else 0)
-    p0 = p1 = 0
-    if m["p0"] is not None:
-        p0, p1 = int(m["p0"], 16), int(m["p1"], 16)
-        if p0 > _U64_MAX or p1 > _U64_MAX:
-            raise ValueError("private data out of range for u8")
-        flags |= Flag.PRIV_DATA
-    return (time, rid, pasid, index, int(flags), int(perm), page << 12, p0, p1)
 
 
 def _read_prq(path: PathLike, *, skip_bad: bool, chunk_size: int,
@@ -550,7 +570,7 @@ def _prq_batches(path: PathLike, skip_bad: bool, stats: LoadStats) -> Iterator[n
     rows: list[tuple[int, ...]] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
-            if "prq_report:" not in line or line.lstrip().startswith("#"):
+            if "prq_report:" not in line or line.lstrip()[:1] == "#":
                 continue
             m = match(line)
             try:
@@ -574,7 +594,7 @@ def _prq_batches(path: PathLike, skip_bad: bool, stats: LoadStats) -> Iterator[n
 def _rows_to_faults(rows: list[tuple[int, ...]]) -> np.ndarray:
     table = np.array(rows, dtype=np.uint64)
     out = np.empty(len(rows), FAULT_DTYPE)
-    for i, name in enumerate(FAULT_DTYPE.names[:-1]):
+    for i, name in enumerate(_SCALAR_FIELDS):
         out[name] = table[:, i]
     out["private"] = table[:, 7:9]
     return out
@@ -594,11 +614,11 @@ _FTRACE_HEADER = """\
 #           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
 #              | |         |   |||||     |         |
 """
-# The `trace` file layout ("%16s-%-7d [%03d] %s %5lu.%06lu: "), with the
-# kernel's decode_prq_descriptor body.
-_PRQ_FORMAT = ("{task:>16}-{pid:<7} [000] ..... {sec:5d}.{usec:06d}: prq_report: "
-               "dmar0/{devname} seq# {seq}: rid=0x{rid:x} addr=0x{page:x} {perm} "
-               "pasid=0x{pasid:x} index=0x{index:x}")
+# The `trace` file layout ("%16s-%-7d [%03d] %s %5lu.%06lu: ") with a fixed
+# task iopf-0 on CPU 0, and the kernel's decode_prq_descriptor body.
+_PRQ_FORMAT = ("            iopf-0       [000] ..... %5d.%06d: prq_report: dmar0/%s "
+               "seq# %d: rid=0x%x addr=0x%x %s pasid=0x%x index=0x%x")
+_PERM_CHARS = {code: chars for chars, code in _PERM_CODES.items()}
 
 
 def _pci_name(rid: int) -> str:
@@ -607,33 +627,31 @@ def _pci_name(rid: int) -> str:
     return f"{rid >> 16:04x}:{(rid >> 8) & 0xFF:02x}:{(rid >> 3) & 0x1F:02x}.{rid & 7:x}"
 
 
-def _perm_chars(perm: int, flags: int) -> str:
-    return ("r" if perm & Perm.READ else "-") + ("w" if perm & Perm.WRITE else "-") \
-        + ("x" if perm & Perm.EXEC else "-") + ("p" if perm & Perm.PRIV else "-") \
-        + ("l" if flags & Flag.LAST_PAGE else "-")
-
-
 def _write_prq(path: str, arr: np.ndarray) -> None:
-    max_usec = _U64_MAX // 1000
     with open(path, "w", encoding="ascii", newline="\n") as f:
         f.write(_FTRACE_HEADER.format(n=len(arr)))
-        seq = 0
         for start in range(0, len(arr), _TEXT_BATCH):
             c = arr[start:start + _TEXT_BATCH]
-            lines = []
-            for t, dev, pasid, grpid, flags, perm, addr, (p0, p1) in c.tolist():
-                usec = min((t + 500) // 1000, max_usec)  # ftrace's ns2usecs rounds
-                line = _PRQ_FORMAT.format(
-                    task="iopf", pid=0, sec=usec // 1_000_000, usec=usec % 1_000_000,
-                    devname=_pci_name(dev), seq=seq, rid=dev, page=addr >> 12,
-                    perm=_perm_chars(perm, flags),
-                    pasid=pasid if flags & Flag.PASID_VALID else 0, index=grpid)
-                if flags & Flag.PRIV_DATA:
-                    # The kernel ends the private text with its own newline,
-                    # so a blank line follows in the file.
-                    line += f" private=0x{p0:x}/0x{p1:x}\n"
-                lines.append(line + "\n")
-                seq += 1
+            t = c["time"]
+            # Round to the microsecond as ftrace's ns2usecs does, without
+            # the overflow of t + 500 near 2**64, and so that it loads back.
+            usec = np.minimum(t // 1000 + (t % 1000 >= 500), _U64_MAX // 1000)
+            flags = c["flags"]
+            perm_chars = [_PERM_CHARS[(p & 0xF, l)] for p, l in zip(
+                c["perm"].tolist(), (flags & np.uint32(Flag.LAST_PAGE)).tolist())]
+            names = {d: _pci_name(d) for d in np.unique(c["dev"]).tolist()}
+            dev = c["dev"].tolist()
+            pasid = np.where(flags & np.uint32(Flag.PASID_VALID), c["pasid"], 0)
+            lines = [_PRQ_FORMAT % row + "\n" for row in zip(
+                (usec // 1_000_000).tolist(), (usec % 1_000_000).tolist(),
+                map(names.__getitem__, dev), range(start, start + len(c)), dev,
+                (c["addr"] >> np.uint64(12)).tolist(), perm_chars, pasid.tolist(),
+                c["grpid"].tolist())]
+            for i in np.flatnonzero(flags & np.uint32(Flag.PRIV_DATA)).tolist():
+                # The kernel ends the private text with its own newline, so a
+                # blank line follows in the file.
+                p0, p1 = c["private"][i].tolist()
+                lines[i] = f"{lines[i][:-1]} private=0x{p0:x}/0x{p1:x}\n\n"
             f.writelines(lines)
 
 
@@ -765,7 +783,7 @@ def _write_parquet(path: str, arr: np.ndarray) -> None:
     with pq.ParquetWriter(path, schema) as w:
         for start in range(0, len(arr), 1 << 20):
             c = arr[start:start + (1 << 20)]
-            cols = [c[n] for n in FAULT_DTYPE.names if n != "private"]
+            cols = [c[n] for n in _SCALAR_FIELDS]
             cols += [c["private"][:, 0], c["private"][:, 1]]
             w.write_table(pa.Table.from_arrays(
                 [pa.array(np.ascontiguousarray(x)) for x in cols], schema=schema))
@@ -804,13 +822,15 @@ def synthetic(n_faults: int, *, seed: int = 0, devices: int = 4, pasids_per_devi
     (inclusive), then cut so a block never needs more than ``outstanding``
     requests (the device's PRI credit: it forces the LPIG early, as a real
     device does near its allocation; when the credit cannot hold
-    ``interleave`` groups of the smallest size, fewer are open at once). Group indices count up per
-    device and wrap at 512 (9 bits), so the open groups of a device always
-    have distinct indices. Devices are interleaved at random.
+    ``interleave`` groups of the smallest size, fewer are open at once).
+    Group indices count up per device from a random start and wrap at 512
+    (9 bits), so the open groups of a device always have distinct indices.
+    The devices' streams are interleaved at random.
 
     ``lost_lpig``: fraction of groups whose LPIG never comes (their requests
     are all partials). ``stop_markers``: probability that a group is followed
-    by a stop marker (LAST_PAGE, perm 0, same PASID and index). ``no_pasid``:
+    by a stop marker (LAST_PAGE, perm 0, same PASID and index; only groups
+    with a PASID, since a stop marker ends the use of one). ``no_pasid``:
     fraction of groups without PASID_VALID (pasid 0). ``needs_pasid``: set
     NEEDS_PASID on requests with a PASID. Devices are ``0..devices-1``,
     PASIDs ``1..pasids_per_device``; time starts at ``start_time`` and grows
@@ -848,13 +868,13 @@ def synthetic(n_faults: int, *, seed: int = 0, devices: int = 4, pasids_per_devi
     n_groups = int(n_faults / (mean_size + stop_markers) * 1.1) + 16
     while True:
         rng = np.random.default_rng(seed)
-        groups = _synthetic_groups(rng, n_groups, n_faults, devices, lo, hi, k,
-                                   outstanding, stop_markers)
+        groups = _synthetic_groups(rng, n_groups, n_faults, devices, pasids_per_device,
+                                   lo, hi, k, outstanding, lost_lpig, stop_markers, no_pasid)
         if groups is not None:
             break
         n_groups *= 2  # rare: the estimate fell short; redraw, still deterministic
-    return _synthetic_records(rng, groups, n_faults, devices, pasids_per_device, hi,
-                              lost_lpig, no_pasid, needs_pasid, start_time, mean_gap_ns)
+    return _synthetic_records(rng, groups, n_faults, devices, hi, needs_pasid, start_time,
+                              mean_gap_ns)
 
 
 @dataclass
@@ -864,13 +884,21 @@ class _Groups:
     block: np.ndarray      # global block id, ordered by (device, block)
     size: np.ndarray       # requests, stop marker excluded
     stop: np.ndarray       # bool: a stop marker follows
+    pasid: np.ndarray      # 0: no PASID
+    lost: np.ndarray       # bool: the LPIG never comes
 
 
-def _synthetic_groups(rng: np.random.Generator, g: int, n: int, devices: int, lo: int,
-                      hi: int, k: int, credit: int, p_stop: float) -> _Groups | None:
+def _synthetic_groups(rng: np.random.Generator, g: int, n: int, devices: int, pasids: int,
+                      lo: int, hi: int, k: int, credit: int, p_lost: float, p_stop: float,
+                      p_no_pasid: float) -> _Groups | None:
+    # Every draw is made whatever the probabilities, so that for one seed
+    # changing, say, lost_lpig changes only the LPIG flags.
     dev = rng.integers(0, devices, g).astype(np.int64)
     size = rng.integers(lo, hi + 1, g).astype(np.int64)
-    stop = rng.random(g) < p_stop
+    lost = rng.random(g) < p_lost
+    pasid = np.where(rng.random(g) >= p_no_pasid, rng.integers(1, pasids + 1, g), 0)
+    # A stop marker ends a PASID's use: a group without PASID has none.
+    stop = (rng.random(g) < p_stop) & (pasid != 0)
     first_index = rng.integers(0, 512, devices)
 
     # Position of each group in its device's sequence: the order that sorts
@@ -902,7 +930,7 @@ def _synthetic_groups(rng: np.random.Generator, g: int, n: int, devices: int, lo
     size[m] = room - int(stop[m])
     sl = slice(0, m + 1)
     grpid = (first_index[dev[sl]] + pos[sl]) % 512
-    return _Groups(dev[sl], grpid, block[sl], size[sl], stop[sl])
+    return _Groups(dev[sl], grpid, block[sl], size[sl], stop[sl], pasid[sl], lost[sl])
 
 
 def _cap_to_credit(size: np.ndarray, block: np.ndarray, j: np.ndarray, by_dev: np.ndarray,
@@ -936,63 +964,59 @@ def _cap_to_credit(size: np.ndarray, block: np.ndarray, j: np.ndarray, by_dev: n
 
 
 def _synthetic_records(rng: np.random.Generator, grp: _Groups, n: int, devices: int,
-                       pasids: int, hi: int, p_lost: float, p_no_pasid: float,
-                       needs_pasid: bool, start_time: int, mean_gap: float) -> np.ndarray:
+                       hi: int, needs_pasid: bool, start_time: int,
+                       mean_gap: float) -> np.ndarray:
+    # Work in generation order (group after group, where a per-group value
+    # spreads with np.repeat) until the final order is known, then gather
+    # each field once. Gathering narrow fields beats building the records
+    # and permuting them: half the time and 0.8 GB less at 10M faults.
     g = len(grp.size)
-    lost = rng.random(g) < p_lost
-    has_pasid = rng.random(g) >= p_no_pasid
-    pasid = np.where(has_pasid, rng.integers(1, pasids + 1, g), 0)
     base_page = rng.integers(0x100, 1 << 35, g)  # anywhere in a 47-bit user space
     t0 = rng.integers(0, 1 << 31, g)
 
     emitted = grp.size + grp.stop
     starts = np.concatenate(([0], np.cumsum(emitted)[:-1]))
-    rec_group = np.repeat(np.arange(g), emitted)
-    offset = np.arange(n) - starts[rec_group]
-    size_r = grp.size[rec_group]
+    offset = np.arange(n) - np.repeat(starts, emitted)
+    size_r = np.repeat(grp.size, emitted)
     is_stop = offset == size_r
-    is_last = offset == size_r - 1
+    is_lpig = (offset == size_r - 1) & np.repeat(~grp.lost, emitted)
 
     # When each request leaves the device, within its block: a random start
     # per group then strictly increasing steps, so the LPIG (largest offset)
     # is the group's last request whatever the interleaving. A stop marker
     # takes its LPIG's key and sorts right after it (low bit).
-    step = 1 + rng.integers(0, (1 << 31) // hi, n)
-    key = np.cumsum(step)
-    key = key - key[starts][rec_group] + t0[rec_group]
+    key = np.cumsum(1 + rng.integers(0, (1 << 31) // hi, n))
+    key += np.repeat(t0 - key[starts], emitted)
     stop_at = np.flatnonzero(is_stop)
     key[stop_at] = key[stop_at - 1]
-    order_key = (grp.block[rec_group] << 34) | (key << 1) | is_stop
+    order_key = (np.repeat(grp.block, emitted) << 34) | (key << 1) | is_stop
     stream = np.argsort(order_key)    # device streams, device after device
 
     # Merge the device streams at random: shuffle the device labels of the n
     # slots; the i-th slot of device d takes d's i-th request.
-    rec_dev = grp.dev[rec_group]
+    rec_dev = np.repeat(grp.dev, emitted)
     label_dtype = np.uint16 if devices <= 1 << 16 else np.int64
-    labels = rng.permutation(rec_dev.astype(label_dtype))
-    slots = np.argsort(labels, kind="stable")
+    slots = np.argsort(rng.permutation(rec_dev.astype(label_dtype)), kind="stable")
     order = np.empty(n, np.int64)
     order[slots] = stream
-
-    rg = rec_group[order]
-    stop_o = is_stop[order]
-    flags = np.where(has_pasid[rg],
-                     int(Flag.PASID_VALID | (Flag.NEEDS_PASID if needs_pasid else 0)), 0)
-    flags |= np.where((is_last[order] & ~lost[rg]) | stop_o, int(Flag.LAST_PAGE), 0)
-    # READ 50%, WRITE 20%, READ|WRITE 30%: never neither, so only stop
-    # markers look like stop markers.
-    perm = np.array([1, 1, 1, 1, 1, 2, 2, 3, 3, 3], np.uint32)[rng.integers(0, 10, n)]
-    perm[stop_o] = 0
+    del stream, slots, order_key, key, rec_dev
 
     out = np.zeros(n, FAULT_DTYPE)
+    rg = np.repeat(np.arange(g, dtype=np.int32 if g < 2**31 else np.int64), emitted)[order]
+    out["dev"] = grp.dev[rg]
+    out["pasid"] = grp.pasid[rg]
+    out["grpid"] = grp.grpid[rg]
+    stop_o = is_stop[order]
+    pasid_flags = int(Flag.PASID_VALID | (Flag.NEEDS_PASID if needs_pasid else 0))
+    out["flags"] = (np.where(grp.pasid != 0, pasid_flags, 0)[rg]
+                    | np.where(is_lpig[order] | stop_o, int(Flag.LAST_PAGE), 0))
+    perm = np.array([1, 1, 1, 1, 1, 2, 2, 3, 3, 3], np.uint32)[rng.integers(0, 10, n)]
+    perm[stop_o] = 0
+    out["perm"] = perm
+    out["addr"] = np.where(stop_o, 0, (base_page[rg] + offset[order]) << 12)
+
     gaps = np.floor(rng.exponential(mean_gap, n)).astype(np.uint64) if mean_gap else \
         np.zeros(n, np.uint64)
     gaps[0] = 0
     out["time"] = np.uint64(start_time) + np.cumsum(gaps, dtype=np.uint64)
-    out["dev"] = grp.dev[rg]
-    out["pasid"] = pasid[rg]
-    out["grpid"] = grp.grpid[rg]
-    out["flags"] = flags
-    out["perm"] = perm
-    out["addr"] = np.where(stop_o, 0, (base_page[rg] + offset[order]) << 12)
     return out

@@ -51,6 +51,7 @@ ctypedef struct Entry:
     uint32_t phead
     uint32_t qhead, qtail
     uint32_t handle
+    uint32_t auto_code        # 1 + code of a constant handler, 0 for a Python one
     uint32_t limit, outstanding
 
 # A group list in a Slot: open addressing on (dev, key PASID, group id).
@@ -106,6 +107,8 @@ cdef class Grouper:
     cdef readonly uint64_t now
     cdef readonly uint64_t last_cookie
     cdef bint default_handler
+    cdef uint32_t default_auto
+    cdef readonly bint dispatch
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used

@@ -599,7 +599,8 @@ cdef class Grouper:
                 r.flags > 0xF or r.perm > 0xF)
 
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil:
-        """Apply one checked request; return 1 if it completed a group (self.last_cookie)."""
+        """Apply one checked request: 0, or 1 if it completed a group (self.last_cookie),
+        2 if that group waits for a Python handler (self.dispatch)."""
         cdef Rules* p = &self.rules
         cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q
         cdef int64_t ei, di
@@ -610,6 +611,7 @@ cdef class Grouper:
         if r.time > self.now:
             self.now = r.time
         self.last_cookie = 0
+        self.dispatch = False
         last = p.stall or (flags & LAST_PAGE) != 0 or (p.priv_data_is_last and (flags & PRIV_DATA) != 0)
         if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
             self.c.stop_markers += 1
@@ -692,6 +694,15 @@ cdef class Grouper:
         self.last_cookie = g.cookie
         if collect:
             self.collect(head, nf, g.cookie, dev)
+        # R1: a constant handler answers here, in C; a Python one is called by the queue.
+        cdef uint32_t auto = self.entries[ei].auto_code if handle else (
+            self.default_auto if self.default_handler else 0)
+        if auto:
+            self.respond_cookie(self.last_cookie, auto - 1, R_HANDLER, r.time)
+            return 1
+        if handle or self.default_handler:
+            self.dispatch = True
+            return 2
         return 1
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
@@ -885,14 +896,21 @@ cdef class Grouper:
             self.n_limited += 1
         self.entries[e].limit = limit
 
-    def set_default_handler(self, bint present):
+    def set_default_handler(self, bint present, int auto=-1):
+        """A default handler exists; auto >= 0 makes it the constant code auto."""
         self.default_handler = present
+        self.default_auto = <uint32_t>(auto + 1) if present and auto >= 0 else 0
 
-    def attach(self, uint32_t dev, uint32_t kpasid, time=None):
-        """Attach a handler to (dev, kpasid); a replace answers the old one's groups."""
+    def attach(self, uint32_t dev, uint32_t kpasid, time=None, int auto=-1):
+        """Attach a handler to (dev, kpasid); a replace answers the old one's groups.
+
+        auto >= 0: a constant handler that answers every group with code auto
+        as it forms, without leaving C.
+        """
         self.detach(dev, kpasid, time)
         cdef int64_t e = self.entry_get(dev, kpasid)
         self.entries[e].handle = self.next_handle
+        self.entries[e].auto_code = <uint32_t>(auto + 1) if auto >= 0 else 0
         self.next_handle += 1
 
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
@@ -903,6 +921,7 @@ cdef class Grouper:
         cdef uint32_t handle = self.entries[e].handle
         cdef uint64_t t = self._time(time)
         self.entries[e].handle = 0
+        self.entries[e].auto_code = 0
         self.answer_chain(dev, kpasid, True, handle, C_INVALID, R_DETACHED, t)
         if self.rules.flush_partial_on_detach:
             self.drop_where(2, dev, kpasid, &self.c.flushed)
@@ -924,7 +943,7 @@ cdef class Grouper:
 
     def report(self, tuple rec):
         """Report one request (a tuple in FAULT_DTYPE order); the cookie of the
-        group it completed, or 0."""
+        group it completed, or 0. take_groups() then gives that group."""
         cdef FaultRec r
         try:
             r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
@@ -935,7 +954,10 @@ cdef class Grouper:
             raise ValueError(f"field out of range in {rec!r}")
         if self.bad_rec(&r):
             check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
-        self.report_rec(&r, False)
+        self.out_faults.len = 0     # the group, if any, is all take_groups() will give
+        self.out_cookies.len = 0
+        self.out_offsets.len = sizeof(int64_t)
+        self.report_rec(&r, True)
         return self.last_cookie
 
     def run(self, arr, Py_ssize_t start=0):
@@ -943,14 +965,11 @@ cdef class Grouper:
         group that has a handler to call. Returns the index to resume from."""
         cdef Py_ssize_t n, i
         cdef const FaultRec* recs = self._records(arr, &n)
-        cdef int64_t e
         i = start
         with nogil:
             while i < n:
-                self.report_rec(&recs[i], True)
                 i += 1
-                if self.last_cookie and (self.default_handler or
-                        self.pends[self.cookies[self.cookie_find(self.last_cookie)].idx].handle):
+                if self.report_rec(&recs[i - 1], True) == 2:
                     break
         return i
 

@@ -76,6 +76,9 @@ class PyGrouper:
         self.total_out = 0
         self.handles: dict[tuple[int, int], int] = {}
         self.default_handler = False
+        self.default_auto: int | None = None   # constant handlers answer in the engine
+        self.autos: dict[tuple[int, int], int | None] = {}
+        self.dispatch = False
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.outbox: list[tuple] = []
         self.now = 0
@@ -120,16 +123,19 @@ class PyGrouper:
         else:
             self.limits.pop(dev, None)
 
-    def set_default_handler(self, present: bool) -> None:
+    def set_default_handler(self, present: bool, auto: int = -1) -> None:
         self.default_handler = bool(present)
+        self.default_auto = auto if present and auto >= 0 else None
 
-    def attach(self, dev: int, kpasid: int, time: int | None = None) -> None:
+    def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
         self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
+        self.autos[(dev, kpasid)] = auto if auto >= 0 else None
         self.next_handle += 1
 
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
         handle = self.handles.pop((dev, kpasid), 0)
+        self.autos.pop((dev, kpasid), None)
         if not handle:
             return False
         t = self._time(time)
@@ -147,7 +153,9 @@ class PyGrouper:
 
     def report(self, rec: tuple) -> int:
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
-        return self._report(tuple(rec), collect=False)
+        self.take_groups()
+        self._report(tuple(rec), collect=True)
+        return self.last_cookie
 
     def run(self, arr: np.ndarray, start: int = 0) -> int:
         """Report arr[start:] (already checked); stop after a group to dispatch."""
@@ -155,21 +163,19 @@ class PyGrouper:
         for i in range(start, len(records)):
             rec = records[i]
             rec = rec[:7] + (tuple(rec[7]),)
-            cookie = self._report(rec, collect=True)
-            if cookie and self.needs_dispatch(self.pending[cookie]):
+            if self._report(rec, collect=True) == 2:
                 return i + 1
         return len(records)
 
-    def needs_dispatch(self, g: _Pending) -> bool:
-        return self.default_handler or g.handle != 0
-
     def _report(self, rec: tuple, collect: bool) -> int:
+        """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
         p = self.policy
         c = self.counters
         time, dev, pasid, grpid, flags, perm = rec[:6]
         c["faults_reported"] += 1
         self.now = max(self.now, time)
         self.last_cookie = 0
+        self.dispatch = False
         last = p.stall or bool(flags & LAST_PAGE) or (p.priv_data_is_last and bool(flags & PRIV_DATA))
         if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # G6
             c["stop_markers"] += 1
@@ -209,7 +215,14 @@ class PyGrouper:
             self._out_faults.extend(faults)
             self._out_offsets.append(len(self._out_faults))
             self._out_cookies.append(cookie)
-        return cookie
+        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # R1
+        if auto is not None:
+            self._answer(g, auto, HANDLER, time)
+            return 1
+        if g.handle or self.default_handler:
+            self.dispatch = True
+            return 2
+        return 1
 
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
