@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import iopf
+
+# HYPOTHESIS_PROFILE=sanitize (the ASan/UBSan run, ~5x slower) draws fewer examples.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("sanitize", deadline=None, print_blob=True, max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 STRATEGIES = ("hash", "tree", "list", "python")
 FEED_MODES = ("report", "batch")

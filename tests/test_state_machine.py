@@ -10,6 +10,7 @@ conservation law of F6 must hold.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -165,6 +166,6 @@ class Agreement(RuleBasedStateMachine):
 
 
 Agreement.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=20 if os.environ.get("HYPOTHESIS_PROFILE") == "sanitize" else 150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestAgreement = Agreement.TestCase
