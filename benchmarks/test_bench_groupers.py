@@ -1,0 +1,105 @@
+"""List, tree and hash: LPIG completion against outstanding groups, flush, discard,
+memory (the question of seeds/003: is a tree or hash worth it for 512 outstanding?)."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from workloads import held_partials, sliding
+
+import iopf
+
+STRATEGIES = ["hash", "tree", "list", "python"]
+STREAM = 4096
+
+
+def stream(group_size: int, devices: int) -> np.ndarray:
+    """Groups that arrive whole, one after another, keyed apart from the background."""
+    s = sliding(STREAM, open_groups=1, group_size=group_size, devices=1)
+    s["pasid"] = 0xFFFF0
+    s["dev"] = np.arange(len(s)) // group_size % devices
+    return s
+
+
+def lpig_case(benchmark, strategy, outstanding, devices, group_size):
+    background = held_partials(outstanding, devices=devices)
+    work = stream(group_size, devices)
+
+    def setup():
+        q = iopf.Queue(strategy=strategy)
+        q.report_batch(background)
+        return (q,), {}
+
+    def run(q):
+        q.report_batch(work)
+    benchmark.extra_info.update(faults=len(work), outstanding=outstanding, devices=devices,
+                                group_size=group_size)
+    slow = strategy == "python" or (strategy == "list" and outstanding // devices >= 4096)
+    benchmark.pedantic(run, setup=setup, rounds=3 if slow else 10, iterations=1)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("outstanding", [32, 512, 4096, 65536])
+@pytest.mark.parametrize("devices", [1, 64])
+def test_lpig_vs_outstanding(benchmark, strategy, outstanding, devices):
+    benchmark.group = f"lpig: {outstanding} outstanding groups on {devices} device(s), groups of 4"
+    lpig_case(benchmark, strategy, outstanding, devices, 4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("group_size", [1, 32])
+def test_lpig_group_size(benchmark, strategy, group_size):
+    benchmark.group = f"lpig: 512 outstanding groups on 1 device(s), groups of {group_size}"
+    lpig_case(benchmark, strategy, 512, 1, group_size)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("held", [10, 1000, 100_000, 1_000_000])
+def test_flush_pasid(benchmark, strategy, held):
+    """Report 10 partials of one PASID and flush them, among `held` other partials."""
+    if strategy == "python" and held > 100_000:
+        pytest.skip("the twin's flush scans every partial: capped at 100,000")
+    benchmark.group = f"flush: 10 faults of one PASID among {held} held partials"
+    q = iopf.Queue(strategy=strategy)
+    q.report_batch(held_partials(held))
+    mine = held_partials(10)
+    mine["pasid"] = 7
+
+    def run():
+        q.report_batch(mine)
+        q.flush_pasid(0, 7)
+    benchmark.extra_info.update(faults=10, held=held)
+    benchmark(run)
+    assert q.partial_count == held
+
+
+@pytest.mark.benchmark(group="discard: 100,000 held partials")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_discard(benchmark, strategy):
+    background = held_partials(100_000, devices=8, group_size=8)
+
+    def setup():
+        q = iopf.Queue(strategy=strategy)
+        q.report_batch(background)
+        return (q,), {}
+    benchmark.extra_info["faults"] = len(background)
+    benchmark.pedantic(lambda q: q.discard_partial(), setup=setup, rounds=5, iterations=1)
+
+
+@pytest.mark.benchmark(group="memory: hold 100,000 partials in groups of 8")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_per_held_fault(benchmark, strategy):
+    """Times holding the partials; bytes per held fault (tracemalloc) in extra_info."""
+    background = held_partials(100_000, devices=1, group_size=8)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    q = iopf.Queue(strategy=strategy)
+    q.report_batch(background)
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    benchmark.extra_info.update(faults=len(background),
+                                bytes_per_fault=round(held / len(background), 1))
+    del q
+    benchmark.pedantic(lambda: iopf.Queue(strategy=strategy).report_batch(background),
+                       rounds=3, iterations=1)
