@@ -359,8 +359,10 @@ class Queue:
             return bool(sent)
 
     def respond_batch(self, cookies: Iterable[int] | np.ndarray,
-                      codes: Iterable[int] | np.ndarray | int) -> np.ndarray:
-        """Answer many groups; a bool array of which were sent. Codes are checked first."""
+                      codes: Iterable[int] | np.ndarray | int, *,
+                      time: int | None = None) -> np.ndarray:
+        """Answer many groups (at simulated ``time``, default now); a bool array of
+        which were sent. Codes are checked first: a bad one applies nothing."""
         k = np.asarray(cookies)
         if k.ndim != 1 or (k.size and not np.issubdtype(k.dtype, np.integer)):
             raise TypeError("cookies must be a 1-D array of integers")
@@ -373,7 +375,8 @@ class Queue:
         if len(bad):
             raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
         with self._lock:
-            sent = self.core.respond_batch(k.astype(np.uint64), c.astype(np.uint32), Reason.CALLER)
+            sent = self.core.respond_batch(k.astype(np.uint64), c.astype(np.uint32), Reason.CALLER,
+                                           time)
             self._deliver()
             return sent
 

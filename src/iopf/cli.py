@@ -1,0 +1,421 @@
+"""The ``iopf`` command line (also ``python -m iopf``).
+
+Subcommands: ``generate`` (write a synthetic trace), ``replay`` (run a trace
+through a queue and print a summary; with no trace, a built-in synthetic
+workload), ``convert`` (between trace formats) and ``bench`` (the grouping
+strategies side by side on one trace).
+
+Bad input gets one line on stderr, ``iopf: error: <file>:<line>: <why>``,
+and exit status 2; an interrupt exits with 130.
+
+.. code-block:: sh
+
+    iopf generate t.npy --faults 1e6 --lost-lpig 0.01
+    iopf replay t.npy --policy vtd --service-time 20000 --json report.json
+    iopf bench --strategies hash,list,python --plot bench.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__, policies, trace
+from ._replay import ReplayReport, replay
+from .trace import LoadStats, TraceError
+
+__all__ = ["main"]
+
+#: The built-in workload of ``iopf replay`` with no trace: big enough to show
+#: the compiled core's speed, small enough to finish in about a second.
+DEFAULT_FAULTS = 1_000_000
+#: The pure-Python twin runs about a hundred times slower: ``bench`` gives it
+#: at most this many faults and compares time per fault.
+PYTHON_CAP = 200_000
+STRATEGIES = ("hash", "tree", "list", "python")
+#: ``struct iommu_hwpt_pgfault`` (SPEC §8).
+IOMMUFD_RECORD_BYTES = 40
+EXIT_USAGE = 2
+EXIT_INTERRUPT = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit status.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     main(["generate", os.path.join(d, "t.csv"), "--faults", "1000"])  # doctest: +ELLIPSIS
+    wrote 1,000 faults to ...t.csv (csv)
+    0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPT
+    except BrokenPipeError:
+        # The reader went away (``iopf replay | head``): nothing left to say.
+        _silence_stdout()
+        return 1
+    except (TraceError, ValueError, OSError, ImportError) as e:
+        print(f"iopf: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# -- the parser ------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iopf", description="Simulate how an IOMMU driver groups I/O page faults "
+        "and answers them.",
+        epilog="Trace formats: " + ", ".join(trace.FORMATS) + " (default: from the "
+        "extension, else from the content).")
+    p.add_argument("--version", action="version", version=f"iopf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="write a synthetic trace",
+                       description="Write a seeded synthetic page-request workload.")
+    g.add_argument("out", metavar="OUT", help="file to write (format from the extension)")
+    g.add_argument("--faults", type=_count, default=DEFAULT_FAULTS, metavar="N",
+                   help=f"number of page requests (default {DEFAULT_FAULTS:,})")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    g.add_argument("--devices", type=_positive, default=4, metavar="D",
+                   help="number of devices (default 4)")
+    g.add_argument("--lost-lpig", type=_fraction, default=0.0, metavar="F",
+                   help="fraction of groups whose last request never comes")
+    g.add_argument("--stop-markers", type=_fraction, default=0.0, metavar="F",
+                   help="probability that a group is followed by a stop marker")
+    g.add_argument("--format", choices=trace.FORMATS, help="output format")
+    g.set_defaults(run=_generate)
+
+    r = sub.add_parser("replay", help="replay a trace and summarise it",
+                       description="Run a trace through a queue in batches and print the "
+                       "counters, group sizes, responses and latency. Without TRACE, "
+                       f"replays a synthetic workload of {DEFAULT_FAULTS:,} faults.")
+    r.add_argument("trace", nargs="?", metavar="TRACE", help="trace file (default: synthetic)")
+    _queue_options(r)
+    r.add_argument("--service-time", type=_ns, default=None, metavar="NS",
+                   help="answer each group SUCCESS this many ns after its last request "
+                   "(default: as it completes; latency is reported only with this)")
+    r.add_argument("--timeout", type=_ns, default=None, metavar="NS",
+                   help="set the policy's response_timeout (ns)")
+    r.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout "
+                   "only, no table)")
+    _input_options(r)
+    r.add_argument("--faults", type=_count, default=None, metavar="N",
+                   help=f"size of the synthetic trace (default {DEFAULT_FAULTS:,}; no TRACE only)")
+    r.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seed of the synthetic trace (default 0; no TRACE only)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(run=_replay_cmd)
+
+    c = sub.add_parser("convert", help="convert a trace to another format",
+                       description="Read a trace in one format and write it in another. "
+                       "Some formats cannot hold every field (see iopf.trace).")
+    c.add_argument("input", metavar="IN")
+    c.add_argument("output", metavar="OUT")
+    c.add_argument("--from", dest="from_format", choices=trace.FORMATS, metavar="F",
+                   help="input format")
+    c.add_argument("--to", dest="to_format", choices=trace.FORMATS, metavar="F",
+                   help="output format")
+    c.add_argument("--skip-bad", action="store_true",
+                   help="drop malformed lines or records instead of stopping")
+    c.set_defaults(run=_convert)
+
+    b = sub.add_parser("bench", help="compare the grouping strategies on a trace",
+                       description="Replay one trace with each strategy and print the time "
+                       "per fault. The pure-Python twin replays at most "
+                       f"{PYTHON_CAP:,} faults (a prefix of the trace).")
+    b.add_argument("trace", nargs="?", metavar="TRACE", help="trace file (default: synthetic)")
+    b.add_argument("--faults", type=_count, default=DEFAULT_FAULTS, metavar="N",
+                   help=f"size of the synthetic trace (default {DEFAULT_FAULTS:,})")
+    b.add_argument("--seed", type=int, default=0, metavar="S")
+    b.add_argument("--strategies", type=_strategies, default=STRATEGIES, metavar="LIST",
+                   help="comma-separated, from " + ",".join(STRATEGIES) + " (default: all)")
+    b.add_argument("--repeat", type=_positive, default=3, metavar="R",
+                   help="runs per strategy; the best counts (default 3)")
+    b.add_argument("--policy", choices=list(policies.PRESETS), default="pcie")
+    b.add_argument("--batch-size", type=_positive, default=65536, metavar="N")
+    b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
+    _input_options(b)
+    b.set_defaults(run=_bench)
+    return p
+
+
+def _queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", choices=list(policies.PRESETS), default="pcie",
+                   help="policy preset (default pcie)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="hash",
+                   help="where partial faults wait (default hash)")
+    p.add_argument("--batch-size", type=_positive, default=65536, metavar="N",
+                   help="faults per report_batch call (default 65536)")
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=trace.FORMATS, help="format of TRACE")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop malformed lines or records instead of stopping")
+
+
+# -- argument types --------------------------------------------------------------------
+
+def _integer(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        value = float(text)   # 1e6
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
+def _count(text: str) -> int:
+    n = _integer(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
+    return n
+
+
+def _positive(text: str) -> int:
+    n = _integer(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+_ns = _count
+
+
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], not {x}")
+    return x
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad or not names:
+        what = f"unknown strategy {bad[0]!r}" if bad else "no strategy given"
+        raise argparse.ArgumentTypeError(f"{what} (choose from {','.join(STRATEGIES)})")
+    return tuple(dict.fromkeys(names))
+
+
+# -- subcommands -----------------------------------------------------------------------
+
+def _generate(args: argparse.Namespace) -> int:
+    faults = trace.synthetic(args.faults, seed=args.seed, devices=args.devices,
+                             lost_lpig=args.lost_lpig, stop_markers=args.stop_markers)
+    trace.save(args.out, faults, format=args.format)
+    fmt = args.format or trace.detect_format(args.out)
+    print(f"wrote {len(faults):,} faults to {args.out} ({fmt})")
+    return 0
+
+
+def _replay_cmd(args: argparse.Namespace) -> int:
+    if args.trace is not None and (args.faults is not None or args.seed is not None):
+        raise ValueError("--faults and --seed describe the synthetic trace; "
+                         "they do not apply with TRACE")
+    policy = policies.PRESETS[args.policy]
+    if args.timeout is not None:
+        policy = policy.replace(response_timeout=args.timeout)
+    load = LoadStats()
+    if args.trace is None:
+        n = DEFAULT_FAULTS if args.faults is None else args.faults
+        seed = 0 if args.seed is None else args.seed
+        source: Any = trace.synthetic(n, seed=seed)
+        total: int | None = n
+        name = f"synthetic ({n:,} faults, seed {seed})"
+    else:
+        source = trace.iter_chunks(args.trace, format=args.format, skip_bad=args.skip_bad,
+                                   chunk_size=args.batch_size, stats=load)
+        total = _known_length(args.trace, load.format)
+        name = args.trace
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        report = replay(source, policy=policy, strategy=args.strategy,
+                        service_time=args.service_time, batch_size=args.batch_size,
+                        progress=progress, total=total)
+    except ValueError as e:
+        if args.trace is None or isinstance(e, TraceError):
+            raise
+        raise ValueError(f"{args.trace}: {e}") from e   # "record N: ..." names no file
+    report.extra["trace"] = name
+    if args.trace is not None:
+        report.extra["skipped_records"] = load.skipped
+    if load.skipped:
+        print(f"iopf: skipped {load.skipped:,} malformed records of {args.trace} "
+              f"(first: {load.errors[0]})", file=sys.stderr)
+    if args.json == "-":
+        _write_json(sys.stdout, report)
+        return 0
+    print(report)
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            _write_json(f, report)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    load = LoadStats()
+    faults = trace.load(args.input, format=args.from_format, skip_bad=args.skip_bad, stats=load)
+    trace.save(args.output, faults, format=args.to_format)
+    out_fmt = args.to_format or trace.detect_format(args.output)
+    print(f"converted {len(faults):,} faults: {args.input} ({load.format}) -> "
+          f"{args.output} ({out_fmt})")
+    if load.skipped:
+        print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
+              file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        plt = _pyplot()   # fail before the long part
+    if args.trace is None:
+        faults = trace.synthetic(args.faults, seed=args.seed)
+        name = f"synthetic, seed {args.seed}"
+    else:
+        load = LoadStats()
+        faults = trace.load(args.trace, format=args.format, skip_bad=args.skip_bad, stats=load)
+        name = args.trace
+        if load.skipped:
+            print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
+                  file=sys.stderr)
+    if not len(faults):
+        raise ValueError(f"{name}: the trace holds no faults")
+    rows = []
+    for strategy in args.strategies:
+        subset = faults[:PYTHON_CAP] if strategy == "python" else faults
+        best: ReplayReport | None = None
+        for _ in range(args.repeat):
+            try:
+                rep = replay(subset, policy=args.policy, strategy=strategy,
+                             batch_size=args.batch_size)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from e
+            if best is None or rep.engine_seconds < best.engine_seconds:
+                best = rep
+        assert best is not None
+        rows.append((strategy, len(subset), 1e9 * best.engine_seconds / len(subset),
+                     1e9 * best.wall_seconds / len(subset), best))
+    _check_agreement(rows, len(faults))
+    print(_bench_table(rows, len(faults), name, args))
+    if args.plot is not None:
+        _plot(plt, rows, args.plot, name)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _check_agreement(rows: list[tuple[Any, ...]], n: int) -> None:
+    """Every strategy must count the same on the same faults: say so if not."""
+    full = [(s, rep.stats) for s, k, _, _, rep in rows if k == n]
+    for s, stats in full[1:]:
+        if stats != full[0][1]:
+            diff = {k: (full[0][1][k], v) for k, v in stats.items() if full[0][1][k] != v}
+            print(f"iopf: warning: strategies {full[0][0]} and {s} disagree: {diff}",
+                  file=sys.stderr)
+
+
+def _bench_table(rows: list[tuple[Any, ...]], n: int, name: str,
+                 args: argparse.Namespace) -> str:
+    base = next((r for r in rows if r[0] == "python"), None)
+    base_label = "vs python" if base is not None else f"vs {rows[0][0]}"
+    base = base or rows[0]
+    lines = [f"iopf bench: {n:,} faults ({name}), policy {args.policy}, "
+             f"batch {args.batch_size:,}, best of {args.repeat}",
+             f"{'strategy':<9} {'faults':>11} {'ns/fault':>10} {'faults/s':>10} "
+             f"{'replay ns/fault':>16} {base_label:>10}"]
+    capped = False
+    for strategy, k, ns, wall_ns, _ in rows:
+        mark = "*" if k < n else " "
+        capped |= k < n
+        lines.append(f"{strategy:<9} {k:>10,}{mark} {ns:>10.1f} {_rate(1e9 / ns):>10} "
+                     f"{wall_ns:>16.1f} {base[2] / ns:>9.1f}x")
+    lines.append("ns/fault: time in the queue's calls; replay ns/fault: the whole replay.")
+    if capped:
+        lines.append(f"* only the first {PYTHON_CAP:,} faults (the python twin is slow); "
+                     "compare the per-fault times.")
+    return "\n".join(lines)
+
+
+def _plot(plt: Any, rows: list[tuple[Any, ...]], path: str, name: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r[0] for r in rows]
+    ax.bar(names, [r[2] for r in rows], color="tab:blue")
+    ax.set_yscale("log")
+    ax.margins(y=0.2)   # room for the labels above the bars
+    ax.set_ylabel("ns per fault (log)")
+    ax.set_title(f"iopf grouping strategies ({name})")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r[2]:.0f}", (i, r[2]), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install iopf[plot]") from None
+    matplotlib.use("Agg")   # files only: no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _known_length(path: str, fmt: str | None) -> int | None:
+    """How many faults a trace holds, when that is cheap to know (for the bar)."""
+    try:
+        if fmt == "npy":
+            return len(np.load(path, mmap_mode="r", allow_pickle=False))
+        if fmt == "iommufd":
+            return os.path.getsize(path) // IOMMUFD_RECORD_BYTES
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _write_json(f: Any, report: ReplayReport) -> None:
+    json.dump(report.to_dict(), f, indent=2)
+    f.write("\n")
+
+
+def _rate(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f} {unit}"
+    return f"{x:.0f}"
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.split())
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit and would report the broken pipe again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

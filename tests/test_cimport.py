@@ -1,0 +1,42 @@
+"""A Cython consumer compiled against the installed package's .pxd files."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import iopf
+
+pytest.importorskip("Cython")
+HERE = Path(__file__).parent / "cython_consumer"
+
+
+def test_cython_consumer_cimports_the_core(tmp_path):
+    shutil.copy(HERE / "consumer.pyx", tmp_path)
+    (tmp_path / "setup.py").write_text(textwrap.dedent("""
+        from Cython.Build import cythonize
+        from setuptools import setup
+        setup(ext_modules=cythonize("consumer.pyx", quiet=True), script_args=["build_ext", "--inplace"])
+    """))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = next(tmp_path.glob("consumer*.so"))
+    spec = importlib.util.spec_from_file_location("consumer", built)
+    consumer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(consumer)
+
+    for strategy in ("hash", "tree", "list"):
+        q = iopf.Queue(strategy=strategy)
+        assert consumer.group_in_c(q.core, 1000, 4) == 1000
+        s = q.stats
+        assert (s.groups, s.grouped, s.pending_now, s.partial_now) == (1000, 4000, 1000, 0)
+        g = q.pending()[0]
+        assert len(g) == 4 and g.dev == 1 and g.pasid == 2 and g.faults["addr"].tolist() == [0, 4096, 8192, 12288]
