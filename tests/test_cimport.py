@@ -40,3 +40,7 @@ def test_cython_consumer_cimports_the_core(tmp_path):
         assert (s.groups, s.grouped, s.pending_now, s.partial_now) == (1000, 4000, 1000, 0)
         g = q.pending()[0]
         assert len(g) == 4 and g.dev == 1 and g.pasid == 2 and g.faults["addr"].tolist() == [0, 4096, 8192, 12288]
+        # A FAULT_DTYPE array passes as a typed memoryview of FaultRec.
+        trace = iopf.trace.synthetic(5000, seed=4)
+        twin = iopf.Queue(strategy="python")
+        assert consumer.feed(q.core, trace) == len(twin.report_batch(trace))

@@ -24,3 +24,13 @@ def group_in_c(Grouper g, unsigned int n_groups, unsigned int size):
                 if g.report_rec(&r, False) >= 1:
                     done += 1
     return done
+
+
+def feed(Grouper g, FaultRec[::1] recs):
+    """The README's example: a FAULT_DTYPE array as a typed memoryview."""
+    cdef Py_ssize_t i
+    cdef int done = 0
+    with nogil:
+        for i in range(recs.shape[0]):
+            done += g.report_rec(&recs[i], False) >= 1
+    return done
