@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from iopf_core.records import FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE
+
 __all__ = [
     "Flag", "Perm", "Response", "Reason", "FAULT_DTYPE", "RESPONSE_DTYPE",
     "Fault", "PageResponse", "NO_PASID",
@@ -56,24 +58,6 @@ class Reason(enum.IntEnum):
     REMOVED = 8
     TIMEOUT = 9
     CALLER = 10
-
-
-#: The key PASID of a request without PASID_VALID: above every 20-bit (or up
-#: to 31-bit) PASID, so it can never collide with a real one.
-NO_PASID = 0xFFFFFFFF
-
-#: One page request. Packed (52 bytes), the layout the core reads and writes.
-FAULT_DTYPE = np.dtype([
-    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
-    ("flags", "<u4"), ("perm", "<u4"), ("addr", "<u8"), ("private", "<u8", (2,)),
-])
-
-#: One page response. Packed (48 bytes).
-RESPONSE_DTYPE = np.dtype([
-    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
-    ("code", "<u4"), ("flags", "<u4"), ("cookie", "<u8"), ("nfaults", "<u4"),
-    ("reason", "<u4"),
-])
 
 
 class _FaultFields(NamedTuple):

@@ -130,6 +130,8 @@ cdef class Grouper:
     cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t slot_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t filter_dead(self, Slot* s) noexcept nogil
+    cdef int table_append(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t n) except -1 nogil
+    cdef void table_purge(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
     cdef int node_grow(self) except -1 nogil
     cdef uint32_t node_alloc(self) except NIL nogil
     cdef void node_release(self, uint32_t i) noexcept nogil

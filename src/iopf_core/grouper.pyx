@@ -24,7 +24,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 import numpy as np
 
-from iopf_core.twin import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
+from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
 
 cdef enum:
     PASID_VALID = 1
@@ -330,6 +330,25 @@ cdef class Grouper:
         s.tail = prev
         s.epoch = self.epoch
         return kept
+
+    cdef int table_append(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp,
+                          uint32_t n) except -1 nogil:
+        """Append node n to the list of key (dev, kp, grp) in t, creating it."""
+        cdef int64_t i = slot_find(t, dev, kp, grp)
+        if i < 0:
+            i = slot_insert(t, dev, kp, grp)
+            t.slots[i].head = n
+        else:
+            self.N(t.slots[i].tail).next = n
+        t.slots[i].tail = n
+        return 0
+
+    cdef void table_purge(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
+        """Drop the DEAD nodes of one list of t (once per drop: the epoch says if done)."""
+        cdef int64_t i = slot_find(t, dev, kp, grp)
+        if i >= 0 and t.slots[i].epoch != self.epoch:
+            if self.filter_dead(&t.slots[i]) == 0:
+                slot_delete(t, <uint32_t>i)
 
     # -- pools -----------------------------------------------------------------------
     cdef int node_grow(self) except -1 nogil:
@@ -1179,16 +1198,7 @@ cdef class HashGrouper(Grouper):
         slot_free(&self.table)
 
     cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
-        cdef Node* x = self.N(n)
-        cdef uint32_t kp = self.slot_kpasid(x)
-        cdef int64_t i = slot_find(&self.table, dev, kp, x.grpid)
-        if i < 0:
-            i = slot_insert(&self.table, dev, kp, x.grpid)
-            self.table.slots[i].head = n
-        else:
-            self.N(self.table.slots[i].tail).next = n
-        self.table.slots[i].tail = n
-        return 0
+        return self.table_append(&self.table, dev, self.slot_kpasid(self.N(n)), self.N(n).grpid, n)
 
     cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
         cdef int64_t i = slot_find(&self.table, dev, kpasid, grpid)
@@ -1199,11 +1209,7 @@ cdef class HashGrouper(Grouper):
         return head
 
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
-        cdef Node* x = self.N(n)
-        cdef int64_t i = slot_find(&self.table, dev, self.slot_kpasid(x), x.grpid)
-        if i >= 0 and self.table.slots[i].epoch != self.epoch:
-            if self.filter_dead(&self.table.slots[i]) == 0:
-                slot_delete(&self.table, <uint32_t>i)
+        self.table_purge(&self.table, dev, self.slot_kpasid(self.N(n)), self.N(n).grpid)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.table.cap * sizeof(Slot)
@@ -1218,14 +1224,7 @@ cdef class ListGrouper(Grouper):
         slot_free(&self.lists)
 
     cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
-        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
-        if i < 0:
-            i = slot_insert(&self.lists, dev, KEY_LIST, KEY_LIST)
-            self.lists.slots[i].head = n
-        else:
-            self.N(self.lists.slots[i].tail).next = n
-        self.lists.slots[i].tail = n
-        return 0
+        return self.table_append(&self.lists, dev, KEY_LIST, KEY_LIST, n)
 
     cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
         # As iopf_group_alloc(): walk the whole device list, move out the matches.
@@ -1259,10 +1258,7 @@ cdef class ListGrouper(Grouper):
         return ghead
 
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
-        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
-        if i >= 0 and self.lists.slots[i].epoch != self.epoch:
-            if self.filter_dead(&self.lists.slots[i]) == 0:
-                slot_delete(&self.lists, <uint32_t>i)
+        self.table_purge(&self.lists, dev, KEY_LIST, KEY_LIST)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.lists.cap * sizeof(Slot)

@@ -12,44 +12,15 @@ from typing import Any
 
 import numpy as np
 
-# Values shared with iopf.types (a test checks they agree).
+from iopf_core.records import COUNTERS, FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, check_record
+
+# The values of iopf.types' enums (tests/test_types.py checks they agree).
 PASID_VALID, LAST_PAGE, NEEDS_PASID, PRIV_DATA = 1, 2, 4, 8
 READ, WRITE = 1, 2
 (HANDLER, NO_HANDLER, HANDLER_ERROR, STOP_MARKER, OVERFLOW, DISCARDED, FLUSHED,
  DETACHED, REMOVED, TIMEOUT, CALLER) = range(11)
 SUCCESS, INVALID, FAILURE = 0, 1, 2
-NO_PASID = 0xFFFFFFFF
 ANY_PASID = 0xFFFFFFFE  # key PASID when match_pasid is False
-
-FAULT_DTYPE = np.dtype([
-    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
-    ("flags", "<u4"), ("perm", "<u4"), ("addr", "<u8"), ("private", "<u8", (2,)),
-])
-RESPONSE_DTYPE = np.dtype([
-    ("time", "<u8"), ("dev", "<u4"), ("pasid", "<u4"), ("grpid", "<u4"),
-    ("code", "<u4"), ("flags", "<u4"), ("cookie", "<u8"), ("nfaults", "<u4"),
-    ("reason", "<u4"),
-])
-COUNTERS = ("faults_reported", "partial_now", "grouped", "stop_markers", "rejected",
-            "overflowed", "discarded", "flushed", "removed", "groups", "answered",
-            "pending_now", "stale_responses")
-U64 = (1 << 64) - 1
-
-
-def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) -> None:
-    """Raise ValueError naming the record when a field does not fit (G8)."""
-    time, dev, pasid, grpid, flags, perm = rec[:6]
-    where = "" if i is None else f"record {i}: "
-    if not 0 <= pasid < (1 << pasid_bits):
-        raise ValueError(f"{where}pasid {pasid:#x} does not fit in {pasid_bits} bits")
-    if not 0 <= grpid < (1 << grpid_bits):
-        raise ValueError(f"{where}grpid {grpid:#x} does not fit in {grpid_bits} bits")
-    if not 0 <= flags <= 0xF:
-        raise ValueError(f"{where}flags {flags:#x} has bits outside PASID_VALID|LAST_PAGE|NEEDS_PASID|PRIV_DATA")
-    if not 0 <= perm <= 0xF:
-        raise ValueError(f"{where}perm {perm:#x} has bits outside READ|WRITE|EXEC|PRIV")
-    if not 0 <= dev <= 0xFFFFFFFF or not 0 <= time <= U64:
-        raise ValueError(f"{where}dev or time out of range")
 
 
 class _Pending:
