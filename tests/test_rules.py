@@ -343,7 +343,7 @@ def _populate(q: iopf.Queue) -> None:
     q.report(P(1, 5, 3, 0xA000, time=10))
     q.report(L(1, 5, 4, 0xB000, time=11))
     g = q.report(L(1, 5, 6, 0xC000, time=12))
-    assert g.respond(SUCCESS)
+    assert g is not None and g.respond(SUCCESS)
 
 
 @pytest.mark.parametrize("field,policy,bad", BAD_FIELDS,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Union, overload
 
 import numpy as np
 
-from iopf_core import STRATEGIES
+from iopf_core import STRATEGIES, Grouper, PyGrouper
 
 from . import policies
 from .policies import Policy
@@ -131,6 +131,20 @@ class Stats:
                  "overflowed", "discarded", "flushed", "removed", "groups", "answered",
                  "pending_now", "stale_responses")
 
+    faults_reported: int
+    partial_now: int
+    grouped: int
+    stop_markers: int
+    rejected: int
+    overflowed: int
+    discarded: int
+    flushed: int
+    removed: int
+    groups: int
+    answered: int
+    pending_now: int
+    stale_responses: int
+
     def __init__(self, counters: dict[str, int]) -> None:
         for name in self.__slots__:
             setattr(self, name, int(counters[name]))
@@ -188,7 +202,7 @@ class Queue:
     """
 
     def __init__(self, policy: Policy = policies.PCIE, *, strategy: str = "hash",
-                 default_handler: Handler | None = None,
+                 default_handler: Handler | Response | None = None,
                  on_response: Callable[[PageResponse], Any] | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an iopf.Policy, not {type(policy).__name__}")
@@ -201,17 +215,17 @@ class Queue:
                              f"choose from {sorted(STRATEGIES)}") from None
         self.policy = policy
         self.strategy = strategy
-        self.core = core_cls(policy)
+        self.core: Grouper | PyGrouper = core_cls(policy)
         self.on_response = on_response
-        self._handlers: dict[tuple[int, int | None], Handler] = {}
-        self._default: Handler | None = None
+        self._handlers: dict[tuple[int, int | None], Handler | Response] = {}
+        self._default: Handler | Response | None = None
         self._lock = threading.RLock()
         self._dispatching = False
         self.default_handler = default_handler
 
     # -- configuration -----------------------------------------------------------------
     @property
-    def default_handler(self) -> Handler | None:
+    def default_handler(self) -> Handler | Response | None:
         return self._default
 
     @default_handler.setter
@@ -295,7 +309,7 @@ class Queue:
             while i < n:
                 i = core.run(arr, i)
                 if core.dispatch:
-                    group = Group(self, core.last_cookie, core.group_faults(core.last_cookie))
+                    group = self._pending_group(core.last_cookie)
                     try:
                         self._dispatch(self._handler_for(group), group)
                     except Exception as exc:  # answered already; raised after the batch
@@ -303,10 +317,10 @@ class Queue:
             batch = GroupBatch(self, *core.take_groups())
             self._deliver()
         if errors:
-            exc = errors[0]
+            first = errors[0]
             if len(errors) > 1:
-                exc.add_note(f"{len(errors) - 1} more handler errors in this batch")
-            raise exc
+                first.add_note(f"{len(errors) - 1} more handler errors in this batch")
+            raise first
         return batch
 
     @staticmethod
@@ -371,7 +385,7 @@ class Queue:
         c = np.broadcast_to(np.asarray(codes), k.shape)
         if c.size and not np.issubdtype(c.dtype, np.integer):
             raise TypeError("codes must be integers")
-        bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE))) if c.size else []
+        bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE)))
         if len(bad):
             raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
         with self._lock:
@@ -417,8 +431,12 @@ class Queue:
     def pending(self) -> list[Group]:
         """The pending groups (handed out, not answered), oldest first."""
         with self._lock:
-            return [Group(self, int(k), self.core.group_faults(int(k)))
-                    for k in self.core.pending_cookies()]
+            return [self._pending_group(int(k)) for k in self.core.pending_cookies()]
+
+    def _pending_group(self, cookie: int) -> Group:
+        faults = self.core.group_faults(cookie)
+        assert faults is not None, "the core lists a cookie it does not hold"
+        return Group(self, cookie, faults)
 
     @property
     def stats(self) -> Stats:

@@ -6,7 +6,7 @@ PRIV_DATA still existed (reference §1.3-1.5).
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class Fault(_FaultFields):
                                Flag(int(flags)), Perm(int(perm)), int(addr), (int(p0), int(p1)))
 
     @classmethod
-    def from_record(cls, rec: np.void | tuple) -> Fault:
+    def from_record(cls, rec: Any) -> Fault:
         """A Fault from one FAULT_DTYPE record (or a tuple in its field order)."""
         time, dev, pasid, grpid, flags, perm, addr, private = rec
         return cls(dev, pasid, grpid, addr, perm=perm, flags=flags, time=time,
