@@ -31,7 +31,7 @@ def tables(benchmarks: list[dict]) -> str:
     out = []
     for group in sorted(groups, key=_natural):
         rows = groups[group]
-        base = next((per_fault_ns(b) for b in rows if strategy_of(b) in ("python", "PCIE")), None)
+        base = next((per_fault_ns(b) for b in rows if strategy_of(b) in ("python", "PCIE", "bare")), None)
         memory = any("bytes_per_fault" in b["extra_info"] for b in rows)
         head = "| strategy | ns per fault | x baseline |" + (" bytes per held fault |" if memory else "")
         out += [f"**{group}**", "", head, "|---|---:|---:|" + ("---:|" if memory else "")]
