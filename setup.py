@@ -2,7 +2,8 @@
 
 IOPF_DEBUG=1   bounds checks on, -O0 -g (for gdb and clear tracebacks).
 IOPF_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (run Python
-                 with LD_PRELOAD of libasan, see README "Reliability").
+                 with LD_PRELOAD of libasan: .ci/sanitize does it all, and
+                 docs/reliability.md explains it).
 """
 import os
 

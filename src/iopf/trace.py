@@ -51,6 +51,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,19 +344,37 @@ def _read_npy(path: PathLike, *, skip_bad: bool, chunk_size: int,
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-    except ValueError as e:
-        raise TraceError(f"not a readable .npy file: {e}", path=path) from e
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy warns on Python 2 headers
+                shape, _, dtype = read_header(f)
+            data_start = f.tell()
+    # numpy's header parser raises more than ValueError on a corrupted header
+    # (SyntaxError, tokenize.TokenError from its Python 2 fallback, ...).
+    except Exception as e:
+        raise TraceError(f"not a readable .npy file: {_one_line(e)}", path=path) from e
     if dtype != FAULT_DTYPE and not np.can_cast(dtype, FAULT_DTYPE, "equiv"):
         raise TraceError(f"wrong dtype {dtype} (expected FAULT_DTYPE {FAULT_DTYPE})",
                          path=path)
     if len(shape) != 1:
         raise TraceError(f"expected a 1-D array, got shape {shape}", path=path)
+    # Check the size before np.load: a huge shape would overflow its size
+    # computation (OverflowError, RuntimeWarning) instead of failing cleanly.
+    have = os.path.getsize(path) - data_start
+    if shape[0] * dtype.itemsize > have:
+        raise TraceError(f"truncated: the header says {shape[0]} records "
+                         f"({shape[0] * dtype.itemsize} bytes), the file holds {have}",
+                         path=path)
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the Python 2 header warning, again
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise TraceError(f"not a readable .npy file: {e}", path=path) from e
+        raise TraceError(f"not a readable .npy file: {_one_line(e)}", path=path) from e
     return _npy_chunks(arr, chunk_size)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _npy_chunks(arr: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:
@@ -385,7 +404,11 @@ def _csv_header_names(line: str) -> list[str] | None:
 def _parse_int(text: str) -> int:
     text = text.strip()
     if text[:2] in ("0x", "0X"):
-        return int(text[2:], 16)
+        digits = text[2:]
+        # int(_, 16) alone would take "-1", "+1", " 1" and "1_0".
+        if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            raise ValueError(f"not a hex integer: {text!r}")
+        return int(digits, 16)
     if not text.isdigit():
         raise ValueError(f"not an unsigned integer: {text!r}")
     return int(text, 10)
