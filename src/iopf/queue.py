@@ -314,16 +314,18 @@ class Queue:
             self.core.check(arr)
             core = self.core
             i, n = 0, len(arr)
-            while i < n:
-                i = core.run(arr, i)
-                if core.dispatch:
-                    group = self._pending_group(core.last_cookie)
-                    try:
-                        self._dispatch(self._handler_for(group), group)
-                    except Exception as exc:  # answered already; raised after the batch
-                        errors.append(exc)
-            batch = GroupBatch(self, *core.take_groups())
-            self._deliver()
+            try:
+                while i < n:
+                    i = core.run(arr, i)
+                    if core.dispatch:
+                        group = self._pending_group(core.last_cookie)
+                        try:
+                            self._dispatch(self._handler_for(group), group)
+                        except Exception as exc:  # answered already; raised after the batch
+                            errors.append(exc)
+            finally:  # even when interrupted: the core's output is taken, responses delivered
+                batch = GroupBatch(self, *core.take_groups())
+                self._deliver()
         if errors:
             first = errors[0]
             if len(errors) > 1:
