@@ -54,8 +54,8 @@ class Policy:
     def __post_init__(self) -> None:
         if not 1 <= self.pasid_bits <= 31:
             raise ValueError(f"pasid_bits must be in 1..31, got {self.pasid_bits}")
-        if not 1 <= self.grpid_bits <= 32:
-            raise ValueError(f"grpid_bits must be in 1..32, got {self.grpid_bits}")
+        if not 1 <= self.grpid_bits <= 16:   # 9 for PRI, 16 for a stall tag
+            raise ValueError(f"grpid_bits must be in 1..16, got {self.grpid_bits}")
         for name in ("no_handler_code", "handler_error_code", "timeout_code", "overflow_code"):
             object.__setattr__(self, name, Response(getattr(self, name)))
         if self.response_timeout is not None and self.response_timeout < 0:

@@ -48,6 +48,7 @@ cdef enum:
 
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
+assert sizeof(Node) == 52
 
 
 # --- small helpers -------------------------------------------------------------
@@ -702,7 +703,7 @@ cdef class Grouper:
         if ei >= 0:
             handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # R2
-            lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>flags
+            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
             self.c.rejected += 1
             return 0
@@ -716,8 +717,8 @@ cdef class Grouper:
         self.hold(dev, 1)
         cdef Node* node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.pasid = r.pasid; node.grpid = r.grpid
-        node.flags = <uint16_t>flags; node.perm = <uint16_t>r.perm
+        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
+        node.flags = <uint8_t>flags; node.perm = <uint8_t>r.perm
         node.next = NIL
         if not last:                                                            # G1
             if ei < 0:
@@ -791,7 +792,7 @@ cdef class Grouper:
         cdef Node lpig
         self.c.overflowed += 1
         if last:
-            lpig.pasid = r.pasid; lpig.grpid = r.grpid; lpig.flags = <uint16_t>r.flags
+            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
             self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW)
         if self.rules.discard_on_overflow:
             self.drop_where(0, 0, 0, &self.c.discarded)
