@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, policies, trace
-from ._replay import ReplayReport, replay
+from ._replay import ReplayReport, _rate, replay
 from .trace import LoadStats, TraceError
 
 __all__ = ["main"]
@@ -395,13 +395,6 @@ def _known_length(path: str, fmt: str | None) -> int | None:
 def _write_json(f: Any, report: ReplayReport) -> None:
     json.dump(report.to_dict(), f, indent=2)
     f.write("\n")
-
-
-def _rate(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.1f} {unit}"
-    return f"{x:.0f}"
 
 
 def _one_line(e: BaseException) -> str:

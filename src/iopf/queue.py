@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Union, overload
+from typing import Any, Union
 
 import numpy as np
 
@@ -24,12 +24,10 @@ from . import policies
 from .policies import Policy
 from .types import FAULT_DTYPE, NO_PASID, Fault, Flag, PageResponse, Reason, Response
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
-
 __all__ = ["Queue", "Group", "GroupBatch", "Stats", "Handler"]
 
-Handler: TypeAlias = "Callable[[Group], Union[Response, int, None]]"
+#: A handler takes a completed group and answers it (a code) or not yet (None).
+Handler = Callable[["Group"], Union[Response, int, None]]
 
 
 class Group:
