@@ -63,3 +63,12 @@ def test_policy_is_frozen_and_checked():
     with pytest.raises(ValueError):
         iopf.Policy(pasid_bits=32)
     assert p.replace(queue_depth=5).queue_depth == 5
+
+
+def test_pure_python_switch(monkeypatch):
+    """IOPF_PURE_PYTHON=1 selects the twin whatever strategy is asked for."""
+    monkeypatch.setenv("IOPF_PURE_PYTHON", "1")
+    q = iopf.Queue(strategy="hash")
+    assert q.strategy == "python" and q.sizeof() == 0
+    monkeypatch.delenv("IOPF_PURE_PYTHON")
+    assert iopf.Queue().strategy == "hash"
