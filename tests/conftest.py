@@ -8,6 +8,7 @@ pure-Python twin; ``make_queue`` builds an ``iopf.Queue`` with it;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import os
 
@@ -41,7 +42,7 @@ def strategy(request: pytest.FixtureRequest) -> str:
 def make_queue(strategy: str) -> Callable[..., iopf.Queue]:
     """``make_queue(policy=PCIE, **kw)``: a Queue of the current strategy."""
 
-    def make(policy: iopf.Policy = iopf.policies.PCIE, **kw: object) -> iopf.Queue:
+    def make(policy: iopf.Policy = iopf.policies.PCIE, **kw: Any) -> iopf.Queue:
         return iopf.Queue(policy, strategy=strategy, **kw)
 
     return make
