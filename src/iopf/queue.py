@@ -184,6 +184,7 @@ def _constant_code(handler: object) -> int:
 _CODES = {int(r): r for r in Response}
 _FLAGS = {i: Flag(i) for i in range(16)}
 _REASONS = {int(r): r for r in Reason}
+_PASID_VALID = int(Flag.PASID_VALID)   # a plain int: `int & Flag` goes through enum code
 
 
 def _check_code(code: Response | int) -> int:
@@ -348,7 +349,7 @@ class Queue:
     def _handler_for(self, group: Group) -> Handler:
         # One read of the LPIG: three numpy field reads cost 3 us per group.
         _, dev, pasid, _, flags = group.faults[-1].tolist()[:5]
-        key = (dev, pasid if flags & Flag.PASID_VALID else None)
+        key = (dev, pasid if flags & _PASID_VALID else None)
         return self._handlers.get(key, self._default)  # type: ignore[return-value]
 
     def _dispatch(self, handler: Handler, group: Group) -> None:

@@ -23,6 +23,11 @@ from libc.stdlib cimport qsort
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+U64 = np.dtype(np.uint64)
+I64 = np.dtype(np.int64)
 
 from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
 
@@ -113,7 +118,7 @@ cdef class _Block:
         self.data = NULL
 
 
-cdef object buf_take(Buf* b, dtype):
+cdef object buf_take(Buf* b, cnp.dtype dtype):
     """The buffer's contents as a numpy array; the buffer is left empty.
 
     Above 64 KiB the block itself becomes the array's memory (no copy; the
@@ -121,7 +126,9 @@ cdef object buf_take(Buf* b, dtype):
     """
     cdef _Block blk
     if b.len < 65536:
-        out = np.frombuffer(b.data[:b.len] if b.len else b"", dtype=dtype).copy()
+        out = np.empty(b.len // dtype.itemsize, dtype=dtype)
+        if b.len:
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)
         b.len = 0
         if b.cap > 65536:           # a batch's reservation that went unused
             PyMem_RawFree(b.data)
@@ -946,11 +953,16 @@ cdef class Grouper:
         return t
 
     cdef inline const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL:
-        cdef const uint8_t[::1] raw = arr.view(np.uint8)
-        n[0] = arr.shape[0]
-        if n[0] == 0:
-            return NULL
-        return <const FaultRec*>&raw[0]
+        # The array's own pointer: a typed memoryview cost a microsecond a
+        # call, which a small batch (one group of a SimPy model) noticed.
+        if not isinstance(arr, cnp.ndarray):
+            raise TypeError("a 1-D contiguous FAULT_DTYPE array is needed")
+        cdef cnp.ndarray a = <cnp.ndarray>arr
+        if (cnp.PyArray_NDIM(a) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or cnp.PyArray_ITEMSIZE(a) != sizeof(FaultRec)):
+            raise TypeError("a 1-D contiguous FAULT_DTYPE array is needed")
+        n[0] = cnp.PyArray_DIM(a, 0)
+        return <const FaultRec*>cnp.PyArray_DATA(a) if n[0] else NULL
 
     def add_device(self, uint32_t dev, uint32_t limit):
         """Set dev's PRI allocation (F5); 0 means unlimited."""
@@ -1066,8 +1078,8 @@ cdef class Grouper:
         """
         cdef Py_ssize_t nf = self.out_faults.len // sizeof(FaultRec)
         faults = buf_take(&self.out_faults, FAULT_DTYPE)
-        cookies = buf_take(&self.out_cookies, np.uint64)
-        offsets = buf_take(&self.out_offsets, np.int64)
+        cookies = buf_take(&self.out_cookies, U64)
+        offsets = buf_take(&self.out_offsets, I64)
         buf_reserve(&self.out_offsets, sizeof(int64_t))
         (<int64_t*>self.out_offsets.data)[0] = 0
         self.out_offsets.len = sizeof(int64_t)
@@ -1134,10 +1146,9 @@ cdef class Grouper:
     def take_responses(self):
         """The responses sent since the last call, as a RESPONSE_DTYPE array."""
         cdef Py_ssize_t n = self.outbox.len // sizeof(RespRec)
-        out = np.empty(n, dtype=RESPONSE_DTYPE)
-        cdef uint8_t[::1] v = out.view(np.uint8)
+        cdef cnp.ndarray out = np.empty(n, dtype=RESPONSE_DTYPE)
         if n:
-            memcpy(&v[0], self.outbox.data, self.outbox.len)
+            memcpy(cnp.PyArray_DATA(out), self.outbox.data, self.outbox.len)
         self.outbox.len = 0
         return out
 
@@ -1168,9 +1179,8 @@ cdef class Grouper:
         if ci < 0:
             return None
         cdef Pend* g = &self.pends[self.cookies[ci].idx]
-        out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
-        cdef uint8_t[::1] v = out.view(np.uint8)
-        cdef FaultRec* f = <FaultRec*>&v[0]
+        cdef cnp.ndarray out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
+        cdef FaultRec* f = <FaultRec*>cnp.PyArray_DATA(out)
         cdef uint32_t n = g.head
         while n != NIL:
             self.node_to_rec(self.N(n), g.dev, f)
