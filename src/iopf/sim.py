@@ -293,10 +293,7 @@ class SimQueue:
                 match = resp
             else:
                 self.unmatched += 1
-            if self._chained is not None:
-                self._chained(resp)
-            if self.on_response is not None:
-                self.on_response(resp)
+            self._forward(resp)
         if ev is None:
             return None
         if match is not None:
@@ -321,6 +318,10 @@ class SimQueue:
             w[0].succeed(resp)
         else:
             self.unmatched += 1
+        self._forward(resp)
+
+    def _forward(self, resp: PageResponse) -> None:
+        """Pass a response on to the queue's earlier callback and to ours."""
         if self._chained is not None:
             self._chained(resp)
         if self.on_response is not None:

@@ -268,11 +268,18 @@ cdef class Grouper:
     strategy = "base"
 
     def __cinit__(self, *args, **kwargs):
+        # The tables are made here, not in __init__: a second __init__ call
+        # must not leak the first ones.
         self.node_free = NIL
         self.pend_free = NIL
         self.next_cookie = 1
         self.next_handle = 1
         self.epoch = 0
+        self._entries_init(MIN_CAP)
+        self._cookies_init(MIN_CAP)
+        buf_reserve(&self.out_offsets, sizeof(int64_t))
+        (<int64_t*>self.out_offsets.data)[0] = 0
+        self.out_offsets.len = sizeof(int64_t)
 
     def __init__(self, policy):
         cdef Rules* r = &self.rules
@@ -294,11 +301,6 @@ cdef class Grouper:
         r.has_depth = policy.queue_depth is not None
         r.depth = policy.queue_depth or 0
         self.policy = policy
-        self._entries_init(MIN_CAP)
-        self._cookies_init(MIN_CAP)
-        buf_reserve(&self.out_offsets, sizeof(int64_t))
-        (<int64_t*>self.out_offsets.data)[0] = 0
-        self.out_offsets.len = sizeof(int64_t)
 
     def __dealloc__(self):
         cdef uint32_t i
