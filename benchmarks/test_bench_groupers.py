@@ -6,11 +6,14 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from baselines import CFloor, DictQueue, floor_available
 from workloads import held_partials, sliding
 
 import iopf
 
 STRATEGIES = ["hash", "tree", "list", "python"]
+#: Next to the twin: hand-written dict of lists, plain C hash and plain C list (floor.c).
+BASELINES = ["dict", "floor", "floor-list"]
 STREAM = 4096
 
 
@@ -25,6 +28,33 @@ def stream(group_size: int, devices: int) -> np.ndarray:
 def lpig_case(benchmark, strategy, outstanding, devices, group_size):
     background = held_partials(outstanding, devices=devices)
     work = stream(group_size, devices)
+    benchmark.extra_info.update(faults=len(work), outstanding=outstanding, devices=devices,
+                                group_size=group_size)
+    if strategy.startswith("floor"):
+        if not floor_available():
+            pytest.skip("no C compiler for the floor")
+
+        def setup_floor():
+            f = CFloor("list" if strategy == "floor-list" else "hash")
+            f.run(background)
+            f.run(work)
+            return (f,), {}
+        slow_list = strategy == "floor-list" and outstanding // devices >= 4096
+        benchmark.pedantic(lambda f: f.run(work), setup=setup_floor, rounds=3 if slow_list else 10,
+                           iterations=1)
+        return
+    if strategy == "dict":
+        bg, tuples = background.tolist(), work.tolist()
+
+        def setup_dict():
+            d = DictQueue()
+            d.report_batch(bg)
+            for cookie, _ in d.report_batch(tuples):
+                d.respond(cookie, 0)
+            return (d,), {}
+        benchmark.pedantic(lambda d: d.report_batch(tuples), setup=setup_dict, rounds=10,
+                           iterations=1)
+        return
 
     def setup():
         q = iopf.Queue(strategy=strategy)
@@ -37,13 +67,11 @@ def lpig_case(benchmark, strategy, outstanding, devices, group_size):
 
     def run(q):
         q.report_batch(work)
-    benchmark.extra_info.update(faults=len(work), outstanding=outstanding, devices=devices,
-                                group_size=group_size)
     slow = strategy == "python" or (strategy == "list" and outstanding // devices >= 4096)
     benchmark.pedantic(run, setup=setup, rounds=3 if slow else 10, iterations=1)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES + BASELINES)
 @pytest.mark.parametrize("outstanding", [32, 512, 4096, 65536])
 @pytest.mark.parametrize("devices", [1, 64])
 def test_lpig_vs_outstanding(benchmark, strategy, outstanding, devices):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Union
@@ -22,7 +23,7 @@ from iopf_core import STRATEGIES, Grouper, PyGrouper
 
 from . import policies
 from .policies import Policy
-from .types import FAULT_DTYPE, NO_PASID, Fault, Flag, PageResponse, Reason, Response
+from .types import FAULT_DTYPE, NO_PASID, Fault, Flag, PageResponse, Perm, Reason, Response
 
 __all__ = ["Queue", "Group", "GroupBatch", "Stats", "Handler"]
 
@@ -31,14 +32,34 @@ Handler = Callable[["Group"], Union[Response, int, None]]
 
 
 class Group:
-    """A completed group: the partials of its key in arrival order, LPIG last."""
+    """A completed group: the partials of its key in arrival order, LPIG last.
 
-    __slots__ = ("_queue", "cookie", "faults")
+    A group from ``report`` keeps its records as bytes: the ``faults`` array
+    (writable, its own copy) is made the first time it is read, as most
+    callers only answer the group.
+    """
 
-    def __init__(self, queue: Queue, cookie: int, faults: np.ndarray) -> None:
+    __slots__ = ("_queue", "cookie", "_faults", "_raw")
+
+    def __init__(self, queue: Queue, cookie: int, faults: np.ndarray | None = None,
+                 raw: bytearray | None = None) -> None:
         self._queue = queue
         self.cookie = int(cookie)
-        self.faults = faults
+        self._faults = faults
+        self._raw = raw
+
+    @property
+    def faults(self) -> np.ndarray:
+        """The group's requests (FAULT_DTYPE), arrival order, LPIG last."""
+        if self._faults is None:
+            self._faults = np.frombuffer(self._raw, FAULT_DTYPE)  # type: ignore[arg-type]
+        return self._faults
+
+    def _lpig(self) -> tuple[int, int, int, int, int]:
+        """(time, dev, pasid, grpid, flags) of the LPIG, without an array."""
+        if self._raw is not None:
+            return _LPIG.unpack_from(self._raw, len(self._raw) - _RECORD)  # type: ignore[return-value]
+        return tuple(self._faults[-1].tolist()[:5])  # type: ignore[index,return-value]
 
     @property
     def last(self) -> Fault:
@@ -47,26 +68,28 @@ class Group:
 
     @property
     def dev(self) -> int:
-        return int(self.faults["dev"][-1])
+        return self._lpig()[1]
 
     @property
     def pasid(self) -> int:
-        return int(self.faults["pasid"][-1])
+        return self._lpig()[2]
 
     @property
     def pasid_valid(self) -> bool:
-        return bool(self.faults["flags"][-1] & Flag.PASID_VALID)
+        return bool(self._lpig()[4] & _PASID_VALID)
 
     @property
     def grpid(self) -> int:
-        return int(self.faults["grpid"][-1])
+        return self._lpig()[3]
 
     @property
     def time(self) -> int:
-        return int(self.faults["time"][-1])
+        return self._lpig()[0]
 
     def __len__(self) -> int:
-        return len(self.faults)
+        if self._raw is not None:
+            return len(self._raw) // _RECORD
+        return len(self._faults)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Fault]:
         return (Fault.from_record(r) for r in self.faults)
@@ -185,6 +208,11 @@ _CODES = {int(r): r for r in Response}
 _FLAGS = {i: Flag(i) for i in range(16)}
 _REASONS = {int(r): r for r in Reason}
 _PASID_VALID = int(Flag.PASID_VALID)   # a plain int: `int & Flag` goes through enum code
+_LPIG = struct.Struct("<QIIII")        # time, dev, pasid, grpid, flags: a record's first fields
+_RECORD = FAULT_DTYPE.itemsize
+_READ = int(Perm.READ)
+_FAILURE = int(Response.FAILURE)
+_CALLER = int(Reason.CALLER)
 
 
 def _check_code(code: Response | int) -> int:
@@ -280,23 +308,57 @@ class Queue:
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, fault: Fault) -> Group | None:
-        """Report one page request; the group it completed, if any.
+        """Report one request; the group it completed, if any.
 
         The group is returned whether or not a handler took it (a handler's
         answer makes later responses to it stale, R4).
         """
-        with self._lock:
-            self._check_reentry()
-            cookie = self.core.report(tuple(fault))
-            group = None
-            try:
-                if cookie:
-                    group = Group(self, cookie, self.core.take_groups()[0])
-                    if self.core.dispatch:
-                        self._dispatch(self._handler_for(group), group)
-            finally:  # a handler's FAILURE answer is delivered before its exception
+        if fault.__class__ is not Fault:
+            fault = tuple(fault)  # type: ignore[assignment]
+        lock = self._lock
+        lock.acquire()   # acquire/release: a `with` block costs several times more
+        try:
+            if self._dispatching:
+                self._check_reentry()
+            done = self.core.report_fault(fault)
+            if done is None:
+                if self.on_response is not None:
+                    self._deliver()
+                return None
+            return self._completed(done[0], done[1], fault[1], fault[2], fault[4])
+        finally:
+            lock.release()
+
+    def report_values(self, dev: int, pasid: int, grpid: int, flags: int, addr: int, *,
+                      perm: int = _READ, time: int = 0) -> Group | None:
+        """Report one request given field by field, for models that hold no
+        ``Fault``: the same as ``report(Fault(dev, pasid, grpid, addr,
+        flags=flags, perm=perm, time=time))``, without making the Fault."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._dispatching:
+                self._check_reentry()
+            done = self.core.report_values(time, dev, pasid, grpid, flags, perm, addr)
+            if done is None:
+                if self.on_response is not None:
+                    self._deliver()
+                return None
+            return self._completed(done[0], done[1], dev, pasid, flags)
+        finally:
+            lock.release()
+
+    def _completed(self, cookie: int, raw: bytearray, dev: int, pasid: int, flags: int) -> Group:
+        """The Group of a request that completed one (lock held): dispatched to
+        its Python handler if it has one, responses delivered."""
+        group = Group(self, cookie, None, raw)
+        try:
+            if self.core.dispatch:
+                self._dispatch(self._handler_for(dev, pasid, flags), group)
+        finally:  # a handler's FAILURE answer is delivered before its exception
+            if self.on_response is not None:
                 self._deliver()
-            return group
+        return group
 
     def report_batch(self, faults: np.ndarray) -> GroupBatch:
         """Report a FAULT_DTYPE array; the groups it completed.
@@ -319,7 +381,8 @@ class Queue:
                     if core.dispatch:
                         group = self._pending_group(core.last_cookie)
                         try:
-                            self._dispatch(self._handler_for(group), group)
+                            _, dev, pasid, _, flags = group._lpig()
+                            self._dispatch(self._handler_for(dev, pasid, flags), group)
                         except Exception as exc:  # answered already; raised after the batch
                             errors.append(exc)
             finally:  # even when interrupted: the core's output is taken, responses delivered
@@ -346,9 +409,8 @@ class Queue:
         if self._dispatching:
             raise RuntimeError("a handler may answer groups but not report faults to its own queue")
 
-    def _handler_for(self, group: Group) -> Handler:
-        # One read of the LPIG: three numpy field reads cost 3 us per group.
-        _, dev, pasid, _, flags = group.faults[-1].tolist()[:5]
+    def _handler_for(self, dev: int, pasid: int, flags: int) -> Handler:
+        """The handler of the LPIG's (dev, PASID), else the default."""
         key = (dev, pasid if flags & _PASID_VALID else None)
         return self._handlers.get(key, self._default)  # type: ignore[return-value]
 
@@ -371,17 +433,25 @@ class Queue:
     # -- responses ---------------------------------------------------------------------
     def respond(self, group: Group | int, code: Response | int, *, time: int | None = None) -> bool:
         """Answer a pending group (a Group or its cookie); False if not pending (R4)."""
-        cookie = group.cookie if isinstance(group, Group) else group
-        if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
-            raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
-        code = _check_code(code)
-        with self._lock:
-            if not 0 < cookie < 2**64:
-                self.core.respond(0, code, Reason.CALLER, time)  # counted stale, as any unknown cookie
+        cookie = group.cookie if group.__class__ is Group else group
+        if cookie.__class__ is not int:
+            if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
+                raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
+            cookie = int(cookie)
+        if code.__class__ is not int or not 0 <= code <= _FAILURE:  # type: ignore[operator]
+            code = _check_code(code)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not 0 < cookie < 2**64:  # type: ignore[operator]
+                self.core.respond(0, code, _CALLER, time)  # counted stale, as any unknown cookie
                 return False
-            sent = self.core.respond(int(cookie), code, Reason.CALLER, time)
-            self._deliver()
+            sent = self.core.respond(cookie, code, _CALLER, time)
+            if self.on_response is not None:
+                self._deliver()
             return bool(sent)
+        finally:
+            lock.release()
 
     def respond_batch(self, cookies: Iterable[int] | np.ndarray,
                       codes: Iterable[int] | np.ndarray | int, *,

@@ -174,6 +174,7 @@ cdef class Grouper:
     cdef size_t s_sizeof(self) noexcept nogil
 
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef object report_one(self, FaultRec* r)
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 
