@@ -96,7 +96,13 @@ class Group:
 
     def respond(self, code: Response | int, *, time: int | None = None) -> bool:
         """Answer the group; False if it was answered already (R4)."""
-        return self._queue.respond(self.cookie, code, time=time)
+        q = self._queue
+        # Queue.respond's lock-free path, one call shorter: a group's cookie is valid.
+        if q._fast and (code.__class__ is int or code.__class__ is Response) and 0 <= code <= _FAILURE:
+            sent = q.core.respond(self.cookie, code, _CALLER, time)
+            if sent is not None:
+                return sent
+        return q.respond(self.cookie, code, time=time)
 
     def __repr__(self) -> str:
         return (f"Group(cookie={self.cookie}, dev={self.dev}, pasid={self.pasid}, "
@@ -186,6 +192,40 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
+class _Guard:
+    """The queue's lock: a re-entrant lock that, while held, also marks the
+    compiled core as owned by this thread. The lock-free per-call entries
+    (``report``, ``report_values``, ``respond`` when no Python code can run
+    inside them) check that mark in C and take the lock instead while
+    another thread is inside a call, e.g. in a batch running without the GIL.
+    """
+
+    __slots__ = ("_lock", "_core", "_depth")
+
+    def __init__(self, core: Grouper | PyGrouper) -> None:
+        self._lock = threading.RLock()
+        self._core = core
+        self._depth = 0
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        if self._depth == 0:
+            self._core.owner = threading.get_ident()
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._core.owner = 0
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def _key_pasid(pasid: int | None) -> int:
     if pasid is None:
         return NO_PASID
@@ -251,11 +291,13 @@ class Queue:
         self.policy = policy
         self.strategy = strategy
         self.core: Grouper | PyGrouper = core_cls(policy)
-        self.on_response = on_response
+        self._on_response = on_response
         self._handlers: dict[tuple[int, int | None], Handler | Response] = {}
         self._default: Handler | Response | None = None
-        self._lock = threading.RLock()
+        self._lock = _Guard(self.core)
         self._dispatching = False
+        self._py_handlers = 0       # attached handlers that are callables
+        self._fast = False
         self.default_handler = default_handler
 
     # -- configuration -----------------------------------------------------------------
@@ -269,6 +311,26 @@ class Queue:
             auto = _constant_code(handler)
             self._default = handler
             self.core.set_default_handler(handler is not None, auto)
+            self._update_fast()
+
+    @property
+    def on_response(self) -> Callable[[PageResponse], Any] | None:
+        """Called with each response as it is sent (None: responses wait in the outbox)."""
+        return self._on_response
+
+    @on_response.setter
+    def on_response(self, callback: Callable[[PageResponse], Any] | None) -> None:
+        with self._lock:
+            self._on_response = callback
+            self._update_fast()
+
+    def _update_fast(self) -> None:
+        # report, report_values and respond skip the lock (see _Guard) when no
+        # Python code can run inside them: a compiled core, no callable
+        # handler, no on_response, not inside a handler.
+        self._fast = (self.strategy != "python" and self._py_handlers == 0
+                      and not callable(self._default) and self._on_response is None
+                      and not self._dispatching)
 
     def add_device(self, dev: int, outstanding: int | None = None) -> None:
         """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""
@@ -295,13 +357,16 @@ class Queue:
         auto = _constant_code(handler)
         with self._lock:
             self.core.attach(dev, _key_pasid(pasid), None, auto)
+            self._py_handlers += callable(handler) - callable(self._handlers.get((dev, pasid)))
             self._handlers[(dev, pasid)] = handler
+            self._update_fast()
             self._deliver()
 
     def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
         """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2)."""
         with self._lock:
-            self._handlers.pop((dev, pasid), None)
+            self._py_handlers -= callable(self._handlers.pop((dev, pasid), None))
+            self._update_fast()
             done = self.core.detach(dev, _key_pasid(pasid), time)
             self._deliver()
             return bool(done)
@@ -315,6 +380,12 @@ class Queue:
         """
         if fault.__class__ is not Fault:
             fault = tuple(fault)  # type: ignore[assignment]
+        if self._fast:
+            done = self.core.report_fault(fault)      # False: another thread is inside
+            if done is None:
+                return None
+            if done is not False:
+                return Group(self, done[0], None, done[1])
         lock = self._lock
         lock.acquire()   # acquire/release: a `with` block costs several times more
         try:
@@ -322,7 +393,7 @@ class Queue:
                 self._check_reentry()
             done = self.core.report_fault(fault)
             if done is None:
-                if self.on_response is not None:
+                if self._on_response is not None:
                     self._deliver()
                 return None
             return self._completed(done[0], done[1], fault[1], fault[2], fault[4])
@@ -334,6 +405,12 @@ class Queue:
         """Report one request given field by field, for models that hold no
         ``Fault``: the same as ``report(Fault(dev, pasid, grpid, addr,
         flags=flags, perm=perm, time=time))``, without making the Fault."""
+        if self._fast:
+            done = self.core.report_values(time, dev, pasid, grpid, flags, perm, addr)
+            if done is None:
+                return None
+            if done is not False:
+                return Group(self, done[0], None, done[1])
         lock = self._lock
         lock.acquire()
         try:
@@ -341,7 +418,7 @@ class Queue:
                 self._check_reentry()
             done = self.core.report_values(time, dev, pasid, grpid, flags, perm, addr)
             if done is None:
-                if self.on_response is not None:
+                if self._on_response is not None:
                     self._deliver()
                 return None
             return self._completed(done[0], done[1], dev, pasid, flags)
@@ -356,7 +433,7 @@ class Queue:
             if self.core.dispatch:
                 self._dispatch(self._handler_for(dev, pasid, flags), group)
         finally:  # a handler's FAILURE answer is delivered before its exception
-            if self.on_response is not None:
+            if self._on_response is not None:
                 self._deliver()
         return group
 
@@ -427,6 +504,7 @@ class Queue:
             raise
         finally:
             self._dispatching = False
+            self._update_fast()
         if code is not None:
             self.core.respond(group.cookie, code, Reason.HANDLER)
 
@@ -440,6 +518,10 @@ class Queue:
             cookie = int(cookie)
         if code.__class__ is not int or not 0 <= code <= _FAILURE:  # type: ignore[operator]
             code = _check_code(code)
+        if self._fast and 0 < cookie < 2**64:  # type: ignore[operator]
+            sent = self.core.respond(cookie, code, _CALLER, time)  # None: another thread is inside
+            if sent is not None:
+                return sent
         lock = self._lock
         lock.acquire()
         try:
@@ -447,7 +529,7 @@ class Queue:
                 self.core.respond(0, code, _CALLER, time)  # counted stale, as any unknown cookie
                 return False
             sent = self.core.respond(cookie, code, _CALLER, time)
-            if self.on_response is not None:
+            if self._on_response is not None:
                 self._deliver()
             return bool(sent)
         finally:
@@ -482,10 +564,10 @@ class Queue:
 
     def _deliver(self) -> None:
         """R6: hand responses to on_response if set (else they wait in the outbox)."""
-        if self.on_response is not None and self.core.has_responses:
+        if self._on_response is not None and self.core.has_responses:
             for t, dev, pasid, grpid, code, flags, cookie, n, reason in \
                     self.core.take_responses().tolist():
-                self.on_response(PageResponse(t, dev, pasid, grpid, _CODES[code], _FLAGS[flags],
+                self._on_response(PageResponse(t, dev, pasid, grpid, _CODES[code], _FLAGS[flags],
                                               cookie, n, _REASONS[reason]))
 
     # -- flush, discard, expire ----------------------------------------------------------

@@ -113,6 +113,10 @@ cdef class Grouper:
     cdef bint default_handler
     cdef uint32_t default_auto
     cdef readonly bint dispatch
+    # The thread (its ident) inside an iopf.Queue call on this grouper, 0 if
+    # none: the Queue's lock-free per-call entries step aside while another
+    # thread holds the queue (the core itself does not lock).
+    cdef public unsigned long owner
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
@@ -175,6 +179,7 @@ cdef class Grouper:
 
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef object report_one(self, FaultRec* r)
+    cdef bint held_elsewhere(self) noexcept
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 

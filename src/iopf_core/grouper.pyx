@@ -19,6 +19,7 @@ called without the GIL; the batch loop runs without the GIL.
 """
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.string cimport memset, memcpy
 from libc.stdlib cimport qsort
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
@@ -1061,10 +1062,17 @@ cdef class Grouper:
     # A numpy array per group cost a microsecond (three of them, from
     # take_groups); a bytearray of the group's records costs ~40 ns, and the
     # caller makes an array of it only if someone reads the faults.
+    cdef inline bint held_elsewhere(self) noexcept:
+        # Read with the GIL held: no other thread changes owner meanwhile.
+        return self.owner != 0 and self.owner != PyThread_get_thread_ident()
+
     cdef object report_one(self, FaultRec* r):
         """None, or (cookie, records) of the group r completed (records: a
-        bytearray of FAULT_DTYPE records, LPIG last)."""
+        bytearray of FAULT_DTYPE records, LPIG last); False, without doing
+        anything, while another thread holds the queue (see owner)."""
         cdef bytearray raw
+        if self.held_elsewhere():
+            return False
         if self.bad_rec(r):
             check_record(None, (r.time, r.dev, r.pasid, r.grpid, r.flags, r.perm, r.addr,
                                 (r.priv[0], r.priv[1])), self.rules.pasid_bits, self.rules.grpid_bits)
@@ -1084,7 +1092,8 @@ cdef class Grouper:
 
     def report_fault(self, fault):
         """Report one request given as a tuple in FAULT_DTYPE order (an
-        ``iopf.Fault``); None, or (cookie, records) of the group it completed."""
+        ``iopf.Fault``); None, or (cookie, records) of the group it completed
+        (False: another thread holds the queue, nothing was done)."""
         cdef FaultRec r
         if not isinstance(fault, tuple) or len(<tuple>fault) != 8:
             raise TypeError("a fault is a tuple of the 8 fields of FAULT_DTYPE")
@@ -1143,7 +1152,10 @@ cdef class Grouper:
         return faults, offsets, cookies
 
     def respond(self, uint64_t cookie, uint32_t code, uint32_t reason=R_CALLER, time=None):
-        """Answer a pending group; False (and counted stale) if it is not pending."""
+        """Answer a pending group; False (and counted stale) if it is not pending
+        (None, without doing anything, while another thread holds the queue)."""
+        if self.held_elsewhere():
+            return None
         cdef uint64_t t = self._time(time)
         return self.respond_cookie(cookie, code, reason, t) == 1
 

@@ -50,6 +50,7 @@ class PyGrouper:
         self.default_auto: int | None = None   # constant handlers answer in the engine
         self.autos: dict[tuple[int, int], int | None] = {}
         self.dispatch = False
+        self.owner = 0   # as the compiled core's; the twin is always called under the queue's lock
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.outbox: list[tuple] = []
         self.now = 0
