@@ -299,6 +299,12 @@ class Queue:
         self._py_handlers = 0       # attached handlers that are callables
         self._fast = False
         self.default_handler = default_handler
+        if isinstance(self.core, Grouper) and type(self).report is Queue.report:
+            # report and report_values go straight to the core's C entries,
+            # which take the methods below (with the lock) when they must.
+            self.core.bind(self, Group, Queue.report, Queue.report_values)
+            self.report = self.core.fast_report  # type: ignore[method-assign]
+            self.report_values = self.core.fast_report_values  # type: ignore[method-assign]
 
     # -- configuration -----------------------------------------------------------------
     @property
@@ -331,6 +337,7 @@ class Queue:
         self._fast = (self.strategy != "python" and self._py_handlers == 0
                       and not callable(self._default) and self._on_response is None
                       and not self._dispatching)
+        self.core.fast = self._fast
 
     def add_device(self, dev: int, outstanding: int | None = None) -> None:
         """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""

@@ -117,6 +117,11 @@ cdef class Grouper:
     # none: the Queue's lock-free per-call entries step aside while another
     # thread holds the queue (the core itself does not lock).
     cdef public unsigned long owner
+    # Set by iopf.Queue (see Grouper.bind): fast_report may run without the
+    # queue's lock (no Python handler, no on_response), and what it needs to
+    # make a Group or fall back to the queue's locked path.
+    cdef public bint fast
+    cdef object queue_ref, group_cls, slow_report, slow_values
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
@@ -180,6 +185,10 @@ cdef class Grouper:
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef object report_one(self, FaultRec* r)
     cdef bint held_elsewhere(self) noexcept
+    cdef object bound_queue(self)
+    cdef object report_tuple(self, object fault)
+    cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
+    cdef object group_of(self, object done)
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 

@@ -20,6 +20,7 @@ called without the GIL; the batch loop runs without the GIL.
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.weakref cimport PyWeakref_GetObject
 from libc.string cimport memset, memcpy
 from libc.stdlib cimport qsort
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
@@ -1094,6 +1095,13 @@ cdef class Grouper:
         """Report one request given as a tuple in FAULT_DTYPE order (an
         ``iopf.Fault``); None, or (cookie, records) of the group it completed
         (False: another thread holds the queue, nothing was done)."""
+        return self.report_tuple(fault)
+
+    def report_values(self, time, dev, pasid, grpid, flags, perm, addr, priv0=0, priv1=0):
+        """Report one request given field by field; as report_fault."""
+        return self.report_fields(time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
+
+    cdef object report_tuple(self, object fault):
         cdef FaultRec r
         if not isinstance(fault, tuple) or len(<tuple>fault) != 8:
             raise TypeError("a fault is a tuple of the 8 fields of FAULT_DTYPE")
@@ -1108,8 +1116,7 @@ cdef class Grouper:
             raise ValueError(f"field out of range in {t!r}")
         return self.report_one(&r)
 
-    def report_values(self, time, dev, pasid, grpid, flags, perm, addr, priv0=0, priv1=0):
-        """Report one request given field by field; as report_fault."""
+    cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
         cdef FaultRec r
         try:
             r.time = time; r.dev = dev; r.pasid = pasid; r.grpid = grpid
@@ -1119,6 +1126,48 @@ cdef class Grouper:
             check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
             raise ValueError(f"field out of range in {rec!r}")
         return self.report_one(&r)
+
+    # -- bound to an iopf.Queue: its report and report_values, in C -------------------
+    # A Python method around the calls above cost as much as the grouping
+    # (a frame, keyword parsing, three flag reads). The queue installs these
+    # as its per-instance report and report_values; they go to its locked
+    # Python methods whenever Python code could run inside (fast is off) or
+    # another thread holds the queue.
+    def bind(self, queue, group_cls, slow_report, slow_values):
+        """For iopf.Queue: queue (held weakly: the queue holds the grouper),
+        its Group class, and its locked report and report_values functions."""
+        import weakref
+        self.queue_ref = weakref.ref(queue)
+        self.group_cls = group_cls
+        self.slow_report = slow_report
+        self.slow_values = slow_values
+
+    cdef object bound_queue(self):
+        cdef object q = <object>PyWeakref_GetObject(self.queue_ref)
+        if q is None:
+            raise RuntimeError("the queue of this grouper is gone")
+        return q
+
+    cdef object group_of(self, object done):
+        if done is None:
+            return None
+        return self.group_cls(self.bound_queue(), (<tuple>done)[0], None, (<tuple>done)[1])
+
+    def fast_report(self, fault):
+        """Queue.report, bound to the queue (see bind)."""
+        if self.fast and isinstance(fault, tuple):
+            done = self.report_tuple(fault)
+            if done is not False:
+                return self.group_of(done)
+        return self.slow_report(self.bound_queue(), fault)
+
+    def fast_report_values(self, dev, pasid, grpid, flags, addr, *, perm=1, time=0):
+        """Queue.report_values, bound to the queue (see bind)."""
+        if self.fast:
+            done = self.report_fields(time, dev, pasid, grpid, flags, perm, addr, 0, 0)
+            if done is not False:
+                return self.group_of(done)
+        return self.slow_values(self.bound_queue(), dev, pasid, grpid, flags, addr, perm=perm, time=time)
 
     def run(self, arr, Py_ssize_t start=0):
         """Report arr[start:] (checked already) without the GIL; stop after a

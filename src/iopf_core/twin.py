@@ -51,6 +51,7 @@ class PyGrouper:
         self.autos: dict[tuple[int, int], int | None] = {}
         self.dispatch = False
         self.owner = 0   # as the compiled core's; the twin is always called under the queue's lock
+        self.fast = False
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.outbox: list[tuple] = []
         self.now = 0
