@@ -20,6 +20,7 @@ from typing import Any, Union
 import numpy as np
 
 from iopf_core import STRATEGIES, Grouper, PyGrouper
+from iopf_core.grouper import GroupBase
 
 from . import policies
 from .policies import Policy
@@ -31,22 +32,17 @@ __all__ = ["Queue", "Group", "GroupBatch", "Stats", "Handler"]
 Handler = Callable[["Group"], Union[Response, int, None]]
 
 
-class Group:
+class Group(GroupBase):
     """A completed group: the partials of its key in arrival order, LPIG last.
 
-    A group from ``report`` keeps its records as bytes: the ``faults`` array
-    (writable, its own copy) is made the first time it is read, as most
-    callers only answer the group.
+    ``Group(queue, cookie, faults)``. A group from ``report`` keeps its
+    records as bytes: the ``faults`` array (writable, its own copy) is made
+    the first time it is read, as most callers only answer the group.
+    ``respond(code, *, time=None)`` answers it; False if it was answered
+    already (R4).
     """
 
-    __slots__ = ("_queue", "cookie", "_faults", "_raw")
-
-    def __init__(self, queue: Queue, cookie: int, faults: np.ndarray | None = None,
-                 raw: bytearray | None = None) -> None:
-        self._queue = queue
-        self.cookie = int(cookie)
-        self._faults = faults
-        self._raw = raw
+    __slots__ = ()
 
     @property
     def faults(self) -> np.ndarray:
@@ -93,16 +89,6 @@ class Group:
 
     def __iter__(self) -> Iterator[Fault]:
         return (Fault.from_record(r) for r in self.faults)
-
-    def respond(self, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer the group; False if it was answered already (R4)."""
-        q = self._queue
-        # Queue.respond's lock-free path, one call shorter: a group's cookie is valid.
-        if q._fast and (code.__class__ is int or code.__class__ is Response) and 0 <= code <= _FAILURE:
-            sent = q.core.respond(self.cookie, code, _CALLER, time)
-            if sent is not None:
-                return sent
-        return q.respond(self.cookie, code, time=time)
 
     def __repr__(self) -> str:
         return (f"Group(cookie={self.cookie}, dev={self.dev}, pasid={self.pasid}, "

@@ -211,3 +211,10 @@ cdef class TreeGrouper(Grouper):
     cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil
     cdef uint32_t t_remove_min(self, uint32_t i, uint32_t* out) noexcept nogil
     cdef uint32_t t_delete(self, uint32_t root, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t* out) noexcept nogil
+
+
+# The data of an iopf.Group (iopf.queue.Group adds its properties): the
+# per-call path makes it in C, and answers through it in C.
+cdef class GroupBase:
+    cdef public object _queue, cookie, _faults, _raw
+    cdef Grouper core     # the compiled core that made it, or None

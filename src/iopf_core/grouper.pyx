@@ -1151,7 +1151,12 @@ cdef class Grouper:
     cdef object group_of(self, object done):
         if done is None:
             return None
-        return self.group_cls(self.bound_queue(), (<tuple>done)[0], None, (<tuple>done)[1])
+        cdef GroupBase g = self.group_cls.__new__(self.group_cls)
+        g._queue = self.bound_queue()
+        g.cookie = (<tuple>done)[0]
+        g._raw = (<tuple>done)[1]
+        g.core = self
+        return g
 
     def fast_report(self, fault):
         """Queue.report, bound to the queue (see bind)."""
@@ -1327,6 +1332,29 @@ cdef class Grouper:
                 "pend_capacity": self.pend_cap, "entries": self.entry_count,
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
                 "heap": self.heap_len, "bytes": self.sizeof()}
+
+
+cdef class GroupBase:
+    """The data of a completed group; ``iopf.Group`` adds what it offers.
+
+    ``_faults`` (a FAULT_DTYPE array) or ``_raw`` (its records as bytes) hold
+    the faults; ``respond`` answers in C when the queue allows it.
+    """
+
+    def __init__(self, queue, cookie, faults=None, raw=None):
+        self._queue = queue
+        self.cookie = int(cookie)
+        self._faults = faults
+        self._raw = raw
+
+    def respond(self, code, *, time=None):
+        """Answer the group; False if it was answered already (R4)."""
+        cdef Grouper core = self.core
+        # Queue.respond's lock-free path, without its Python frame.
+        if (core is not None and core.fast and isinstance(code, int) and not isinstance(code, bool)
+                and 0 <= code <= 2 and not core.held_elsewhere()):
+            return core.respond_cookie(self.cookie, code, R_CALLER, core._time(time)) == 1
+        return self._queue.respond(self.cookie, code, time=time)
 
 
 cdef class HashGrouper(Grouper):
