@@ -188,7 +188,7 @@ cdef class Grouper:
     cdef object bound_queue(self)
     cdef object report_tuple(self, object fault)
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
-    cdef object group_of(self, object done)
+    cdef object group_of(self, object raw)
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 

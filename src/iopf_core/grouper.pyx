@@ -1068,9 +1068,9 @@ cdef class Grouper:
         return self.owner != 0 and self.owner != PyThread_get_thread_ident()
 
     cdef object report_one(self, FaultRec* r):
-        """None, or (cookie, records) of the group r completed (records: a
-        bytearray of FAULT_DTYPE records, LPIG last); False, without doing
-        anything, while another thread holds the queue (see owner)."""
+        """None, or the records of the group r completed (a bytearray of
+        FAULT_DTYPE records, LPIG last; its cookie is last_cookie); False,
+        without doing anything, while another thread holds the queue (see owner)."""
         cdef bytearray raw
         if self.held_elsewhere():
             return False
@@ -1084,8 +1084,7 @@ cdef class Grouper:
             self.report_rec(r, True)
             if self.last_cookie == 0:
                 return None
-            raw = PyByteArray_FromStringAndSize(self.out_faults.data, <Py_ssize_t>self.out_faults.len)
-            return self.last_cookie, raw
+            return PyByteArray_FromStringAndSize(self.out_faults.data, <Py_ssize_t>self.out_faults.len)
         finally:                    # report_batch's output must not start with this group
             self.out_faults.len = 0
             self.out_cookies.len = 0
@@ -1095,11 +1094,13 @@ cdef class Grouper:
         """Report one request given as a tuple in FAULT_DTYPE order (an
         ``iopf.Fault``); None, or (cookie, records) of the group it completed
         (False: another thread holds the queue, nothing was done)."""
-        return self.report_tuple(fault)
+        done = self.report_tuple(fault)
+        return done if done is None or done is False else (self.last_cookie, done)
 
     def report_values(self, time, dev, pasid, grpid, flags, perm, addr, priv0=0, priv1=0):
         """Report one request given field by field; as report_fault."""
-        return self.report_fields(time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
+        done = self.report_fields(time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
+        return done if done is None or done is False else (self.last_cookie, done)
 
     cdef object report_tuple(self, object fault):
         cdef FaultRec r
@@ -1148,13 +1149,14 @@ cdef class Grouper:
             raise RuntimeError("the queue of this grouper is gone")
         return q
 
-    cdef object group_of(self, object done):
-        if done is None:
+    cdef object group_of(self, object raw):
+        """The Group of a group just completed (raw: its records), or None."""
+        if raw is None:
             return None
-        cdef GroupBase g = self.group_cls.__new__(self.group_cls)
+        cdef GroupBase g = GroupBase.__new__(self.group_cls)
         g._queue = self.bound_queue()
-        g.cookie = (<tuple>done)[0]
-        g._raw = (<tuple>done)[1]
+        g.cookie = self.last_cookie
+        g._raw = raw
         g.core = self
         return g
 
