@@ -103,6 +103,15 @@ ctypedef struct Buf:           # a growable byte buffer
     char* data
     size_t len, cap
 
+# Output memory handed to numpy comes back here when its arrays are gone, to
+# be the next batch's buffer: one block per output buffer (faults, offsets,
+# cookies, outbox). Shared by a grouper and the blocks it lent out (refs).
+ctypedef struct Spare:
+    int refs
+    bint closed               # the grouper is gone: returned memory is freed
+    char* data[4]
+    size_t cap[4]
+
 
 cdef class Grouper:
     cdef Rules rules
@@ -138,6 +147,8 @@ cdef class Grouper:
     cdef uint32_t next_handle, epoch
     # batch output and outbox
     cdef Buf out_faults, out_offsets, out_cookies, outbox
+    cdef Spare* spare
+    cdef int refill(self) except -1
 
     # internals (see grouper.pyx)
     cdef Node* N(self, uint32_t i) noexcept nogil
