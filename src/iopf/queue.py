@@ -536,17 +536,21 @@ class Queue:
         k = np.asarray(cookies)
         if k.ndim != 1 or (k.size and not np.issubdtype(k.dtype, np.integer)):
             raise TypeError("cookies must be a 1-D array of integers")
-        if k.size and k.min() < 0:
+        if k.size and k.dtype.kind != "u" and k.min() < 0:   # a GroupBatch's are uint64
             raise ValueError("cookies must be positive")
-        c = np.broadcast_to(np.asarray(codes), k.shape)
-        if c.size and not np.issubdtype(c.dtype, np.integer):
-            raise TypeError("codes must be integers")
-        bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE)))
-        if len(bad):
-            raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
+        if codes.__class__ is int or codes.__class__ is Response:
+            # One code for all (the common case): checked once, no per-element passes.
+            c = np.full(k.shape, _check_code(codes), np.uint32)  # type: ignore[arg-type]
+        else:
+            c = np.broadcast_to(np.asarray(codes), k.shape)
+            if c.size and not np.issubdtype(c.dtype, np.integer):
+                raise TypeError("codes must be integers")
+            bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE)))
+            if len(bad):
+                raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
         with self._lock:
-            sent = self.core.respond_batch(k.astype(np.uint64), c.astype(np.uint32), Reason.CALLER,
-                                           time)
+            sent = self.core.respond_batch(k.astype(np.uint64, copy=False),
+                                           c.astype(np.uint32, copy=False), _CALLER, time)
             self._deliver()
             return sent
 

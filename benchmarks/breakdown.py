@@ -1,0 +1,94 @@
+"""Where the batch time goes: the report_batch + respond_batch loop of the
+benchmarks, taken apart one layer at a time, next to the C floor.
+
+    python benchmarks/breakdown.py [rounds]
+
+Each variant runs the same 400,000-fault trace (512 open groups, groups of
+4, 64 devices) in 64K-fault chunks; CPU time (time.process_time), the
+minimum of the rounds, variants interleaved so that noise hits all alike.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import CFloor  # noqa: E402
+from workloads import sliding  # noqa: E402
+
+import iopf  # noqa: E402
+
+N, CHUNK = 400_000, 1 << 16
+trace = sliding(N, open_groups=512, group_size=4, devices=64)
+chunks = [trace[i:i + CHUNK] for i in range(0, N, CHUNK)]
+
+
+def floor() -> None:
+    """plain C: group, copy each group out, write its response (floor.c)"""
+    f = CFloor()
+    for c in chunks:
+        f.run(c)
+
+
+def core_run_auto() -> None:
+    """core, groups answered in C as they form (constant handler), no checks"""
+    g = iopf.Queue(default_handler=iopf.Response.SUCCESS).core
+    for c in chunks:
+        g.run(c)
+        g.take_groups()
+        g.take_responses()
+
+
+def core_run_respond() -> None:
+    """core: run + take_groups + respond_batch + take_responses, no checks"""
+    g = iopf.Queue().core
+    for c in chunks:
+        g.run(c)
+        _, _, cookies = g.take_groups()
+        g.respond_batch(cookies, np.zeros(len(cookies), np.uint32))
+        g.take_responses()
+
+
+def core_checked() -> None:
+    """as above, plus the record check (G8) before each chunk"""
+    g = iopf.Queue().core
+    for c in chunks:
+        g.check(c)
+        g.run(c)
+        _, _, cookies = g.take_groups()
+        g.respond_batch(cookies, np.zeros(len(cookies), np.uint32))
+        g.take_responses()
+
+
+def queue_pair() -> None:
+    """public API: Queue.report_batch + Queue.respond_batch + take_responses"""
+    q = iopf.Queue()
+    for c in chunks:
+        b = q.report_batch(c)
+        q.respond_batch(b.cookies, 0)
+        q.take_responses()
+
+
+VARIANTS = [floor, core_run_auto, core_run_respond, core_checked, queue_pair]
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    best = {f.__name__: float("inf") for f in VARIANTS}
+    for _ in range(rounds):
+        for f in VARIANTS:
+            t0 = time.process_time()
+            f()
+            best[f.__name__] = min(best[f.__name__], time.process_time() - t0)
+    base = best["floor"]
+    print("| variant | ns per fault | x floor |\n|---|---:|---:|")
+    for f in VARIANTS:
+        ns = best[f.__name__] / N * 1e9
+        print(f"| {f.__doc__} | {ns:.1f} | {best[f.__name__] / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
