@@ -3,7 +3,8 @@
 A Hypothesis state machine reports random faults (reused group ids, stale
 partials, no-PASID requests, lone LPIGs, stop markers, PRIV_DATA), answers,
 flushes, discards, removes, attaches handlers that answer, defer or raise,
-sets allocations and expires, under a random policy; after every step all
+sets allocations and expires, under a random policy (``report_values``,
+the scalar entry, is one of the ways to report); after every step all
 queues must agree on groups, responses, pending groups and counters, and the
 conservation law of F6 must hold.
 """
@@ -101,6 +102,14 @@ class Agreement(RuleBasedStateMachine):
     @rule(f=faults())
     def report(self, f):
         self.all(lambda q: (g := q.report(f)) and (g.cookie, g.faults.tobytes()))
+
+    @rule(f=faults())
+    def report_values(self, f):
+        """The scalar entry: the same request field by field (private is (0, 0))."""
+        def run(q):
+            g = q.report_values(f.dev, f.pasid, f.grpid, f.flags, f.addr, perm=f.perm, time=f.time)
+            return g and (g.cookie, len(g), g.dev, g.pasid, g.grpid, g.time, g.faults.tobytes())
+        self.all(run)
 
     @rule(fs=st.lists(faults(), max_size=12))
     def report_batch(self, fs):

@@ -142,10 +142,18 @@ def device_thread(q: iopf.Queue, dev: int, faults: np.ndarray, seed: int,
             elif op == "single":
                 for rec in faults[i:i + int(rng.integers(1, 10))]:
                     i += 1
-                    g = q.report(Fault.from_record(rec))
+                    if i % 2:   # both per-call entries, the Fault one and the scalar one
+                        g = q.report(Fault.from_record(rec))
+                    else:
+                        t, d, p, gi, fl, pe, ad, _ = rec.tolist()
+                        g = q.report_values(d, p, gi, fl, ad, perm=pe, time=t)
                     if g is not None:
                         log.groups.append(g.faults.tobytes())
-                        mine.append(g.cookie)
+                        if rng.random() < 0.3:   # answered through the group at once
+                            g.respond(Response.SUCCESS)
+                            done.append(g.cookie)
+                        else:
+                            mine.append(g.cookie)
             elif op == "respond" and mine:
                 k = int(rng.integers(1, len(mine) + 1))
                 take, mine[:k] = mine[:k], []

@@ -7,9 +7,9 @@ four have the same interface and give the same results. Most users want
 """
 from __future__ import annotations
 
-from iopf_core.grouper import Grouper, HashGrouper, ListGrouper, TreeGrouper
+from iopf_core.grouper import TRACE_DOMAIN, Grouper, HashGrouper, ListGrouper, TreeGrouper
 from iopf_core.twin import PyGrouper
 
 STRATEGIES: dict[str, type[Grouper] | type[PyGrouper]] = {"hash": HashGrouper, "list": ListGrouper, "tree": TreeGrouper, "python": PyGrouper}
 
-__all__ = ["Grouper", "HashGrouper", "ListGrouper", "TreeGrouper", "PyGrouper", "STRATEGIES"]
+__all__ = ["TRACE_DOMAIN", "Grouper", "HashGrouper", "ListGrouper", "TreeGrouper", "PyGrouper", "STRATEGIES"]

@@ -4,6 +4,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+TRACE_DOMAIN: int
+
 class Grouper:
     strategy: str
     policy: Any
