@@ -10,6 +10,7 @@ from baselines import CFloor, DictQueue, floor_available
 from workloads import held_partials, sliding
 
 import iopf
+import iopf_core
 
 STRATEGIES = ["hash", "tree", "list", "python"]
 #: Next to the twin: hand-written dict of lists, plain C hash and plain C list (floor.c).
@@ -119,16 +120,31 @@ def test_discard(benchmark, strategy):
     benchmark.pedantic(lambda q: q.discard_partial(), setup=setup, rounds=5, iterations=1)
 
 
-@pytest.mark.benchmark(group="memory: hold 100,000 partials in groups of 8")
+#: How the held partials are keyed: (devices, group size) of held_partials.
+LAYOUTS = {"groups of 1": (1, 1), "groups of 4": (1, 4), "groups of 8": (1, 8),
+           "one per (dev, PASID)": (100_000, 1)}
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_memory_per_held_fault(benchmark, strategy):
-    """Times holding the partials; bytes per held fault (tracemalloc) in extra_info."""
-    background = held_partials(100_000, devices=1, group_size=8)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_memory_per_held_fault(benchmark, strategy, layout):
+    """Times holding the partials; bytes per held fault in extra_info: the
+    core's trace domain (tracemalloc) for the compiled strategies, every
+    Python object for the twin."""
+    devices, group_size = LAYOUTS[layout]
+    benchmark.group = f"memory: hold 100,000 partials, {layout}"
+    background = held_partials(100_000, devices=devices, group_size=group_size)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     q = iopf.Queue(strategy=strategy)
     q.report_batch(background)
-    held = tracemalloc.get_traced_memory()[0] - base
+    if strategy == "python":
+        held = tracemalloc.get_traced_memory()[0] - base
+    else:
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.DomainFilter(True, iopf_core.TRACE_DOMAIN)])
+        held = sum(t.size for t in snap.traces)
+        assert held == q.sizeof()
     tracemalloc.stop()
     benchmark.extra_info.update(faults=len(background),
                                 bytes_per_fault=round(held / len(background), 1))

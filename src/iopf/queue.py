@@ -371,21 +371,17 @@ class Queue:
         The group is returned whether or not a handler took it (a handler's
         answer makes later responses to it stale, R4).
         """
+        # A compiled core's queue calls Grouper.fast_report instead, which
+        # comes here only when it cannot go without the lock.
         if fault.__class__ is not Fault:
             fault = tuple(fault)  # type: ignore[assignment]
-        if self._fast:
-            done = self.core.report_fault(fault)      # False: another thread is inside
-            if done is None:
-                return None
-            if done is not False:
-                return Group(self, done[0], None, done[1])
         lock = self._lock
         lock.acquire()   # acquire/release: a `with` block costs several times more
         try:
             if self._dispatching:
                 self._check_reentry()
             done = self.core.report_fault(fault)
-            if done is None:
+            if not done:   # None: no group (never False: this thread holds the queue)
                 if self._on_response is not None:
                     self._deliver()
                 return None
@@ -398,19 +394,13 @@ class Queue:
         """Report one request given field by field, for models that hold no
         ``Fault``: the same as ``report(Fault(dev, pasid, grpid, addr,
         flags=flags, perm=perm, time=time))``, without making the Fault."""
-        if self._fast:
-            done = self.core.report_values(time, dev, pasid, grpid, flags, perm, addr)
-            if done is None:
-                return None
-            if done is not False:
-                return Group(self, done[0], None, done[1])
         lock = self._lock
         lock.acquire()
         try:
             if self._dispatching:
                 self._check_reentry()
             done = self.core.report_values(time, dev, pasid, grpid, flags, perm, addr)
-            if done is None:
+            if not done:
                 if self._on_response is not None:
                     self._deliver()
                 return None
