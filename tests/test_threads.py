@@ -367,3 +367,37 @@ def test_responder_threads_answer_each_group_once(strategy: str) -> None:
     check_consistent(q, responses)
     assert q.stats.pending_now == 0 and q.stats.answered == len(faults)
     assert np.array_equal(np.sort(responses["cookie"]), np.arange(1, len(faults) + 1))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> None:
+    """report, report_values and Group.respond skip the queue's lock when no
+    Python code can run inside them; they must still never enter the core
+    while another thread's batch runs in it without the GIL (big batches make
+    that window wide). Each thread owns its devices, so the result must equal
+    the sequential one."""
+    trace = iopf.trace.synthetic(100_000, seed=3, devices=4)
+    batch_part = trace[trace["dev"] % 2 == 0]
+    call_part = trace[trace["dev"] % 2 == 1]
+
+    def batches(q: iopf.Queue) -> None:
+        for i in range(0, len(batch_part), 16384):
+            q.report_batch(batch_part[i:i + 16384]).respond(Response.SUCCESS)
+
+    def calls(q: iopf.Queue) -> None:
+        for i, rec in enumerate(call_part.tolist()):
+            t, d, p, gi, fl, pe, ad, priv = rec
+            g = (q.report(Fault(d, p, gi, ad, perm=pe, flags=fl, time=t, private=priv)) if i % 2
+                 else q.report_values(d, p, gi, fl, ad, perm=pe, time=t))
+            if g is not None:
+                g.respond(Response.SUCCESS)
+
+    alone = iopf.Queue(strategy=strategy)
+    batches(alone)
+    calls(alone)
+    shared = iopf.Queue(strategy=strategy)
+    run_threads([lambda: batches(shared), lambda: calls(shared)])
+    assert shared.stats.conserved()
+    want, got = alone.stats.as_dict(), shared.stats.as_dict()
+    assert got == want
+    assert shared.partial_count == alone.partial_count
