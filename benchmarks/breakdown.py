@@ -53,7 +53,7 @@ def core_run_respond() -> None:
 
 
 def core_checked() -> None:
-    """as above, plus the record check (G8) before each chunk"""
+    """as above, plus the check of every record before each chunk"""
     g = iopf.Queue().core
     for c in chunks:
         g.check(c)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Union
 
 import numpy as np
 
 from iopf_core import STRATEGIES, Grouper, PyGrouper
-from iopf_core.grouper import GroupBase
+from iopf_core.grouper import GroupBase, QueueLock
 
 from . import policies
 from .policies import Policy
@@ -178,40 +177,6 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
-class _Guard:
-    """The queue's lock: a re-entrant lock that, while held, also marks the
-    compiled core as owned by this thread. The lock-free per-call entries
-    (``report``, ``report_values``, ``respond`` when no Python code can run
-    inside them) check that mark in C and take the lock instead while
-    another thread is inside a call, e.g. in a batch running without the GIL.
-    """
-
-    __slots__ = ("_lock", "_core", "_depth")
-
-    def __init__(self, core: Grouper | PyGrouper) -> None:
-        self._lock = threading.RLock()
-        self._core = core
-        self._depth = 0
-
-    def acquire(self) -> None:
-        self._lock.acquire()
-        if self._depth == 0:
-            self._core.owner = threading.get_ident()
-        self._depth += 1
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._core.owner = 0
-        self._lock.release()
-
-    def __enter__(self) -> None:
-        self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 def _key_pasid(pasid: int | None) -> int:
     if pasid is None:
         return NO_PASID
@@ -259,7 +224,10 @@ class Queue:
     twin; also chosen by the environment variable ``IOPF_PURE_PYTHON=1``).
 
     One queue is safe to share between threads: every call takes the
-    queue's lock (the batch loop itself runs without the GIL).
+    queue's lock (the batch loop itself runs without the GIL), except
+    ``report``, ``report_values`` and ``group.respond`` while no Python code
+    can run inside them (no callable handler, no ``on_response``): those run
+    in C, holding the GIL, and take the lock only if another thread holds it.
     """
 
     def __init__(self, policy: Policy = policies.PCIE, *, strategy: str = "hash",
@@ -280,7 +248,8 @@ class Queue:
         self._on_response = on_response
         self._handlers: dict[tuple[int, int | None], Handler | Response] = {}
         self._default: Handler | Response | None = None
-        self._lock = _Guard(self.core)
+        # Re-entrant; held, it marks the core as this thread's (see report).
+        self._lock = QueueLock(self.core)
         self._dispatching = False
         self._py_handlers = 0       # attached handlers that are callables
         self._fast = False
@@ -317,7 +286,7 @@ class Queue:
             self._update_fast()
 
     def _update_fast(self) -> None:
-        # report, report_values and respond skip the lock (see _Guard) when no
+        # report, report_values and respond skip the lock (see QueueLock) when no
         # Python code can run inside them: a compiled core, no callable
         # handler, no on_response, not inside a handler.
         self._fast = (self.strategy != "python" and self._py_handlers == 0
