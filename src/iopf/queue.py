@@ -46,8 +46,8 @@ class Group(GroupBase):
     @property
     def faults(self) -> np.ndarray:
         """The group's requests (FAULT_DTYPE), arrival order, LPIG last."""
-        if self._faults is None:
-            self._faults = np.frombuffer(self._raw, FAULT_DTYPE)  # type: ignore[arg-type]
+        if self._faults is None:   # a writable array of its own, as the other groups'
+            self._faults = np.frombuffer(bytearray(self._raw), FAULT_DTYPE)  # type: ignore[arg-type]
         return self._faults
 
     def _lpig(self) -> tuple[int, int, int, int, int]:
@@ -377,7 +377,7 @@ class Queue:
         finally:
             lock.release()
 
-    def _completed(self, cookie: int, raw: bytearray, dev: int, pasid: int, flags: int) -> Group:
+    def _completed(self, cookie: int, raw: bytes, dev: int, pasid: int, flags: int) -> Group:
         """The Group of a request that completed one (lock held): dispatched to
         its Python handler if it has one, responses delivered."""
         group = Group(self, cookie, None, raw)

@@ -130,7 +130,7 @@ class PyGrouper:
         self._report(tuple(rec), collect=True)
         return self.last_cookie
 
-    def report_fault(self, fault: tuple) -> tuple[int, bytearray] | None:
+    def report_fault(self, fault: tuple) -> tuple[int, bytes] | None:
         """One request as a FAULT_DTYPE-ordered tuple; None, or (cookie, records)
         of the group it completed, records as bytes of FAULT_DTYPE (LPIG last)."""
         if not isinstance(fault, tuple) or len(fault) != 8:
@@ -139,7 +139,7 @@ class PyGrouper:
         return self.report_values(*fault[:7], p0, p1)
 
     def report_values(self, time: int, dev: int, pasid: int, grpid: int, flags: int, perm: int,
-                      addr: int, priv0: int = 0, priv1: int = 0) -> tuple[int, bytearray] | None:
+                      addr: int, priv0: int = 0, priv1: int = 0) -> tuple[int, bytes] | None:
         rec = (time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1))
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
         self.take_groups()
@@ -147,7 +147,7 @@ class PyGrouper:
         if not self.last_cookie:
             return None
         faults, _, _ = self.take_groups()
-        return self.last_cookie, bytearray(faults.tobytes())
+        return self.last_cookie, faults.tobytes()
 
     def run(self, arr: np.ndarray, start: int = 0) -> int:
         """Report arr[start:] (already checked); stop after a group to dispatch."""
