@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -91,7 +92,23 @@ def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"{out}: the output directory is not empty")
     hosts = _hosts(source)
+    created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
+    try:
+        return _write(hosts, out, by, units, chunk_size, format)
+    except BaseException:
+        # The directory was empty: leave it so (a half-written dataset has no
+        # shard list and could only mislead).
+        for entry in os.listdir(out):
+            path = os.path.join(out, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if created:
+            os.rmdir(out)
+        raise
+
+
+def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Units | None,
+           chunk_size: int, format: str | None) -> list[Shard]:
     pa, pq = _pyarrow()
     schema = pa.schema([(n, pa.uint32() if n in _U32 else pa.uint64()) for n in _COLUMNS])
     written: list[Shard] = []

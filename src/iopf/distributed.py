@@ -117,8 +117,6 @@ def _run(client: Any, shards: list[Shard], options: dict[str, Any],
                for i, shard in enumerate(shards)]
     order = {f.key: i for i, f in enumerate(futures)}
     results: list[ReplayReport | None] = [None] * len(futures)
-    total = sum(s.faults for s in shards) if all(s.faults is not None for s in shards) \
-        else None
     try:
         with tqdm(total=len(shards), disable=not progress, unit="shard", leave=False,
                   desc="replay shards", file=sys.stderr) as bar:
@@ -126,8 +124,7 @@ def _run(client: Any, shards: list[Shard], options: dict[str, Any],
                 rep = fut.result()
                 results[order[fut.key]] = rep
                 bar.update(1)
-                if total:
-                    bar.set_postfix_str(f"{rep.faults:,} faults in {rep.extra['shard']}")
+                bar.set_postfix_str(f"{rep.extra['shard']}: {rep.faults:,} faults")
     finally:
         for f in futures:
             f.cancel()
@@ -153,7 +150,7 @@ class _client:
             return self.given
         n = self.workers or os.cpu_count() or 1
         self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                    dashboard_address=None)
+                                    dashboard_address=":0")
         self.made = Client(self.cluster)
         return self.made
 
