@@ -81,8 +81,8 @@ def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
     >>> faults = iopf.trace.synthetic(1_000, devices=4)
     >>> with tempfile.TemporaryDirectory() as d:
     ...     shards = iopf.trace.partition(faults, d, by="iommu", units={0: 0, 1: 0, 2: 1, 3: 1})
-    >>> [(s.name, s.faults) for s in shards] == [("unit=0", 494), ("unit=1", 506)]
-    True
+    >>> [(s.name, s.faults) for s in shards]
+    [('unit=0', 431), ('unit=1', 569)]
     """
     if by not in SHARD_KEYS:
         raise ValueError(f"by must be one of {', '.join(SHARD_KEYS)}, not {by!r}")
