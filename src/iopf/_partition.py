@@ -168,9 +168,13 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
     whole file and filtered."""
     if by not in SHARD_KEYS:
         raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {by!r}")
+    if isinstance(source, np.ndarray):
+        raise TypeError("a sharded replay reads its shards from files on the workers: "
+                        "write the array with iopf.trace.partition first")
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        return _dataset_shards(os.fspath(source), by)
-    files = _files(source)
+        return _dataset_shards(os.path.abspath(source), by)
+    # Absolute paths: a worker's working directory is not the client's.
+    files = [os.path.abspath(f) for f in _files(source)]
     shards = []
     for host, path in zip(_host_names(files), files):
         prefix = f"host={host}" if len(files) > 1 else ""

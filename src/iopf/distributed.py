@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import policies
@@ -57,8 +59,10 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
     ``handler`` must pickle. ``progress=True`` shows a bar of shards done.
 
     The report's ``shards`` lists every shard's faults and times;
-    ``wall_seconds`` is the elapsed time of the whole call, while
-    ``extra["shard_seconds"]`` adds up the shards' own wall times.
+    ``wall_seconds`` is the elapsed time from the first task sent to the
+    last report received, while ``extra["shard_seconds"]`` adds up the
+    shards' own wall times (and ``extra["cluster_start_seconds"]`` is the
+    time a cluster made for the call took to start).
     """
     if isinstance(policy, str):
         try:
@@ -73,17 +77,20 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
             "shard_by='device' is not exact for this policy: its queue is shared by the "
             "devices of an IOMMU unit (queue_depth or discard_on_overflow is set), so one "
             "device's overflow depends on the others; shard by 'iommu' or 'host'")
-    start = time.perf_counter()
     shards = shards_of(source, shard_by, units=units, format=format)
     if not shards:
         raise ValueError(f"{source}: no shard to replay")
     options = {"policy": policy, "strategy": strategy, "handler": handler,
                "service_time": service_time, "answer": answer, "batch_size": batch_size}
+    begin = time.perf_counter()
     with _client(client, workers) as c:
+        start = time.perf_counter()
         reports = _run(c, shards, options, progress)
+        wall = time.perf_counter() - start
     merged = ReplayReport.merge(*reports)
-    wall = time.perf_counter() - start
     merged.extra["shard_seconds"] = merged.wall_seconds
+    if client is None:
+        merged.extra["cluster_start_seconds"] = start - begin
     merged.wall_seconds = wall
     merged.faults_per_second = merged.faults / wall if wall > 0 else 0.0
     return merged
@@ -131,30 +138,20 @@ def _run(client: Any, shards: list[Shard], options: dict[str, Any],
     return [r for r in results if r is not None]
 
 
-class _client:
+@contextmanager
+def _client(given: Any, workers: int | None) -> Iterator[Any]:
     """The given client, or a LocalCluster made (and closed) for one call."""
-
-    def __init__(self, client: Any, workers: int | None) -> None:
-        self.given = client
-        self.workers = workers
-        self.made: Any = None
-        self.cluster: Any = None
-
-    def __enter__(self) -> Any:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as e:
-            raise ImportError("iopf.distributed needs dask and distributed: "
-                              "pip install iopf[dask]") from e
-        if self.given is not None:
-            return self.given
-        n = self.workers or os.cpu_count() or 1
-        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                    dashboard_address=":0")
-        self.made = Client(self.cluster)
-        return self.made
-
-    def __exit__(self, *exc: object) -> None:
-        if self.made is not None:
-            self.made.close()
-            self.cluster.close()
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise ImportError("iopf.distributed needs dask and distributed: "
+                          "pip install iopf[dask]") from e
+    if given is not None:
+        yield given
+        return
+    # One single-threaded process per worker: the replay holds the GIL
+    # between batches, so threads would not run shards side by side.
+    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                      processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
