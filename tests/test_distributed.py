@@ -104,6 +104,11 @@ def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray
     for policy in ("vtd", "amd", iopf.policies.PCIE.replace(discard_on_overflow=True)):
         with pytest.raises(ValueError, match="shard_by='device' is not exact"):
             dist.replay(tmp_path, policy=policy, shard_by="device")
+    # Bad options and in-memory arrays fail at the call, before any cluster.
+    with pytest.raises(ValueError, match="batch_size"):
+        dist.replay(tmp_path, policy="vtd", batch_size=0)
+    with pytest.raises(TypeError, match="iopf.trace.partition first"):
+        dist.replay(faults, policy="vtd")
 
 
 def test_a_bad_shard_fails_the_replay_naming_its_file(client: Any, faults: np.ndarray,

@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 from . import policies
 from ._partition import SHARD_KEYS, Shard, read_shard, shards_of
@@ -25,16 +27,17 @@ from ._replay import ReplayReport, ServiceTime
 from ._replay import replay as _replay_one
 from .policies import Policy
 from .queue import Handler
-from .types import Response
+from .types import FAULT_DTYPE, Response
 
 __all__ = ["replay", "ShardError"]
+
 
 class ShardError(ValueError):
     """A shard failed: the message names the shard and its file."""
 
 
 def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = None,
-           shard_by: str = "iommu", units: dict[int, int] | None = None,
+           shard_by: str = "iommu", units: Mapping[int, int] | None = None,
            strategy: str = "hash", handler: Handler | Response | None = None,
            service_time: ServiceTime | None = None, answer: bool = True,
            batch_size: int = 65536, workers: int | None = None,
@@ -77,11 +80,13 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
             "shard_by='device' is not exact for this policy: its queue is shared by the "
             "devices of an IOMMU unit (queue_depth or discard_on_overflow is set), so one "
             "device's overflow depends on the others; shard by 'iommu' or 'host'")
+    options = {"policy": policy, "strategy": strategy, "handler": handler,
+               "service_time": service_time, "answer": answer, "batch_size": batch_size}
+    # Bad options fail here, once, rather than in every task.
+    _replay_one(np.empty(0, FAULT_DTYPE), **options)
     shards = shards_of(source, shard_by, units=units, format=format)
     if not shards:
         raise ValueError(f"{source}: no shard to replay")
-    options = {"policy": policy, "strategy": strategy, "handler": handler,
-               "service_time": service_time, "answer": answer, "batch_size": batch_size}
     begin = time.perf_counter()
     with _client(client, workers) as c:
         start = time.perf_counter()
