@@ -80,8 +80,9 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
             "shard_by='device' is not exact for this policy: its queue is shared by the "
             "devices of an IOMMU unit (queue_depth or discard_on_overflow is set), so one "
             "device's overflow depends on the others; shard by 'iommu' or 'host'")
-    options = {"policy": policy, "strategy": strategy, "handler": handler,
-               "service_time": service_time, "answer": answer, "batch_size": batch_size}
+    options: dict[str, Any] = {
+        "policy": policy, "strategy": strategy, "handler": handler,
+        "service_time": service_time, "answer": answer, "batch_size": batch_size}
     # Bad options fail here, once, rather than in every task.
     _replay_one(np.empty(0, FAULT_DTYPE), **options)
     shards = shards_of(source, shard_by, units=units, format=format)
