@@ -84,6 +84,9 @@ def test_pcie_sharded_by_device(client: Any, faults: np.ndarray, tmp_path: Path)
                       service_time=service)
     same(got, iopf.replay(faults, policy="pcie", service_time=service))
     assert len(got.shards) == 6
+    # Again on the same client: the first call's tasks do not get in the way.
+    same(dist.replay(tmp_path / "ds", client=client, shard_by="device", policy="pcie",
+                     service_time=service), got)
 
 
 def test_fleet_of_files(client: Any, faults: np.ndarray, tmp_path: Path) -> None:

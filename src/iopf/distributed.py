@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -129,7 +130,10 @@ def _run(client: Any, shards: list[Shard], options: dict[str, Any],
     # A shard whose worker dies is run again elsewhere by the scheduler (up to
     # its allowed-failures, 3 by default); an exception raised by the shard
     # itself is not retried: the same file fails the same way.
-    futures = [client.submit(replay_shard, shard, options, key=f"iopf-shard-{i}-{shard.name}",
+    # Keys unique to this call: a cancelled future of an earlier call with the
+    # same key would cancel the new one.
+    call = uuid.uuid4().hex[:12]
+    futures = [client.submit(replay_shard, shard, options, key=f"iopf-{call}-{i}-{shard.name}",
                              pure=False, retries=0)
                for i, shard in enumerate(shards)]
     order = {f.key: i for i, f in enumerate(futures)}
@@ -144,7 +148,8 @@ def _run(client: Any, shards: list[Shard], options: dict[str, Any],
                 bar.set_postfix_str(f"{rep.extra['shard']}: {rep.faults:,} faults")
     finally:
         for f in futures:
-            f.cancel()
+            if not f.done():   # a shard failed, or the caller was interrupted
+                f.cancel()
     return [r for r in results if r is not None]
 
 
