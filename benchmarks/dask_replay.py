@@ -77,8 +77,8 @@ def main() -> None:
         import dask
         from distributed import Client, LocalCluster
 
-        # As iopf.distributed starts its own clusters (see distributed.NO_TRIM).
-        with dask.config.set({distributed.NO_TRIM: None}), \
+        # As iopf.distributed starts its own clusters (distributed.WORKER_CONFIG).
+        with dask.config.set(distributed.WORKER_CONFIG), \
                 LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
                              dashboard_address=":0") as cluster, Client(cluster) as c:
             c.run(_warm)   # workers up, imports done, before the clock starts

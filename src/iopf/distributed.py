@@ -33,8 +33,12 @@ from .types import FAULT_DTYPE, Response
 __all__ = ["replay", "ShardError"]
 
 
-#: The Dask setting a cluster's workers should run with (see ``_client``).
-NO_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+#: Dask settings for the workers of the clusters ``replay`` starts (see
+#: ``_client``); give them to your own cluster's workers too.
+WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 class ShardError(ValueError):
@@ -169,8 +173,11 @@ def _client(given: Any, workers: int | None) -> Iterator[Any]:
     # between batches, so threads would not run shards side by side. The
     # nanny's default MALLOC_TRIM_THRESHOLD_ also fixes glibc's mmap
     # threshold, so every batch's arrays would be mapped and unmapped afresh:
-    # measured 1.5 to 2 times the CPU per shard. Workers keep glibc's default.
-    with dask.config.set({NO_TRIM: None}), \
+    # measured 1.5 to 2 times the CPU per shard. The statistical profiler
+    # takes the GIL a hundred times a second: on a busy machine each time
+    # costs the replay a wait for the OS to schedule the profiler's thread
+    # (measured 1.25 times the wall time with it).
+    with dask.config.set(WORKER_CONFIG), \
             LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                          processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
