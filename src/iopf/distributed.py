@@ -12,6 +12,7 @@ must be readable at the same path on every worker (a shared file system).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -179,6 +180,9 @@ def _client(given: Any, workers: int | None) -> Iterator[Any]:
     # (measured 1.25 times the wall time with it).
     with dask.config.set(WORKER_CONFIG), \
             LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                         processes=True, dashboard_address=":0") as cluster, \
+                         processes=True, dashboard_address=":0",
+                         # A failed shard is reported once, as ShardError;
+                         # not again by the workers' logs with a traceback.
+                         silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:
         yield client
