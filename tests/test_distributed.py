@@ -93,7 +93,8 @@ def test_fleet_of_files(client: Any, faults: np.ndarray, tmp_path: Path) -> None
     trace.save(tmp_path / "host1.npy", faults[:15_000])
     trace.save(tmp_path / "host2.csv", faults[15_000:])
     kw: dict[str, Any] = {"policy": "linux", "service_time": 30_000}
-    got = dist.replay(str(tmp_path / "host*"), client=client, shard_by="host", **kw)
+    got = dist.replay(str(tmp_path / "host*"), client=client, shard_by="host", progress=True,
+                      **kw)
     same(got, ReplayReport.merge(iopf.replay(faults[:15_000], **kw),
                                  iopf.replay(faults[15_000:], **kw)))
     # Units of raw files: each task reads its host's file and keeps one unit.
