@@ -490,10 +490,13 @@ class Queue:
         is scheduled. False (and counted stale) if the group is not pending."""
         if self._service is None:
             raise ValueError("the queue has no service model: set Queue.service first")
+        when: int | None = at
         if isinstance(group, Group):
-            cookie, when = group.cookie, group.time if at is None else at
+            cookie = group.cookie
+            if when is None:
+                when = group.time
         else:
-            cookie, when = group, at
+            cookie = group
         t = _check_time(self.now if when is None else when, "at")
         if service_time is not None:
             service_time = _check_time(service_time, "service_time")
