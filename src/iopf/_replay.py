@@ -255,14 +255,15 @@ class _Replayer:
             self.queue.service = service
         self.per_group = per_group
         self.user_handler = handler
+        run_handler: Handler | Response | Service | None = handler
         if handler is None:
             # Answered as it forms (a constant handler, in C: credit comes back
             # exactly when it would), or by the workers (in C too).
-            handler = (service if per_group is None else self._serve) if service is not None \
+            run_handler = (service if per_group is None else self._serve) if service is not None \
                 else (Response.SUCCESS if answer else None)
         elif callable(handler) and service is not None:
-            handler = self._handle
-        self.queue.default_handler = handler
+            run_handler = self._handle
+        self.queue.default_handler = run_handler
         self.strategy = self.queue.strategy
         self.batch_size = batch_size
         self.timeout = policy.response_timeout
@@ -280,7 +281,8 @@ class _Replayer:
     # -- handlers of the model ---------------------------------------------------------------
     def _handle(self, group: Group) -> Response | int | None:
         """The user's handler; a group it leaves pending goes to the workers."""
-        code = self.user_handler(group)  # type: ignore[operator]
+        assert callable(self.user_handler)
+        code = self.user_handler(group)
         if code is None:
             self._serve(group)
         return code
