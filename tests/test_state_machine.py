@@ -87,7 +87,8 @@ class Handler:
 
 def snapshot(q: iopf.Queue):
     return (q.stats.as_dict(), q.core.pending_cookies().tolist(),
-            [g.faults.tobytes() for g in q.pending()], q.next_deadline(), q.now)
+            [g.faults.tobytes() for g in q.pending()], q.next_deadline(), q.now,
+            q.core.service_stats(), q.core.service_at(q.now))
 
 
 class Agreement(RuleBasedStateMachine):

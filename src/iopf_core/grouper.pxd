@@ -94,7 +94,9 @@ ctypedef struct Service:
     uint64_t rng
     uint64_t* free            # min-heap of the workers' free times
     uint64_t* samples
-    uint64_t served, busy, wait, max_wait
+    uint64_t served, busy, wait, max_wait, stale, max_backlog
+    uint64_t* fifo            # start times of the groups waiting for a worker
+    size_t fifo_head, fifo_len, fifo_cap
 
 ctypedef struct Counters:
     uint64_t faults_reported, partial_now, grouped, stop_markers, rejected
@@ -138,7 +140,7 @@ cdef class Grouper:
     cdef uint32_t cookie_cap
     cdef HeapItem* heap
     cdef uint32_t heap_len, heap_cap
-    cdef uint64_t heap_seq, heap_answers
+    cdef uint64_t heap_seq, heap_answers, tmo_quantum
     cdef bint has_service
     cdef public bint auto_advance
     cdef Service sv
@@ -176,7 +178,7 @@ cdef class Grouper:
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at) except -1 nogil
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
     cdef uint64_t sv_draw(self) noexcept nogil
-    cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration) except -1 nogil
+    cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil

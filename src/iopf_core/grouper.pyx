@@ -18,7 +18,7 @@ Memory comes from ``PyMem_Raw*``, which tracemalloc sees and which may be
 called without the GIL; the batch loop runs without the GIL.
 """
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memmove
 from libc.stdlib cimport qsort
 from libc.math cimport log, sqrt, cos, exp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
@@ -52,6 +52,7 @@ cdef enum:
     SV_EXP = 1
     SV_LOGNORMAL = 2
     SV_SAMPLES = 3
+    BY_SERVICE = 0x100        # HeapItem.reason mark: an answer of the service model
     MIN_CAP = 16
     CHUNK_BITS = 12           # 4096 nodes (224 KiB) a chunk: slack stays small
     CHUNK = 1 << CHUNK_BITS
@@ -343,6 +344,7 @@ cdef class Grouper:
         PyMem_RawFree(self.heap); self.heap = NULL
         PyMem_RawFree(self.sv.free); self.sv.free = NULL
         PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
+        PyMem_RawFree(self.sv.fifo); self.sv.fifo = NULL
         PyMem_RawFree(self.outbox_gtime.data); self.outbox_gtime.data = NULL
         PyMem_RawFree(self.out_faults.data); self.out_faults.data = NULL
         PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
@@ -706,7 +708,9 @@ cdef class Grouper:
                     nkept += 1
                 else:
                     self.heap_answers -= 1
-                    self.respond_cookie(it.cookie, it.code, it.reason, it.time)
+                    if (self.respond_cookie(it.cookie, it.code, it.reason & 0xFF, it.time) == 0
+                            and it.reason & BY_SERVICE):
+                        self.sv.stale += 1
         finally:
             for i in range(nkept):
                 self.heap_push(kept[i])   # room: the heap held them a moment ago
@@ -733,7 +737,7 @@ cdef class Grouper:
         return <uint64_t>x
 
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given,
-                          uint64_t duration) except -1 nogil:
+                          uint64_t duration, uint32_t code) except -1 nogil:
         """Queue a pending group for the next free worker; schedule its answer when done."""
         cdef Service* v = &self.sv
         cdef uint64_t d, start = arrival, done
@@ -765,7 +769,22 @@ cdef class Grouper:
         v.wait += start - arrival
         if start - arrival > v.max_wait:
             v.max_wait = start - arrival
-        return self.schedule(cookie, v.code, R_CALLER, done)
+        # The backlog: groups still waiting at this arrival (FIFO: starts only grow).
+        while v.fifo_len and v.fifo[v.fifo_head] <= arrival:
+            v.fifo_head += 1
+            v.fifo_len -= 1
+        if start > arrival:
+            if v.fifo_head + v.fifo_len == v.fifo_cap:
+                if v.fifo_head:
+                    memmove(v.fifo, v.fifo + v.fifo_head, v.fifo_len * sizeof(uint64_t))
+                    v.fifo_head = 0
+                else:
+                    v.fifo = <uint64_t*>grow(v.fifo, &v.fifo_cap, v.fifo_len + 1, sizeof(uint64_t))
+            v.fifo[v.fifo_head + v.fifo_len] = start
+            v.fifo_len += 1
+            if v.fifo_len > v.max_backlog:
+                v.max_backlog = v.fifo_len
+        return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done)
 
         # -- output ----------------------------------------------------------------------
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie,
@@ -919,6 +938,8 @@ cdef class Grouper:
         self.cookie_insert(g.cookie, q)
         if p.has_timeout:
             tmo.time = add_sat(g.time, p.timeout)
+            if self.tmo_quantum and tmo.time % self.tmo_quantum:
+                tmo.time = add_sat(tmo.time, self.tmo_quantum - tmo.time % self.tmo_quantum)
             tmo.seq = self.heap_seq
             tmo.cookie = g.cookie
             tmo.code = p.timeout_code
@@ -932,7 +953,7 @@ cdef class Grouper:
         cdef uint32_t auto = self.entries[ei].auto_code if handle else (
             self.default_auto if self.default_handler else 0)
         if auto == AUTO_SERVE:
-            self.serve_cookie(self.last_cookie, r.time, False, 0)
+            self.serve_cookie(self.last_cookie, r.time, False, 0, self.sv.code)
             return 1
         if auto:
             self.respond_cookie(self.last_cookie, auto - 1, R_HANDLER, r.time)
@@ -1299,6 +1320,7 @@ cdef class Grouper:
             memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
         PyMem_RawFree(self.sv.free)
         PyMem_RawFree(self.sv.samples)
+        PyMem_RawFree(self.sv.fifo)
         memset(&self.sv, 0, sizeof(Service))
         self.sv.servers = servers
         self.sv.kind = kind
@@ -1311,17 +1333,35 @@ cdef class Grouper:
         self.sv.code = code
         self.has_service = True
 
-    def serve(self, uint64_t cookie, uint64_t arrival, duration=None):
+    def serve(self, uint64_t cookie, uint64_t arrival, duration=None, code=None):
         """Hand a pending group to the service model at `arrival`; False if not pending."""
         if not self.has_service:
             raise ValueError("no service model")
         cdef uint64_t d = 0 if duration is None else duration
-        return self.serve_cookie(cookie, arrival, duration is not None, d) == 1
+        cdef uint32_t c = self.sv.code if code is None else code
+        return self.serve_cookie(cookie, arrival, duration is not None, d, c) == 1
 
     def service_stats(self):
-        """Groups served, ns of service given, ns waited for a worker (total, max)."""
+        """Groups given to the workers, ns of service, ns waited for a worker (total,
+        max), answers that came too late (stale), most groups waiting at once."""
         return {"servers": self.sv.servers, "served": self.sv.served, "busy_ns": self.sv.busy,
-                "wait_ns": self.sv.wait, "max_wait_ns": self.sv.max_wait}
+                "wait_ns": self.sv.wait, "max_wait_ns": self.sv.max_wait,
+                "stale": self.sv.stale, "max_backlog": self.sv.max_backlog}
+
+    def service_at(self, uint64_t now):
+        """(busy workers, groups waiting for one) at time `now` (not before the last arrival)."""
+        cdef uint32_t i, busy = 0
+        cdef size_t j, waiting = 0
+        for i in range(self.sv.servers):
+            busy += self.sv.free[i] > now
+        for j in range(self.sv.fifo_head, self.sv.fifo_head + self.sv.fifo_len):
+            waiting += self.sv.fifo[j] > now
+        return busy, waiting
+
+    def set_timeout_quantum(self, uint64_t quantum):
+        """Round the deadlines of groups formed from now on up to multiples of
+        `quantum` ns (a periodic scan, as a kernel timer would); 0: exact."""
+        self.tmo_quantum = quantum
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
         """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
@@ -1424,7 +1464,8 @@ cdef class Grouper:
                 + self.entry_cap * sizeof(Entry) + self.cookie_cap * sizeof(CookieSlot)
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
-                + (self.sv.servers + self.sv.nsamples) * sizeof(uint64_t) + self.s_sizeof())
+                + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
+                + self.s_sizeof())
 
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests."""

@@ -26,6 +26,7 @@ ANY_PASID = 0xFFFFFFFE  # key PASID when match_pasid is False
 SERVE = 3               # the auto code of groups served by the service model
 U64 = (1 << 64) - 1
 SV_CONST, SV_EXP, SV_LOGNORMAL, SV_SAMPLES = range(4)
+BY_SERVICE = 0x100      # reason mark of an answer scheduled by the service model
 
 
 class _Service:
@@ -37,7 +38,8 @@ class _Service:
         self.samples = [] if samples is None else [int(x) for x in np.asarray(samples).tolist()]
         self.rng = seed & U64
         self.free = [0] * servers
-        self.served = self.busy = self.wait = self.max_wait = 0
+        self.served = self.busy = self.wait = self.max_wait = self.stale = self.max_backlog = 0
+        self.fifo: list[int] = []   # start times of the groups waiting for a worker
 
     def _next(self) -> int:  # splitmix64, as the compiled core
         self.rng = (self.rng + 0x9E3779B97F4A7C15) & U64
@@ -105,6 +107,7 @@ class PyGrouper:
         self.auto_advance = False
         self.service: _Service | None = None
         self.outbox_gtime: list[int] = []
+        self.tmo_quantum = 0
 
     # -- helpers -----------------------------------------------------------------
     @staticmethod
@@ -236,7 +239,10 @@ class PyGrouper:
         c["groups"] += 1
         c["pending_now"] += 1
         if p.response_timeout is not None:
-            self._push(min(time + p.response_timeout, U64), cookie, p.timeout_code, TIMEOUT)
+            deadline = min(time + p.response_timeout, U64)
+            if self.tmo_quantum and deadline % self.tmo_quantum:
+                deadline = min(deadline + self.tmo_quantum - deadline % self.tmo_quantum, U64)
+            self._push(deadline, cookie, p.timeout_code, TIMEOUT)
         self.last_cookie = cookie
         if collect:
             self._out_faults.extend(faults)
@@ -305,8 +311,9 @@ class PyGrouper:
                     self._answer(self.pending[cookie], code, TIMEOUT, time)
             elif timeouts_only:
                 kept.append(item)
-            else:
-                self.respond(cookie, code, reason, time)  # stale if answered meanwhile (R4)
+            elif not self.respond(cookie, code, reason & 0xFF, time) and reason & BY_SERVICE:
+                assert self.service is not None  # stale if answered meanwhile (R4)
+                self.service.stale += 1
         for item in kept:
             heapq.heappush(self.heap, item)
 
@@ -321,7 +328,8 @@ class PyGrouper:
             raise ValueError("bad service model")
         self.service = _Service(servers, kind, a, b, samples, seed, code)
 
-    def serve(self, cookie: int, arrival: int, duration: int | None = None) -> bool:
+    def serve(self, cookie: int, arrival: int, duration: int | None = None,
+              code: int | None = None) -> bool:
         v = self.service
         if v is None:
             raise ValueError("no service model")
@@ -338,14 +346,29 @@ class PyGrouper:
         v.busy += d
         v.wait += start - arrival
         v.max_wait = max(v.max_wait, start - arrival)
-        return self.respond(cookie, v.code, CALLER, None, done)
+        while v.fifo and v.fifo[0] <= arrival:  # FIFO: starts grow with the arrivals
+            v.fifo.pop(0)
+        if start > arrival:
+            v.fifo.append(start)
+            v.max_backlog = max(v.max_backlog, len(v.fifo))
+        return self.respond(cookie, v.code if code is None else code, CALLER | BY_SERVICE, None, done)
 
     def service_stats(self) -> dict[str, int]:
         v = self.service
         if v is None:
-            return {"servers": 0, "served": 0, "busy_ns": 0, "wait_ns": 0, "max_wait_ns": 0}
+            return {"servers": 0, "served": 0, "busy_ns": 0, "wait_ns": 0, "max_wait_ns": 0,
+                    "stale": 0, "max_backlog": 0}
         return {"servers": v.servers, "served": v.served, "busy_ns": v.busy, "wait_ns": v.wait,
-                "max_wait_ns": v.max_wait}
+                "max_wait_ns": v.max_wait, "stale": v.stale, "max_backlog": v.max_backlog}
+
+    def service_at(self, now: int) -> tuple[int, int]:
+        v = self.service
+        if v is None:
+            return 0, 0
+        return sum(f > now for f in v.free), sum(s > now for s in v.fifo)
+
+    def set_timeout_quantum(self, quantum: int) -> None:
+        self.tmo_quantum = quantum
 
     @property
     def has_responses(self) -> bool:
