@@ -88,7 +88,7 @@ class Handler:
 def snapshot(q: iopf.Queue):
     return (q.stats.as_dict(), q.core.pending_cookies().tolist(),
             [g.faults.tobytes() for g in q.pending()], q.next_deadline(), q.now,
-            q.core.service_stats(), q.core.service_at(q.now))
+            q.core.service_stats(), q.core.service_at(q.now), q.core.last_kind)
 
 
 class Agreement(RuleBasedStateMachine):
@@ -137,6 +137,10 @@ class Agreement(RuleBasedStateMachine):
             b = q.report_batch(arr)
             return b.faults.tobytes(), b.offsets.tolist(), b.cookies.tolist()
         self.all(run)
+
+    @rule(fs=st.lists(faults(), max_size=6))
+    def kinds(self, fs):
+        self.all(lambda q: q.core.kinds(as_array(fs)).tolist())
 
     @rule(cookie=st.integers(0, 40), code=st.sampled_from(list(Response)))
     def respond(self, cookie, code):

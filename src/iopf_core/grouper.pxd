@@ -128,6 +128,7 @@ cdef class Grouper:
     cdef bint default_handler
     cdef uint32_t default_auto
     cdef readonly bint dispatch
+    cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
@@ -198,6 +199,7 @@ cdef class Grouper:
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil
     cdef size_t s_sizeof(self) noexcept nogil
 
+    cdef uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 

@@ -52,6 +52,9 @@ cdef enum:
     SV_EXP = 1
     SV_LOGNORMAL = 2
     SV_SAMPLES = 3
+    KIND_PARTIAL = 0
+    KIND_LAST = 1
+    KIND_STOP = 2
     BY_SERVICE = 0x100        # HeapItem.reason mark: an answer of the service model
     MIN_CAP = 16
     CHUNK_BITS = 12           # 4096 nodes (224 KiB) a chunk: slack stays small
@@ -842,6 +845,26 @@ cdef class Grouper:
                 (<uint64_t>r.grpid >> self.rules.grpid_bits) != 0 or
                 r.flags > 0xF or r.perm > 0xF)
 
+    cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
+        """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
+        cdef Rules* p = &self.rules
+        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # G6
+            return KIND_STOP
+        if p.stall or (flags & LAST_PAGE) or (p.priv_data_is_last and (flags & PRIV_DATA)):
+            return KIND_LAST                                                    # G5, G7
+        return KIND_PARTIAL
+
+    def kinds(self, arr):
+        """rec_kind of every record of a FAULT_DTYPE array (uint8: 0 partial, 1 LPIG,
+        2 dropped stop marker), without reporting them."""
+        cdef Py_ssize_t n, i
+        cdef const FaultRec* recs = self._records(arr, &n)
+        out = np.empty(n, dtype=np.uint8)
+        cdef uint8_t[::1] ov = out
+        for i in range(n):
+            ov[i] = self.rec_kind(recs[i].flags, recs[i].perm)
+        return out
+
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil:
         """Apply one checked request: 0, or 1 if it completed a group (self.last_cookie),
         2 if that group waits for a Python handler (self.dispatch)."""
@@ -859,8 +882,9 @@ cdef class Grouper:
             self.now = r.time
         self.last_cookie = 0
         self.dispatch = False
-        last = p.stall or (flags & LAST_PAGE) != 0 or (p.priv_data_is_last and (flags & PRIV_DATA) != 0)
-        if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
+        self.last_kind = self.rec_kind(flags, r.perm)
+        last = self.last_kind == KIND_LAST
+        if self.last_kind == KIND_STOP:                                          # G6
             self.c.stop_markers += 1
             return 0
         kp = key_pasid(r.pasid, flags)

@@ -98,6 +98,7 @@ class PyGrouper:
         self.next_cookie = 1
         self.next_handle = 1
         self.last_cookie = 0
+        self.last_kind = 0
         self._out_faults: list[tuple] = []
         self._out_offsets: list[int] = [0]
         self._out_cookies: list[int] = []
@@ -204,8 +205,9 @@ class PyGrouper:
         self.now = max(self.now, time)
         self.last_cookie = 0
         self.dispatch = False
-        last = p.stall or bool(flags & LAST_PAGE) or (p.priv_data_is_last and bool(flags & PRIV_DATA))
-        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # G6
+        self.last_kind = self._kind(flags, perm)
+        last = self.last_kind == 1
+        if self.last_kind == 2:  # G6
             c["stop_markers"] += 1
             return 0
         kpasid = self.kpasid(rec)
@@ -259,6 +261,19 @@ class PyGrouper:
             self.dispatch = True
             return 2
         return 1
+
+    def _kind(self, flags: int, perm: int) -> int:
+        """0: held as a partial; 1: completes a group (G5, G7); 2: a dropped stop marker (G6)."""
+        p = self.policy
+        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):
+            return 2
+        if p.stall or flags & LAST_PAGE or (p.priv_data_is_last and flags & PRIV_DATA):
+            return 1
+        return 0
+
+    def kinds(self, arr: np.ndarray) -> np.ndarray:
+        return np.array([self._kind(int(f), int(p)) for f, p in zip(arr["flags"], arr["perm"])],
+                        dtype=np.uint8)
 
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
