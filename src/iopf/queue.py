@@ -483,11 +483,12 @@ class Queue:
             return sent
 
     def serve(self, group: Group | int, *, at: int | None = None,
-              service_time: int | None = None) -> bool:
+              service_time: int | None = None, code: Response | int | None = None) -> bool:
         """Hand a pending group to the queue's :attr:`service` model at ``at``
         (default: the group's time): it waits for a free worker, is served
         for ``service_time`` ns (default: a draw of the model) and its answer
-        is scheduled. False (and counted stale) if the group is not pending."""
+        (``code``, default the model's) is scheduled. False (and counted
+        stale) if the group is not pending."""
         if self._service is None:
             raise ValueError("the queue has no service model: set Queue.service first")
         when: int | None = at
@@ -502,8 +503,9 @@ class Queue:
             service_time = _check_time(service_time, "service_time")
         if not 0 < cookie < 2**64:
             raise ValueError(f"cookie {cookie} out of range")
+        c = None if code is None else _check_code(code)
         with self._lock:
-            return bool(self.core.serve(int(cookie), t, service_time))
+            return bool(self.core.serve(int(cookie), t, service_time, c))
 
     def advance(self, now: int) -> None:
         """Move simulated time to ``now``: send every scheduled answer and every
