@@ -72,9 +72,11 @@ class Group:
     def __iter__(self) -> Iterator[Fault]:
         return (Fault.from_record(r) for r in self.faults)
 
-    def respond(self, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer the group; False if it was answered already (R4)."""
-        return self._queue.respond(self.cookie, code, time=time)
+    def respond(self, code: Response | int, *, time: int | None = None,
+                at: int | None = None) -> bool:
+        """Answer the group (or schedule the answer for ``at``); False if it was
+        answered already (R4)."""
+        return self._queue.respond(self.cookie, code, time=time, at=at)
 
     def __repr__(self) -> str:
         return (f"Group(cookie={self.cookie}, dev={self.dev}, pasid={self.pasid}, "
