@@ -221,6 +221,11 @@ class Queue:
 
     One queue is safe to share between threads: every call takes the
     queue's lock (the batch loop itself runs without the GIL).
+
+    Simulated time: timeouts and answers scheduled with ``respond(...,
+    at=)`` (or by the :attr:`service` workers) are sent by :meth:`advance`;
+    with ``auto_advance=True`` every reported request first advances time
+    to its own time, so that what falls due before it is sent first.
     """
 
     def __init__(self, policy: Policy = policies.PCIE, *, strategy: str = "hash",
