@@ -176,7 +176,7 @@ cdef class Grouper:
     cdef void heap_pop(self) noexcept nogil
     cdef void heap_rebuild(self) noexcept nogil
     cdef void heap_clean(self) noexcept nogil
-    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at) except -1 nogil
+    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at, bint pending=*) except -1 nogil
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
     cdef uint64_t sv_draw(self) noexcept nogil
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil

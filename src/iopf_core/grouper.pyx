@@ -674,10 +674,12 @@ cdef class Grouper:
                and self.cookie_find(self.heap[0].cookie) < 0):
             self.heap_pop()
 
-    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at) except -1 nogil:
-        """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not pending."""
+    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at,
+                      bint pending=False) except -1 nogil:
+        """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not
+        pending (`pending`: the caller has just checked)."""
         cdef HeapItem it
-        if self.cookie_find(cookie) < 0:
+        if not pending and self.cookie_find(cookie) < 0:
             self.c.stale_responses += 1
             return 0
         it.time = at
@@ -787,7 +789,7 @@ cdef class Grouper:
             v.fifo_len += 1
             if v.fifo_len > v.max_backlog:
                 v.max_backlog = v.fifo_len
-        return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done)
+        return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
 
         # -- output ----------------------------------------------------------------------
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie,
