@@ -284,6 +284,9 @@ def _stream(src: Input, fmt: str, batches: Iterator[tuple[np.ndarray, Any]], chu
             yield (faults, m) if meta else faults
     finally:
         src.close()
+    if src.proc is not None and src.proc.returncode:
+        raise TraceError(f"`trace-cmd report` failed (exit status {src.proc.returncode})",
+                         path=src.name)
     if stats.records == 0 and (fmt in _HEADERLESS or stats.skipped):
         what = "prq_report line" if fmt == "prq_report" else "record"
         if stats.skipped:

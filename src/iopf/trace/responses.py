@@ -6,7 +6,7 @@ on the invalidation queue; the ``qi_submit`` tracepoint
 (``drivers/iommu/intel/trace.h``) prints the four quadwords of every
 descriptor it submits, naming this type ``page_grp_resp``::
 
-    qi_submit: page_grp_resp dmar1: 0x2000000006a080019 0x1c 0x0 0x0
+    qi_submit: page_grp_resp dmar1: 0x26a080019 0x1c 0x0 0x0
 
 The fields, as the ``QI_PGRP_*`` macros of ``drivers/iommu/intel/iommu.h``
 place them (Linux 5.x to 6.17; ``intel_iommu_page_response`` in
@@ -124,8 +124,8 @@ def load_responses(path: PathLike, *, skip_bad: bool = False, stats: LoadStats |
         for i, field in enumerate(("time", "dev", "pasid", "grpid", "code", "flags")):
             out[field] = table[:, i]
     unit_ids = np.asarray(units, np.uint16)
-    for unit, seg in segment.items():
-        out["dev"][unit_ids == unit] |= np.uint32(seg << 16)
+    for unit_id, seg in segment.items():
+        out["dev"][unit_ids == unit_id] |= np.uint32(seg << 16)
     out["reason"] = int(Reason.CALLER)
     st.records = len(out)
     st.time_source = "timestamp"
