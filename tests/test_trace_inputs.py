@@ -386,3 +386,134 @@ def test_to_pandas() -> None:
     rdf = trace.to_pandas(resp)
     assert set(rdf["code_name"].astype(str)) <= {"SUCCESS", "INVALID", "FAILURE"}
     assert set(rdf["reason_name"].astype(str)) <= {r.name for r in iopf.Reason}
+
+
+# ---------------------------------------------------------------- the command line
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("iopf: error: "), p.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def _junk(d: Path) -> tuple[Path, str]:
+    rng = np.random.default_rng(1)
+    data = bytearray(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    data[100] = 0    # random bytes: a NUL early on (line numbers depend on the newlines)
+    path = write(d / "junk.trace", bytes(data))
+    line = bytes(data[:data.index(0)]).count(b"\n") + 1
+    return path, f"{path}:{line}: binary data"
+
+
+def _npy_as_trace(d: Path) -> tuple[Path, str]:
+    src = d / "t.npy"
+    trace.save(src, trace.synthetic(10))
+    path = d / "t.trace"
+    os.rename(src, path)
+    return path, f"{path}:1: binary data"
+
+
+def _no_prq_lines(d: Path) -> tuple[Path, str]:
+    path = write(d / "other.trace", "# tracer: nop\n  <idle>-0  [001] d..2.  1.000000: "
+                 "sched_switch: prev_comm=swapper/1\n")
+    return path, f"{path}: no prq_report line"
+
+
+def _empty_bin(d: Path) -> tuple[Path, str]:
+    path = write(d / "empty.bin", b"")
+    return path, f"{path}: empty file"
+
+
+def _empty_trace(d: Path) -> tuple[Path, str]:
+    path = write(d / "empty.trace", b"")
+    return path, f"{path}: empty file"
+
+
+def _wide_pasid(d: Path) -> tuple[Path, str]:
+    path = write(d / "wide.trace", SAMPLE.read_text().replace("pasid=0x2 index=0x1\n",
+                                                              "pasid=0x100000 index=0x1\n", 3))
+    return path, f"{path}:1: pasid=0x100000 out of range"
+
+
+def _wide_index(d: Path) -> tuple[Path, str]:
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    lines[6] = lines[6].replace("index=0x1", "index=0x200")
+    path = write(d / "index.trace", "".join(lines))
+    return path, f"{path}:7: index=0x200 out of range"
+
+
+def _wide_rid(d: Path) -> tuple[Path, str]:
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace("rid=0x50", "rid=0x16a08")
+    path = write(d / "rid.trace", "".join(lines))
+    return path, f"{path}:2: rid=0x16a08 out of range"
+
+
+def _truncated_gz(d: Path) -> tuple[Path, str]:
+    data = gzip.compress(SAMPLE.read_bytes() * 50)
+    path = write(d / "cut.trace.gz", data[:len(data) // 2])
+    return path, f"{path}: corrupt gzip data"
+
+
+BAD_INPUTS = [_junk, _npy_as_trace, _no_prq_lines, _empty_bin, _empty_trace, _wide_pasid,
+              _wide_index, _wide_rid, _truncated_gz]
+
+
+@pytest.mark.parametrize("make", BAD_INPUTS, ids=[f.__name__[1:] for f in BAD_INPUTS])
+def test_bad_inputs_on_the_command_line(tmp_path: Path, make) -> None:
+    path, needle = make(tmp_path)
+    out = tmp_path / "out.csv"
+    assert_one_line_error(run_cli("convert", path, out), needle)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+    assert_one_line_error(run_cli("replay", path, "--no-progress"), needle)
+
+
+def test_replay_of_dev_zero_is_refused() -> None:
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    assert_one_line_error(run_cli("replay", "/dev/zero", "--no-progress"), "/dev/zero",
+                          "pass format=")
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    src = tmp_path / "x.trace"
+    shutil.copy(SAMPLE, src)
+    before = src.read_bytes()
+    assert_one_line_error(run_cli("convert", src, src), str(src), "is the input")
+    os.symlink(src, tmp_path / "link.trace")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "link.trace"), "is the input")
+    os.link(src, tmp_path / "hard.trace")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "hard.trace"), "is the input")
+    assert src.read_bytes() == before
+
+
+def test_convert_from_a_pipe_with_a_format(tmp_path: Path) -> None:
+    """`iopf convert <(cat t.bin) out.csv --from iommufd`: every record."""
+    f = trace.synthetic(1000, seed=9)
+    src, out = tmp_path / "t.bin", tmp_path / "out.csv"
+    trace.save(src, f)
+    p = run_cli("convert", "-", out, "--from", "iommufd", stdin=src.read_bytes())
+    assert p.returncode == 0, p.stderr
+    assert "converted 1,000 faults" in p.stdout
+    assert (trace.load(out)["addr"] == f["addr"]).all()
+
+
+def test_convert_keeps_unit_names_and_seq(tmp_path: Path) -> None:
+    src = write(tmp_path / "in.trace", SAMPLE.read_text().replace("dmar0", "dmar7")
+                .replace("seq# ", "seq# 10"))
+    out = tmp_path / "out.trace"
+    assert run_cli("convert", src, out).returncode == 0
+    text = out.read_text()
+    assert "prq_report: dmar7/0000:00:0a.0 seq# 101: rid=0x50" in text
+    assert "seq# 108:" in text and "dmar0" not in text
+
+
+def test_replay_the_public_sample() -> None:
+    p = run_cli("replay", SAMPLE, "--json", "-")
+    assert p.returncode == 0, p.stderr
+    import json
+    d = json.loads(p.stdout)
+    assert d["faults"] == 8 and d["groups"] == 4
