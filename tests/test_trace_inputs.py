@@ -15,6 +15,9 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pathlib import Path
 
 import numpy as np
@@ -517,3 +520,84 @@ def test_replay_the_public_sample() -> None:
     import json
     d = json.loads(p.stdout)
     assert d["faults"] == 8 and d["groups"] == 4
+
+
+# ---------------------------------------------------------------- one acceptance rule
+
+_GOOD_LINES = [LAYOUTS[k] for k in sorted(LAYOUTS)] + SAMPLE.read_text().splitlines()
+
+
+@st.composite
+def prq_blocks(draw: st.DrawFn) -> bytes:
+    """Lines of every layout, mutated: a byte changed, inserted or deleted."""
+    lines = []
+    for _ in range(draw(st.integers(1, 6))):
+        line = draw(st.sampled_from(_GOOD_LINES))
+        if draw(st.booleans()):
+            at = draw(st.integers(0, len(line)))
+            what = draw(st.sampled_from([" ", "  ", "\t", "0", "f", "x", "#", ":", ".", "/",
+                                         "\r", "-", "l", "9" * 12, "\u00a0", "\u0663", "g"]))
+            cut = draw(st.integers(0, 2))
+            line = line[:at] + what + line[at + cut:]
+        lines.append(line)
+    same_kind = draw(st.booleans())
+    if same_kind:   # mostly one layout a block, as in real captures
+        lines = [ln for ln in lines if ln.lstrip().startswith("prq_report")] or lines
+    return ("\n".join(lines) + draw(st.sampled_from(["", "\n"]))).encode("utf-8")
+
+
+def _outcome(parse: object, block: bytes, skip_bad: bool) -> tuple[object, ...]:
+    stats = LoadStats()
+    try:
+        f, m = parse(block, stats, skip_bad)  # type: ignore[operator]
+    except TraceError as e:
+        return ("error", str(e))
+    return (f.tobytes(), m["seq"].tobytes(), [stats.units[u] for u in m["unit"].tolist()],
+            stats.skipped, stats.errors, stats.time_source if len(f) else None)
+
+
+def _by_fast(block: bytes, stats: LoadStats, skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
+    return trace.prq_report.parse_block("t", block, 1, skip_bad, stats)
+
+
+def _by_rule(block: bytes, stats: LoadStats, skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not block.endswith(b"\n"):
+        block += b"\n"
+    f, m, _ = trace.prq_report._by_rule("t", block.split(b"\n"), None, 1, skip_bad, stats)
+    return f, m
+
+
+@settings(max_examples=300, deadline=None)
+@given(prq_blocks(), st.booleans())
+def test_fast_parsers_accept_exactly_what_the_rule_accepts(block: bytes, skip_bad: bool) -> None:
+    from iopf.trace import _prq_fast
+    rule = _outcome(_by_rule, block, skip_bad)
+    assert _outcome(_by_fast, block, skip_bad) == rule
+    scan = _prq_fast._scan
+    try:
+        _prq_fast._scan = None            # the numpy scanner
+        assert _outcome(_by_fast, block, skip_bad) == rule
+    finally:
+        _prq_fast._scan = scan
+
+
+def test_csv_acceptance_does_not_depend_on_neighbours(tmp_path: Path) -> None:
+    """The issue's case: `+1` is refused whether or not another line is hex,
+    and every fast reader reads what the rule reads."""
+    header = "time,dev,pasid,grpid,flags,perm,addr\n"
+    odd = ["+1", "-1", " 7 ", "\t7", "0x1F", "0X1f", "007", "1_0", "\u0663", "1e3", "", "0x",
+           "18446744073709551615", "18446744073709551616"]
+    for field in odd:
+        results: list[tuple[object, object]] = []
+        for neighbour in ("1,1,1,1,1,1,4096", "0x1,1,1,1,1,1,0x1000"):
+            p = write(tmp_path / "t.csv", header + neighbour + "\n" + f"{field},1,1,1,1,1,1\n")
+            stats = LoadStats()
+            try:
+                got = trace.load(p, skip_bad=True, stats=stats)
+                results.append((got["time"][-1:].tolist() if len(got) == 2 else None,
+                                stats.skipped))
+            except TraceError as e:
+                results.append(("error", str(e)))
+        assert results[0] == results[1], (field, results)
+        expect_ok = field in (" 7 ", "\t7", "0x1F", "0X1f", "007", "18446744073709551615")
+        assert (results[0][1] == 0) == expect_ok, (field, results)

@@ -41,13 +41,12 @@ from . import _prq_fast
 BLOCK_BYTES = 4 << 20
 
 _HEX = r"[0-9a-fA-F]+"
-# The context before the event name, in every layout: a task name (which may
-# hold spaces and dashes, hence the lazy match), "-pid" (ftrace, trace-cmd)
-# or " tid" / " pid/tid" (perf script), an optional "(tgid)", "[cpu]", an
-# optional flags column, then the timestamp ("sec.frac", or a raw count for
-# counter clocks).
-CONTEXT = (r"(?:.*?[-\s]\d+(?:/\d+)?\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s+(?:\S+\s+)?"
-           r"(?P<sec>\d+)(?:\.(?P<frac>\d+))?:\s+)?")
+# The context before the event name, in every layout (ftrace's "task-pid
+# [cpu] flags ts: ", trace-cmd's "task-pid [cpu] ts: ", perf script's "comm
+# tid [cpu] ts: "): anything, then the timestamp token right before the event
+# name ("sec.frac:", or a raw count for counter clocks). Only the timestamp
+# is read; the columns before it are not checked.
+CONTEXT = r"(?:(?:.*\s)?(?P<sec>\d+)(?:\.(?P<frac>\d+))?:\s+)?"
 LINE = re.compile(
     r"\s*" + CONTEXT + r"(?:intel_iommu:)?prq_report:\s+"
     r"(?P<unit>[^\s/]+)/(?P<seg>" + _HEX + r"):(?P<bus>[0-9a-fA-F]{2}):"
@@ -165,10 +164,15 @@ def parse_block(name: str, block: bytes, first: int, skip_bad: bool,
     """The records of a block of whole lines whose first is line ``first``.
     The fast parser takes the lines it can; the rule (``LINE``) decides
     every line it leaves, so both accept exactly the same lines."""
+    if not block.endswith(b"\n"):
+        block += b"\n"      # the last line of an input without a final newline
     fast = _prq_fast.parse(block)
     source = None if fast is None else ("timestamp" if fast.stamped else "seq")
-    if fast is None or (stats.time_source not in (None, source) and len(fast.lines)):
-        # Nothing fast, or a change of layout: the rule names the odd line.
+    if fast is None or (len(fast.lines) and (
+            stats.time_source not in (None, source)
+            or (stats.time_source is None and len(fast.left)))):
+        # Mixed layouts, or the first lines of the input undecided: the rule
+        # reads the block in order, so it names the same odd line.
         faults, meta, _ = _by_rule(name, block.split(b"\n"), None, first, skip_bad, stats)
         return faults, meta
     if len(fast.lines):
