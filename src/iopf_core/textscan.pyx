@@ -10,7 +10,7 @@ rule (a regular expression) to decide. It accepts exactly what the numpy
 scanner ``iopf.trace._prq_fast`` accepts and nothing the rule refuses.
 """
 from libc.stdint cimport uint8_t, uint64_t, int64_t
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 
 import numpy as np
 
@@ -74,10 +74,14 @@ def scan_prq(const uint8_t[::1] block):
     if n == 0:
         return None
     cdef const uint8_t *b = &block[0]
-    cdef int64_t nlines = 0, i
-    for i in range(n):
-        if b[i] == 10:
-            nlines += 1
+    cdef int64_t nlines = 0, i = 0
+    cdef const uint8_t *hit
+    while i < n:
+        hit = <const uint8_t *>memchr(b + i, 10, n - i)
+        if hit == NULL:
+            break
+        nlines += 1
+        i = hit - b + 1
     if b[n - 1] != 10:
         nlines += 1            # a last line without its newline
     cols = np.zeros((9, nlines), np.uint64)
@@ -98,14 +102,17 @@ def scan_prq(const uint8_t[::1] block):
     cdef uint8_t ch
     with nogil:
         while ls < n:
-            le = ls
-            while le < n and b[le] != 10:
-                le += 1
+            hit = <const uint8_t *>memchr(b + ls, 10, n - ls)
+            le = n if hit == NULL else hit - b
             # The first "prq_report:" of the line.
             q = -1
             k = ls
             while k + 11 <= le:
-                if b[k] == 112 and memcmp(b + k, IOPF_EVENT, 11) == 0:
+                hit = <const uint8_t *>memchr(b + k, 112, le - 10 - k)
+                if hit == NULL:
+                    break
+                k = hit - b
+                if memcmp(b + k, IOPF_EVENT, 11) == 0:
                     q = k
                     break
                 k += 1

@@ -225,8 +225,8 @@ def load(path: PathLike, *, format: str | None = None, skip_bad: bool = False,
     index into ``stats.units`` and ``seq#`` of each record). The result is
     the concatenation of ``iter_chunks`` with the same arguments.
     """
-    pairs = list(iter_chunks(path, format=format, skip_bad=skip_bad, chunk_size=chunk_size,
-                             stats=stats, meta=True))
+    # The readers' own batches, joined once (no regrouping into chunks first).
+    pairs = list(_batches(path, format, skip_bad, chunk_size, stats, meta))
     faults = _concat([f for f, _ in pairs], FAULT_DTYPE)
     if not meta:
         return faults
@@ -259,6 +259,14 @@ def iter_chunks(path: PathLike, *, format: str | None = None, skip_bad: bool = F
     before the first chunk; the input is closed when the iterator is
     exhausted or closed.
     """
+    batches = _batches(path, format, skip_bad, chunk_size, stats, meta)
+    return (pair_ if meta else pair_[0] for pair_ in _rechunk(batches, chunk_size, meta))
+
+
+def _batches(path: PathLike, format: str | None, skip_bad: bool, chunk_size: int,
+             stats: LoadStats | None, meta: bool) -> Iterator[tuple[np.ndarray, Any]]:
+    """Open the input and check it now; then its records in the reader's
+    batches, with metadata when ``meta``, counted in the stats."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     st = stats if stats is not None else LoadStats()
@@ -273,15 +281,22 @@ def iter_chunks(path: PathLike, *, format: str | None = None, skip_bad: bool = F
     except BaseException:
         src.close()
         raise
-    return _stream(src, fmt, batches, chunk_size, st, meta)
+    return _stream(src, fmt, batches, st, meta)
 
 
-def _stream(src: Input, fmt: str, batches: Iterator[tuple[np.ndarray, Any]], chunk_size: int,
-            stats: LoadStats, meta: bool) -> Iterator[Any]:
+def _stream(src: Input, fmt: str, batches: Iterator[tuple[np.ndarray, Any]],
+            stats: LoadStats, meta: bool) -> Iterator[tuple[np.ndarray, Any]]:
+    done = 0
     try:
-        for faults, m in _rechunk(batches, chunk_size, meta):
+        for faults, m in batches:
+            if not len(faults):
+                continue
+            if meta and m is None:   # no units in this format: unit 0, position
+                m = np.zeros(len(faults), META_DTYPE)
+                m["seq"] = np.arange(done, done + len(faults), dtype=np.uint64)
+            done += len(faults)
             stats.records += len(faults)
-            yield (faults, m) if meta else faults
+            yield faults, (m if meta else None)
     finally:
         src.close()
     if src.proc is not None and src.proc.returncode:
@@ -301,14 +316,8 @@ def _rechunk(batches: Iterable[tuple[np.ndarray, Any]], chunk_size: int,
     reader yields the same chunk boundaries, with their metadata when
     wanted (formats without units give unit 0 and the record's position)."""
     pending: list[tuple[np.ndarray, Any]] = []
-    held = done = 0
+    held = 0
     for faults, m in batches:
-        if not want_meta:
-            m = None
-        elif m is None:
-            m = np.zeros(len(faults), META_DTYPE)
-            m["seq"] = np.arange(done, done + len(faults), dtype=np.uint64)
-        done += len(faults)
         while len(faults):
             take = min(chunk_size - held, len(faults))
             pending.append((faults[:take], None if m is None else m[:take]))

@@ -64,6 +64,9 @@ class _Prefixed(io.RawIOBase):
             self._head = self._head[n:]
             return n
         try:
+            readinto = getattr(self._inner, "readinto", None)
+            if readinto is not None:
+                return readinto(buffer) or 0     # no copy
             data = self._inner.read(len(buffer))
         except _DECOMPRESS_ERRORS as e:
             if self._what is None:

@@ -92,7 +92,7 @@ def _empty() -> Parsed:
     return Parsed(np.empty(0, FAULT_DTYPE), np.empty(0, META_DTYPE), none, none, [], none, True)
 
 
-def parse(block: bytes) -> Parsed | None:
+def parse(block: bytes | memoryview) -> Parsed | None:
     """The well-formed prq_report lines of ``block`` (whole lines, the last
     ending with a newline), and the other lines holding ``prq_report:``;
     None when the block mixes bare and stamped lines (the rule then names
@@ -115,12 +115,12 @@ def parse(block: bytes) -> Parsed | None:
     return Parsed(out, meta, lines, left, units, cols[8].astype(np.int64), stamped)
 
 
-def parse_numpy(block: bytes) -> Parsed | None:
+def parse_numpy(block: bytes | memoryview) -> Parsed | None:
     """``parse`` by numpy over the whole block."""
     b = np.frombuffer(block, np.uint8)
     n = len(b)
     if n == 0 or b[-1] != _NL:
-        return _empty() if n == 0 else parse_numpy(block + b"\n")
+        return _empty() if n == 0 else parse_numpy(bytes(block) + b"\n")
     hits = _find(b, _EVENT)
     if not len(hits):
         return _empty()

@@ -128,28 +128,33 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     return _blocks(src, skip_bad, stats)
 
 
-def text_blocks(src: Input) -> Iterator[tuple[int, bytes]]:
+def text_blocks(src: Input) -> Iterator[tuple[int, memoryview]]:
     """The input in blocks of whole lines: (number of the block's first line,
-    bytes). Refuses binary data (a NUL byte) naming its line."""
+    the block). A block is a view of a buffer reused for the next one: use
+    it before asking for the next. Refuses binary data (a NUL byte) naming
+    its line."""
     f = src.stream
-    rest = b""
+    buf = bytearray(BLOCK_BYTES)
+    view = memoryview(buf)
+    have = 0
     lineno = 1
     while True:
-        data = f.read(BLOCK_BYTES)
-        block = rest + data
-        if data:
-            cut = block.rfind(b"\n") + 1
-            block, rest = block[:cut], block[cut:]
-        else:
-            rest = b""
-        if block:
-            nul = block.find(b"\0")
+        if have == len(buf):     # a line longer than the buffer: a bigger one
+            buf = buf + bytes(len(buf))
+            view = memoryview(buf)
+        got = f.readinto(view[have:])
+        total = have + (got or 0)
+        cut = total if not got else buf.rfind(b"\n", 0, total) + 1
+        if cut:
+            nul = buf.find(b"\0", 0, cut)
             if nul >= 0:
                 raise TraceError("binary data (a NUL byte) in a text trace", path=src.name,
-                                 line=lineno + block.count(b"\n", 0, nul))
-            yield lineno, block
-            lineno += block.count(b"\n")
-        if not data:
+                                 line=lineno + buf.count(b"\n", 0, nul))
+            yield lineno, view[:cut]
+            lineno += buf.count(b"\n", 0, cut)
+            buf[:total - cut] = buf[cut:total]
+        have = total - cut
+        if not got:
             return
 
 
@@ -159,13 +164,13 @@ def _blocks(src: Input, skip_bad: bool,
         yield parse_block(src.name, block, first, skip_bad, stats)
 
 
-def parse_block(name: str, block: bytes, first: int, skip_bad: bool,
+def parse_block(name: str, block: bytes | memoryview, first: int, skip_bad: bool,
                 stats: LoadStats) -> tuple[np.ndarray, np.ndarray]:
     """The records of a block of whole lines whose first is line ``first``.
     The fast parser takes the lines it can; the rule (``LINE``) decides
     every line it leaves, so both accept exactly the same lines."""
-    if not block.endswith(b"\n"):
-        block += b"\n"      # the last line of an input without a final newline
+    if block[-1:] != b"\n":
+        block = bytes(block) + b"\n"   # the last line of an input without a final newline
     fast = _prq_fast.parse(block)
     source = None if fast is None else ("timestamp" if fast.stamped else "seq")
     if fast is None or (len(fast.lines) and (
@@ -173,7 +178,8 @@ def parse_block(name: str, block: bytes, first: int, skip_bad: bool,
             or (stats.time_source is None and len(fast.left)))):
         # Mixed layouts, or the first lines of the input undecided: the rule
         # reads the block in order, so it names the same odd line.
-        faults, meta, _ = _by_rule(name, block.split(b"\n"), None, first, skip_bad, stats)
+        faults, meta, _ = _by_rule(name, bytes(block).split(b"\n"), None, first, skip_bad,
+                                   stats)
         return faults, meta
     if len(fast.lines):
         stats.time_source = source
@@ -183,8 +189,8 @@ def parse_block(name: str, block: bytes, first: int, skip_bad: bool,
         meta["unit"] = ids[fast.unit_index]
     if not len(fast.left):
         return faults, meta
-    more_f, more_m, where = _by_rule(name, block.split(b"\n"), fast.left, first, skip_bad,
-                                     stats)
+    more_f, more_m, where = _by_rule(name, bytes(block).split(b"\n"), fast.left, first,
+                                     skip_bad, stats)
     order = np.argsort(np.concatenate([fast.lines, where]), kind="stable")
     return np.concatenate([faults, more_f])[order], np.concatenate([meta, more_m])[order]
 

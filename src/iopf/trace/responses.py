@@ -93,7 +93,7 @@ def load_responses(path: PathLike, *, skip_bad: bool = False, stats: LoadStats |
         if not src.head.strip():
             raise TraceError("empty file", path=src.name)
         for first, block in text_blocks(src):
-            text = block.decode("utf-8", errors="replace")
+            text = bytes(block).decode("utf-8", errors="replace")
             for i, line in enumerate(text.split("\n")):
                 if "prq_report:" in line:
                     m = LINE.fullmatch(line)
