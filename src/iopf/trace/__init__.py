@@ -236,7 +236,11 @@ def load(path: PathLike, *, format: str | None = None, skip_bad: bool = False,
 def _concat(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
     if not arrays:
         return np.empty(0, dtype)
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    if len(arrays) == 1:
+        return arrays[0]
+    # As bytes: numpy copies packed records field by field, bytes with memcpy.
+    raw = [np.ascontiguousarray(a).view(np.uint8) for a in arrays]
+    return np.concatenate(raw).view(dtype)
 
 
 @overload
@@ -335,8 +339,8 @@ def _join(pending: list[tuple[np.ndarray, Any]], want_meta: bool) -> tuple[np.nd
     if len(pending) == 1:
         f, m = pending[0]
         return f.copy(), None if m is None else m.copy()
-    return (np.concatenate([f for f, _ in pending]),
-            np.concatenate([m for _, m in pending]) if want_meta else None)
+    return (_concat([f for f, _ in pending], FAULT_DTYPE),
+            _concat([m for _, m in pending], META_DTYPE) if want_meta else None)
 
 
 def save(path: PathLike, faults: Any, *, format: str | None = None,

@@ -26,11 +26,12 @@ from ._common import (CSV_COLUMNS, CSV_HEADER, CSV_OPTIONAL, SCALAR_FIELDS, U32_
 from ._io import Input
 
 #: Bytes handed to the block readers at once.
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 16 << 20
 
 _FIELD = re.compile(r"[ \t]*(?:0[xX]([0-9a-fA-F]+)|([0-9]+))[ \t]*")
 # Only these bytes: numpy's reader then takes exactly the rule's lines.
-_PLAIN = bytes(range(256)).translate(None, b"0123456789,\r\n")
+_PLAIN_BYTES = np.ones(256, bool)
+_PLAIN_BYTES[list(b"0123456789,\r\n")] = False
 
 
 def header_names(line: str) -> list[str] | None:
@@ -74,30 +75,21 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     if names is None:
         raise TraceError("empty file (no CSV header)", path=src.name)
     stats.time_source = "field" if "time" in names else "none"
-    return _blocks(src.name, f, names, lineno, skip_bad, stats)
+    return _blocks(src, names, lineno, skip_bad, stats)
 
 
-def _blocks(name: str, f: IO[bytes], names: list[str], lineno: int, skip_bad: bool,
+def _blocks(src: Input, names: list[str], lineno: int, skip_bad: bool,
             stats: LoadStats) -> Iterator[tuple[np.ndarray, None]]:
-    rest = b""
-    while True:
-        data = f.read(BLOCK_BYTES)
-        block = rest + data
-        if not data:
-            rest = b""
-        else:
-            cut = block.rfind(b"\n") + 1
-            block, rest = block[:cut], block[cut:]
-        if block:
-            yield _block(name, block, names, lineno, skip_bad, stats), None
-            lineno += block.count(b"\n")
-        if not data:
-            break
+    from .prq_report import text_blocks
+    for first, block in text_blocks(src, first_line=lineno + 1, refuse_nul=False,
+                                    size=BLOCK_BYTES):
+        yield _block(src.name, block, names, first - 1, skip_bad, stats), None
 
 
-def _block(name: str, block: bytes, names: list[str], first: int, skip_bad: bool,
+def _block(name: str, block: memoryview, names: list[str], first: int, skip_bad: bool,
            stats: LoadStats) -> np.ndarray:
-    """The records of ``block``, whose first line is line ``first + 1``."""
+    """The records of ``block`` (a view valid until the next block), whose
+    first line is line ``first + 1``."""
     table = _fast(block, names)
     if table is None:
         table = _by_rule(name, block, names, first, skip_bad, stats)
@@ -110,12 +102,13 @@ def _block(name: str, block: bytes, names: list[str], first: int, skip_bad: bool
     return out
 
 
-def _fast(block: bytes, names: list[str]) -> list[np.ndarray] | None:
+def _fast(block: memoryview, names: list[str]) -> list[np.ndarray] | None:
     """The columns of a block by a fast reader, or None for the rule to decide."""
-    if b"#" in block:
+    raw = np.frombuffer(block, np.uint8)
+    if (raw == ord("#")).any():
         return None
     columns = _pyarrow_block(block, names)
-    if columns is None and not block.translate(None, b"0123456789,\r\n"):
+    if columns is None and not _PLAIN_BYTES[raw].any():
         try:
             t = np.loadtxt(io.BytesIO(block), dtype=np.uint64, delimiter=",", ndmin=2,
                            comments=None)
@@ -135,7 +128,7 @@ def _fast(block: bytes, names: list[str]) -> list[np.ndarray] | None:
 _pa_csv: Any = None
 
 
-def _pyarrow_block(block: bytes, names: list[str]) -> list[np.ndarray] | None:
+def _pyarrow_block(block: memoryview, names: list[str]) -> list[np.ndarray] | None:
     global _pa_csv
     if _pa_csv is False:
         return None
@@ -147,7 +140,7 @@ def _pyarrow_block(block: bytes, names: list[str]) -> list[np.ndarray] | None:
         return None
     try:
         t = pacsv.read_csv(
-            io.BytesIO(block),
+            pa.BufferReader(pa.py_buffer(block)),
             read_options=pacsv.ReadOptions(column_names=names, use_threads=True),
             parse_options=pacsv.ParseOptions(quote_char=False, double_quote=False),
             convert_options=pacsv.ConvertOptions(
@@ -160,11 +153,11 @@ def _pyarrow_block(block: bytes, names: list[str]) -> list[np.ndarray] | None:
     return [c.to_numpy() for c in t.columns]
 
 
-def _by_rule(name: str, block: bytes, names: list[str], first: int, skip_bad: bool,
+def _by_rule(name: str, block: memoryview, names: list[str], first: int, skip_bad: bool,
              stats: LoadStats) -> list[np.ndarray]:
     u32 = [n in U32_COLUMNS for n in names]
     rows: list[list[int]] = []
-    text = block.decode("utf-8", errors="replace")
+    text = bytes(block).decode("utf-8", errors="replace")
     for lineno, line in enumerate(text.split("\n"), first + 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -128,16 +128,17 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     return _blocks(src, skip_bad, stats)
 
 
-def text_blocks(src: Input) -> Iterator[tuple[int, memoryview]]:
+def text_blocks(src: Input, *, first_line: int = 1, refuse_nul: bool = True,
+                size: int = BLOCK_BYTES) -> Iterator[tuple[int, memoryview]]:
     """The input in blocks of whole lines: (number of the block's first line,
     the block). A block is a view of a buffer reused for the next one: use
     it before asking for the next. Refuses binary data (a NUL byte) naming
     its line."""
     f = src.stream
-    buf = bytearray(BLOCK_BYTES)
+    buf = bytearray(size)
     view = memoryview(buf)
     have = 0
-    lineno = 1
+    lineno = first_line
     while True:
         if have == len(buf):     # a line longer than the buffer: a bigger one
             buf = buf + bytes(len(buf))
@@ -146,7 +147,7 @@ def text_blocks(src: Input) -> Iterator[tuple[int, memoryview]]:
         total = have + (got or 0)
         cut = total if not got else buf.rfind(b"\n", 0, total) + 1
         if cut:
-            nul = buf.find(b"\0", 0, cut)
+            nul = buf.find(b"\0", 0, cut) if refuse_nul else -1
             if nul >= 0:
                 raise TraceError("binary data (a NUL byte) in a text trace", path=src.name,
                                  line=lineno + buf.count(b"\n", 0, nul))
