@@ -279,9 +279,8 @@ def _convert(args: argparse.Namespace) -> int:
                               stats=load, meta=True)
     # Unit names and seq# go along, for prq_report output.
     trace.save(args.output, faults, format=out_format, meta=meta, units=load.units or None)
-    out_fmt = args.to_format or trace.detect_format(args.output)
     print(f"converted {len(faults):,} faults: {args.input} ({load.format}) -> "
-          f"{args.output} ({out_fmt})")
+          f"{args.output} ({out_format})")
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
               file=sys.stderr)
