@@ -88,7 +88,7 @@ class Input:
     """An opened input: ``stream`` serves the content from its first byte."""
 
     name: str                 # the user's path, for messages
-    stream: IO[bytes]
+    stream: io.BufferedIOBase
     head: bytes               # the first bytes of the (decompressed) content
     ext: str                  # the extension that names the format ('' if none)
     compression: str | None
@@ -108,7 +108,7 @@ class Input:
         self.close()
 
 
-def read_head(f: IO[bytes], n: int = SNIFF_BYTES) -> bytes:
+def read_head(f: Any, n: int = SNIFF_BYTES) -> bytes:
     """Up to ``n`` bytes; fewer only at the end of the input (a pipe may
     deliver its data in small pieces)."""
     parts = []

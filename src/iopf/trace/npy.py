@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     return _chunks(src.name, f, n, dtype, chunk_size)
 
 
-def _header_bytes(f: IO[bytes]) -> bytes:
+def _header_bytes(f: Any) -> bytes:
     """The magic, version, length and header dict of an .npy stream (numpy's
     own readers would seek, which a pipe cannot)."""
     start = read_head(f, 8)
@@ -70,7 +70,7 @@ def _header_bytes(f: IO[bytes]) -> bytes:
     return start + size_bytes + header
 
 
-def _chunks(name: str, f: IO[bytes], n: int, dtype: np.dtype,
+def _chunks(name: str, f: Any, n: int, dtype: np.dtype,
             chunk_size: int) -> Iterator[tuple[np.ndarray, None]]:
     done = 0
     while done < n:
