@@ -47,12 +47,17 @@ class _Prefixed(io.RawIOBase):
     """A raw stream that serves ``head`` first, then the rest of ``inner``;
     errors of a decompressor become a ``TraceError`` naming the input."""
 
-    def __init__(self, head: bytes, inner: IO[bytes], name: str, what: str | None) -> None:
+    def __init__(self, head: bytes, inner: IO[bytes], name: str, what: str | None,
+                 also_close: IO[bytes] | None = None) -> None:
         super().__init__()
         self._head = memoryview(head)
         self._inner = inner
         self._name = name
         self._what = what
+        # What closing this closes: the decompressor and the file under it;
+        # never the process's standard input.
+        self._close = [x for x in (inner, also_close)
+                       if x is not None and x is not sys.stdin.buffer]
 
     def readable(self) -> bool:
         return True
@@ -78,7 +83,8 @@ class _Prefixed(io.RawIOBase):
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            for f in self._close:
+                f.close()
         finally:
             super().close()
 
@@ -157,7 +163,7 @@ def open_input(path: PathLike) -> Input:
                 head = read_head(decomp)
             except _DECOMPRESS_ERRORS as e:
                 raise TraceError(f"corrupt {compression} data: {e}", path=label) from None
-            stream = io.BufferedReader(_Prefixed(head, decomp, label, compression), 1 << 20)
+            stream = io.BufferedReader(_Prefixed(head, decomp, label, compression, raw), 1 << 20)
             return Input(label, stream, head, ext, compression, None)
         if head.startswith(TRACE_DAT_MAGIC):
             raw.close()
