@@ -75,14 +75,16 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     if names is None:
         raise TraceError("empty file (no CSV header)", path=src.name)
     stats.time_source = "field" if "time" in names else "none"
-    return _blocks(src, names, lineno, skip_bad, stats)
+    return _blocks(src, names, lineno, skip_bad, chunk_size, stats)
 
 
-def _blocks(src: Input, names: list[str], lineno: int, skip_bad: bool,
+def _blocks(src: Input, names: list[str], lineno: int, skip_bad: bool, chunk_size: int,
             stats: LoadStats) -> Iterator[tuple[np.ndarray, None]]:
     from .prq_report import text_blocks
-    for first, block in text_blocks(src, first_line=lineno + 1, refuse_nul=False,
-                                    size=BLOCK_BYTES):
+    # Blocks as large as a chunk of records (about 60 bytes each): a whole
+    # load of a million records is then parsed and assembled at once.
+    size = max(BLOCK_BYTES, chunk_size * 64)
+    for first, block in text_blocks(src, first_line=lineno + 1, refuse_nul=False, size=size):
         yield _block(src.name, block, names, first - 1, skip_bad, stats), None
 
 
@@ -93,8 +95,10 @@ def _block(name: str, block: memoryview, names: list[str], first: int, skip_bad:
     table = _fast(block, names)
     if table is None:
         table = _by_rule(name, block, names, first, skip_bad, stats)
-    out = np.zeros(len(table[0]) if table else 0, FAULT_DTYPE)
-    for col, values in zip(names, table):
+    out = np.empty(len(table[0]) if table else 0, FAULT_DTYPE)
+    given = dict(zip(names, table))
+    for col in CSV_COLUMNS:       # every field written once: no zeroing first
+        values = given.get(col, 0)
         if col.startswith("private"):
             out["private"][:, int(col[-1])] = values
         else:
@@ -104,11 +108,11 @@ def _block(name: str, block: memoryview, names: list[str], first: int, skip_bad:
 
 def _fast(block: memoryview, names: list[str]) -> list[np.ndarray] | None:
     """The columns of a block by a fast reader, or None for the rule to decide."""
-    raw = np.frombuffer(block, np.uint8)
-    if (raw == ord("#")).any():
+    whole: Any = memoryview(block).obj    # the buffer under the view: its find is memchr
+    if whole.find(b"#", 0, len(block)) >= 0:
         return None
     columns = _pyarrow_block(block, names)
-    if columns is None and not _PLAIN_BYTES[raw].any():
+    if columns is None and not _PLAIN_BYTES[np.frombuffer(block, np.uint8)].any():
         try:
             t = np.loadtxt(io.BytesIO(block), dtype=np.uint64, delimiter=",", ndmin=2,
                            comments=None)
