@@ -135,6 +135,8 @@ def text_blocks(src: Input, *, first_line: int = 1, refuse_nul: bool = True,
     it before asking for the next. Refuses binary data (a NUL byte) naming
     its line."""
     f = src.stream
+    if src.size is not None:      # no bigger than the file (the zeroing costs)
+        size = max(1 << 16, min(size, src.size + 1))
     buf = bytearray(size)
     view = memoryview(buf)
     have = 0
