@@ -105,8 +105,8 @@ def _block(name: str, block: memoryview, names: list[str], first: int, skip_bad:
     for start in range(0, n, step):
         part = out[start:start + step]
         for col in CSV_COLUMNS:
-            values = given.get(col)
-            values = 0 if values is None else values[start:start + step]
+            column = given.get(col)
+            values: Any = 0 if column is None else column[start:start + step]
             if col.startswith("private"):
                 part["private"][:, int(col[-1])] = values
             else:
