@@ -11,7 +11,9 @@ so a line's fate never depends on which parser took it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,7 @@ _PASID_FLAGS = int(Flag.PASID_VALID | Flag.NEEDS_PASID)
 _LAST = int(Flag.LAST_PAGE)
 _UNIT_BYTES = 16
 
+_scan: Callable[[Any], Any] | None
 try:
     from iopf_core.textscan import scan_prq as _scan
 except ImportError:      # not built (a source checkout without the extension)
