@@ -8,7 +8,10 @@ The rules are those of SPEC §3-§5; the numbers in comments name them.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,6 +24,24 @@ READ, WRITE = 1, 2
  DETACHED, REMOVED, TIMEOUT, CALLER) = range(11)
 SUCCESS, INVALID, FAILURE = 0, 1, 2
 ANY_PASID = 0xFFFFFFFE  # key PASID when match_pasid is False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _exclusive(method: _F) -> _F:
+    """One thread at a time in a grouper, as the compiled core's busy flag:
+    another thread gets RuntimeError (the same thread may nest calls)."""
+    @functools.wraps(method)
+    def call(self: PyGrouper, *args: Any, **kwargs: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("iopf_core: this grouper is in use by another thread "
+                               "(share it through one iopf.Queue, which serialises calls)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return call  # type: ignore[return-value]
 
 
 class _Pending:
@@ -37,7 +58,16 @@ class PyGrouper:
     strategy = "python"
 
     def __init__(self, policy: Any) -> None:
-        self.policy = policy
+        if getattr(self, "_policy", None) is not None:
+            raise RuntimeError("a grouper is initialised once; make a new one for another policy")
+        for name, lo, hi in (("pasid_bits", 1, 31), ("grpid_bits", 1, 16)):
+            v = getattr(policy, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"policy.{name} must be an int in {lo}..{hi}, got {v!r}")
+        self._policy = policy
+        # One call at a time, as the compiled core's busy flag.
+        self._busy = threading.RLock()
+        self.position = 0
         self.pasid_bits = policy.pasid_bits
         self.grpid_bits = policy.grpid_bits
         self.partials: dict[tuple[int, int, int], list[tuple]] = {}
@@ -59,6 +89,28 @@ class PyGrouper:
         self._out_faults: list[tuple] = []
         self._out_offsets: list[int] = [0]
         self._out_cookies: list[int] = []
+
+    @property
+    def policy(self) -> Any:
+        """The policy (read-only: the rules do not change under live tables)."""
+        return self._policy
+
+    def _check_kpasid(self, kpasid: int) -> None:
+        if kpasid != NO_PASID and not 0 <= kpasid < (1 << self.pasid_bits):
+            raise ValueError(f"pasid {kpasid:#x} does not fit in {self.pasid_bits} bits "
+                             f"(and is not NO_PASID, {NO_PASID:#x})")
+
+    @staticmethod
+    def _check_code(code: int, reason: int = CALLER) -> None:
+        if not 0 <= code <= FAILURE:
+            raise ValueError(f"response code {code} is not one of 0..{FAILURE} (SUCCESS, INVALID, FAILURE)")
+        if not 0 <= reason <= CALLER:
+            raise ValueError(f"reason {reason} is not one of 0..{CALLER}")
+
+    @staticmethod
+    def _check_auto(auto: int) -> None:
+        if not -1 <= auto <= FAILURE:
+            raise ValueError(f"auto must be -1 (a Python handler) or a code 0..{FAILURE}, got {auto}")
 
     # -- helpers -----------------------------------------------------------------
     @staticmethod
@@ -88,23 +140,30 @@ class PyGrouper:
         return time
 
     # -- configuration --------------------------------------------------------------
+    @_exclusive
     def add_device(self, dev: int, limit: int) -> None:
         if limit:
             self.limits[dev] = limit
         else:
             self.limits.pop(dev, None)
 
+    @_exclusive
     def set_default_handler(self, present: bool, auto: int = -1) -> None:
+        self._check_auto(auto)
         self.default_handler = bool(present)
         self.default_auto = auto if present and auto >= 0 else None
 
+    @_exclusive
     def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
+        self._check_auto(auto)
         self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
         self.autos[(dev, kpasid)] = auto if auto >= 0 else None
         self.next_handle += 1
 
+    @_exclusive
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
+        self._check_kpasid(kpasid)
         handle = self.handles.pop((dev, kpasid), 0)
         self.autos.pop((dev, kpasid), None)
         if not handle:
@@ -118,25 +177,38 @@ class PyGrouper:
         return True
 
     # -- reporting -------------------------------------------------------------------
+    @_exclusive
     def check(self, arr: np.ndarray) -> None:
         for i, rec in enumerate(arr.tolist()):
             check_record(i, rec, self.pasid_bits, self.grpid_bits)
 
+    @_exclusive
     def report(self, rec: tuple) -> int:
+        if (not isinstance(rec, tuple) or len(rec) != 8 or not isinstance(rec[7], (tuple, list))
+                or len(rec[7]) != 2):
+            raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
+                            f"(priv0, priv1)), not {rec!r}")
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
         self.take_groups()
         self._report(tuple(rec), collect=True)
         return self.last_cookie
 
+    @_exclusive
     def run(self, arr: np.ndarray, start: int = 0) -> int:
-        """Report arr[start:] (already checked); stop after a group to dispatch."""
-        records = arr.tolist()
-        for i in range(start, len(records)):
-            rec = records[i]
+        """Report arr[start:], each record checked as it is read; stop after a
+        group to dispatch. A refused record raises ValueError (position: its index)."""
+        if not 0 <= start <= len(arr):
+            raise IndexError(f"start {start} is outside the array (0..{len(arr)})")
+        records = arr[start:].tolist()
+        for i, rec in enumerate(records, start):
+            self.position = i
             rec = rec[:7] + (tuple(rec[7]),)
+            check_record(i, rec, self.pasid_bits, self.grpid_bits)
             if self._report(rec, collect=True) == 2:
+                self.position = i + 1
                 return i + 1
-        return len(records)
+        self.position = len(arr)
+        return len(arr)
 
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
@@ -195,6 +267,7 @@ class PyGrouper:
             return 2
         return 1
 
+    @_exclusive
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
         offsets = np.array(self._out_offsets, dtype=np.int64)
@@ -210,7 +283,9 @@ class PyGrouper:
         self.counters["answered"] += 1
         self.counters["pending_now"] -= 1
 
+    @_exclusive
     def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None) -> bool:
+        self._check_code(code, reason)
         g = self.pending.get(cookie)
         if g is None:  # R4
             self.counters["stale_responses"] += 1
@@ -218,15 +293,29 @@ class PyGrouper:
         self._answer(g, code, reason, self._time(time))
         return True
 
+    @_exclusive
     def respond_batch(self, cookies: np.ndarray, codes: np.ndarray, reason: int = CALLER,
                       time: int | None = None) -> np.ndarray:
-        return np.array([self.respond(int(k), int(c), reason, time)
-                         for k, c in zip(cookies.tolist(), codes.tolist())], dtype=bool)
+        k, c = np.asarray(cookies), np.asarray(codes)
+        if k.ndim != 1 or c.ndim != 1 or k.shape[0] != c.shape[0]:
+            raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
+                             f"{k.shape} and {c.shape}")
+        for name, a in (("cookies", k), ("codes", c)):
+            if a.size and a.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be integers, not {a.dtype}")
+            if a.size and a.min() < 0:
+                raise ValueError(f"{name} must not be negative")
+        if c.size and c.max() > FAILURE:
+            raise ValueError(f"codes must be response codes 0..{FAILURE}, got {c.max()}")
+        self._check_code(0, reason)
+        return np.array([self.respond(int(kk), int(cc), reason, time)
+                         for kk, cc in zip(k.tolist(), c.tolist())], dtype=bool)
 
     @property
     def has_responses(self) -> bool:
         return bool(self.outbox)
 
+    @_exclusive
     def take_responses(self) -> np.ndarray:
         out = np.array(self.outbox, dtype=RESPONSE_DTYPE)
         self.outbox = []
@@ -253,20 +342,26 @@ class PyGrouper:
             if which(g):
                 self._answer(g, code, reason, time)
 
+    @_exclusive
     def flush_pasid(self, dev: int, kpasid: int, code: int = INVALID, time: int | None = None) -> None:
+        self._check_code(code)
+        self._check_kpasid(kpasid)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev and self.kpasid(f) == kpasid, "flushed")
         self._answer_all(lambda g: g.dev == dev and g.kpasid == kpasid, code, FLUSHED, t)
 
+    @_exclusive
     def discard_partial(self) -> None:
         self._drop_partials(lambda f: True, "discarded")
 
+    @_exclusive
     def remove_device(self, dev: int, time: int | None = None) -> None:
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
         self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t)
         self.limits.pop(dev, None)
 
+    @_exclusive
     def expire(self, now: int) -> None:
         self.now = max(self.now, now)
         timeout = self.policy.response_timeout
@@ -282,9 +377,11 @@ class PyGrouper:
     def partial_count(self) -> int:
         return self.counters["partial_now"]
 
+    @_exclusive
     def pending_cookies(self) -> np.ndarray:
         return np.array(sorted(self.pending), dtype=np.uint64)
 
+    @_exclusive
     def group_faults(self, cookie: int) -> np.ndarray | None:
         g = self.pending.get(cookie)
         return None if g is None else np.array(g.faults, dtype=FAULT_DTYPE)
