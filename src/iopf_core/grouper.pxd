@@ -188,7 +188,7 @@ cdef class Grouper:
     cdef void heap_pop(self) noexcept nogil
     cdef void heap_rebuild(self) noexcept nogil
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason) except -1 nogil
-    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
     cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil

@@ -1191,7 +1191,7 @@ cdef class Grouper:
         self.pend_free = q
         return 1
 
-    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle,
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle,
                           uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
         """Answer the pending groups of (dev, kp) in cookie order (optionally one attachment's)."""
         cdef int64_t e = self.entry_find(dev, kp)

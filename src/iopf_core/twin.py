@@ -112,6 +112,14 @@ class PyGrouper:
         if not -1 <= auto <= FAILURE:
             raise ValueError(f"auto must be -1 (a Python handler) or a code 0..{FAILURE}, got {auto}")
 
+    def _debug_counters(self, epoch: int, next_handle: int, next_cookie: int) -> None:
+        """Debug: start the handle and cookie counters near a limit (the twin has
+        no epoch; Python ints do not wrap)."""
+        if self.pending or self.partials or self.handles:
+            raise RuntimeError("only on an empty grouper")
+        self.next_handle = next_handle or 1
+        self.next_cookie = next_cookie or 1
+
     # -- helpers -----------------------------------------------------------------
     @staticmethod
     def kpasid(rec: tuple) -> int:
