@@ -1402,6 +1402,7 @@ cdef class Grouper:
             raise IndexError(f"start {start} is outside the array (0..{n})")
         i = start
         self.enter()
+        self.position = start
         try:
             # One allocation for the worst case (every fault in a group) instead of
             # doubling and copying as the output grows.
