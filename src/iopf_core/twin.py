@@ -44,6 +44,15 @@ def _exclusive(method: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
+def _u(bits: int, *values: Any) -> None:
+    """Arguments the compiled core takes as C unsigned ints: the same errors."""
+    for v in values:
+        if not isinstance(v, (int, np.integer)):
+            raise TypeError(f"an integer is required, not {type(v).__name__}")
+        if not 0 <= v < (1 << bits):
+            raise OverflowError(f"{v} does not fit in an unsigned {bits}-bit int")
+
+
 class _Pending:
     __slots__ = ("cookie", "time", "dev", "kpasid", "faults", "handle")
 
@@ -150,6 +159,7 @@ class PyGrouper:
     # -- configuration --------------------------------------------------------------
     @_exclusive
     def add_device(self, dev: int, limit: int) -> None:
+        _u(32, dev, limit)
         if limit:
             self.limits[dev] = limit
         else:
@@ -164,6 +174,7 @@ class PyGrouper:
     @_exclusive
     def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
         self._check_auto(auto)
+        _u(32, dev, kpasid)
         self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
         self.autos[(dev, kpasid)] = auto if auto >= 0 else None
@@ -171,7 +182,10 @@ class PyGrouper:
 
     @_exclusive
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
+        _u(32, dev, kpasid)
         self._check_kpasid(kpasid)
+        if time is not None:
+            _u(64, time)
         handle = self.handles.pop((dev, kpasid), 0)
         self.autos.pop((dev, kpasid), None)
         if not handle:
@@ -293,6 +307,10 @@ class PyGrouper:
 
     @_exclusive
     def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None) -> bool:
+        _u(64, cookie)
+        _u(32, code, reason)
+        if time is not None:
+            _u(64, time)
         self._check_code(code, reason)
         g = self.pending.get(cookie)
         if g is None:  # R4
@@ -352,6 +370,9 @@ class PyGrouper:
 
     @_exclusive
     def flush_pasid(self, dev: int, kpasid: int, code: int = INVALID, time: int | None = None) -> None:
+        _u(32, dev, kpasid, code)
+        if time is not None:
+            _u(64, time)
         self._check_code(code)
         self._check_kpasid(kpasid)
         t = self._time(time)
@@ -364,6 +385,9 @@ class PyGrouper:
 
     @_exclusive
     def remove_device(self, dev: int, time: int | None = None) -> None:
+        _u(32, dev)
+        if time is not None:
+            _u(64, time)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
         self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t)
@@ -371,6 +395,7 @@ class PyGrouper:
 
     @_exclusive
     def expire(self, now: int) -> None:
+        _u(64, now)
         self.now = max(self.now, now)
         timeout = self.policy.response_timeout
         if timeout is None or now < timeout:
