@@ -50,13 +50,12 @@ def conserved(core: Any) -> bool:
     return iopf.Stats(core.stats()).conserved()
 
 
-def call_op(data: st.DataObject, depth: int = 0) -> tuple[str, tuple[Any, ...]]:
+def call_op(data: st.DataObject) -> tuple[str, tuple[Any, ...]]:
     """One method call with drawn arguments."""
     op = data.draw(st.sampled_from(
-        ["report", "run", "run", "run", "run", "respond", "respond_batch", "attach", "detach", "flush_pasid",
-         "add_device", "remove_device", "discard_partial", "expire", "set_default_handler"]
-        if depth == 0 else
-        ["respond", "respond_batch", "attach", "detach", "flush_pasid", "discard_partial", "expire"]))
+        ["report", "run", "run", "run", "run", "respond", "respond_batch", "attach", "detach",
+         "flush_pasid", "add_device", "remove_device", "discard_partial", "expire",
+         "set_default_handler"]))
     if op == "report":
         return op, (data.draw(records),)
     if op == "run":
@@ -105,13 +104,13 @@ class Harness:
             assert len(cookies) == core.stats()["answered"]
         assert all(r == self.responses[0] for r in self.responses)
 
-    def do(self, data: st.DataObject, op: str, args: tuple[Any, ...], depth: int = 0) -> None:
-        outcomes = []
+    def do(self, op: str, args: tuple[Any, ...]) -> None:
+        outcomes: list[str | None] = []
         for core in self.cores:
             before = state(core)
             try:
                 if op == "run":
-                    self.run(core, data, *args, depth=depth)
+                    self.run(core, args[0], args[1])
                 else:
                     getattr(core, op)(*args)
                 outcomes.append(None)
@@ -122,7 +121,7 @@ class Harness:
                     assert state(core) == before, (op, args, e)
         assert all(o == outcomes[0] for o in outcomes), (op, args, outcomes)
 
-    def run(self, core: Any, data: st.DataObject, arr: np.ndarray, start: int, depth: int) -> None:
+    def run(self, core: Any, arr: np.ndarray, start: int) -> None:
         arr = arr.copy()     # each core gets the same batch and the same changes to it
         i = start
         while True:
@@ -168,9 +167,9 @@ def fuzz_settings(examples: int) -> settings:
 def test_raw_core_survives_anything(policy: iopf.Policy, data: st.DataObject) -> None:
     h = Harness(policy)
     if data.draw(st.booleans()):     # groups wait for a (Python) handler: run() stops at them
-        h.do(data, "set_default_handler", (True, -1))
-    h.do(data, "attach", (1, 1, None, data.draw(st.integers(-1, 2))))
+        h.do("set_default_handler", (True, -1))
+    h.do("attach", (1, 1, None, data.draw(st.integers(-1, 2))))
     for _ in range(data.draw(st.integers(1, 15))):
         op, args = call_op(data)
-        h.do(data, op, args)
+        h.do(op, args)
         h.check()

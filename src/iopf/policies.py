@@ -80,7 +80,7 @@ class Policy:
             lo, hi = (0, len(Response) - 1) if kind == "Response" else _INT_RANGES.get(f.name, (0, 2**64 - 1))
             if not lo <= value <= hi:
                 raise ValueError(f"Policy.{f.name} must be in {lo}..{hi}, got {value}")
-            object.__setattr__(self, f.name, Response(value) if kind == "Response" else int(value))
+            object.__setattr__(self, f.name, Response(int(value)) if kind == "Response" else int(value))
 
     def replace(self, **changes: object) -> Policy:
         """A copy with some fields changed."""

@@ -934,7 +934,7 @@ cdef class Grouper:
         MemoryError leaves the grouper as it was before the call.
         """
         cdef Rules* p = &self.rules
-        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q, auto
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q, auto, out
         cdef int64_t ei, di
         cdef uint64_t handle = 0
         cdef bint last, linked
@@ -964,9 +964,23 @@ cdef class Grouper:
                 return self.overflow(r, last)
         # R1: a constant handler answers the group it completes in C (one response).
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
-        self.reserve(1, last, 1 if last and auto else 0,
-                     (self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1)
-                     if last and collect else 0)
+        out = 0
+        if last and collect:
+            # The group's faults go to the batch output. Counting them walks
+            # the group (the whole device list for ListGrouper: twice the cost
+            # of an LPIG), so only when the room left might not hold them all.
+            out = 1
+            if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
+                out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+        # Most requests need nothing new: the cheap tests first, reserve() when one fails.
+        if (self.node_free == NIL or (last and (
+                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
+                or (p.has_timeout and self.heap_len == self.heap_cap)
+                or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
+                or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
+                or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
+                or (auto and self.outbox.len + sizeof(RespRec) > self.outbox.cap)))):
+            self.reserve(1, last, 1 if last and auto else 0, out)
         if ei < 0:
             self.entry_room()       # entry_get below then cannot fail
         n = self.node_alloc()
@@ -1398,6 +1412,7 @@ cdef class Grouper:
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
         cdef FaultRec rec
+        cdef int res
         if not 0 <= start <= n:
             raise IndexError(f"start {start} is outside the array (0..{n})")
         i = start
@@ -1410,15 +1425,15 @@ cdef class Grouper:
             with nogil:
                 while i < n:
                     rec = recs[i]
-                    self.position = i
                     if self.bad_rec(&rec):
                         bad = i
                         break
+                    res = self.report_one(&rec, True)
                     i += 1
-                    if self.report_one(&rec, True) == R_DISPATCH:
+                    if res == R_DISPATCH:
                         break
-                self.position = i
         finally:
+            self.position = i     # the record that failed, or where to resume
             self.leave()
         if bad >= 0:
             self.refuse(bad, &rec)
