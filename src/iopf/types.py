@@ -71,6 +71,7 @@ class _FaultFields(NamedTuple):
     private: tuple[int, int]
 
 
+_U32, _U64 = 2**32 - 1, 2**64 - 1
 _FIELDS = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr", "private[0]", "private[1]")
 _FIELD_MAX = (2**64 - 1, 2**32 - 1, 2**32 - 1, 2**32 - 1, 0xF, 0xF, 2**64 - 1, 2**64 - 1, 2**64 - 1)
 
@@ -109,9 +110,16 @@ class Fault(_FaultFields):
         if not isinstance(private, (tuple, list)) or len(private) != 2:
             raise TypeError(f"Fault.private must be a pair of ints, not {private!r}")
         p0, p1 = private
-        time, dev, pasid, grpid, flags, perm, addr, p0, p1 = (
-            _checked(name, v, hi) for name, v, hi in zip(
-                _FIELDS, (time, dev, pasid, grpid, flags, perm, addr, p0, p1), _FIELD_MAX))
+        # Fast path: plain ints in range (one test each); otherwise field by field, naming it.
+        if not (time.__class__ is int and dev.__class__ is int and pasid.__class__ is int
+                and grpid.__class__ is int and addr.__class__ is int and p0.__class__ is int
+                and p1.__class__ is int and flags.__class__ in _FLAG_TYPES
+                and perm.__class__ in _FLAG_TYPES and 0 <= time <= _U64 and 0 <= dev <= _U32
+                and 0 <= pasid <= _U32 and 0 <= grpid <= _U32 and 0 <= addr <= _U64
+                and 0 <= p0 <= _U64 and 0 <= p1 <= _U64 and 0 <= flags <= 0xF and 0 <= perm <= 0xF):
+            time, dev, pasid, grpid, flags, perm, addr, p0, p1 = (
+                _checked(name, v, hi) for name, v, hi in zip(
+                    _FIELDS, (time, dev, pasid, grpid, flags, perm, addr, p0, p1), _FIELD_MAX))
         return super().__new__(cls, time, dev, pasid, grpid, _FLAGS[flags], _PERMS[perm], addr, (p0, p1))
 
     @classmethod
@@ -137,6 +145,7 @@ class Fault(_FaultFields):
 
 _FLAGS = {i: Flag(i) for i in range(16)}
 _PERMS = {i: Perm(i) for i in range(16)}
+_FLAG_TYPES = (int, Flag, Perm)
 
 
 class PageResponse(NamedTuple):
