@@ -32,7 +32,7 @@ cpdef enum ReportResult:
     REPORT_GROUPED = 1        # completed a group, now pending (cookie: last_cookie)
     REPORT_ANSWERED = 2       # completed a group that a constant handler answered at once
     REPORT_DROPPED = 3        # not held, no group: stop marker, overflow or no handler (any response is in the outbox)
-    REPORT_REFUSED = 4        # a field does not fit the policy (or the core is busy): nothing changed
+    REPORT_REFUSED = 4        # a field does not fit the policy: nothing changed
 
 # One record of FAULT_DTYPE (packed, 52 bytes): what batches are made of.
 cdef packed struct FaultRec:
