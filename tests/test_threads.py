@@ -393,7 +393,8 @@ def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> Non
     def calls(q: iopf.Queue) -> None:
         for i, rec in enumerate(call_part.tolist()):
             t, d, p, gi, fl, pe, ad, priv = rec
-            g = (q.report(Fault(d, p, gi, ad, perm=pe, flags=fl, time=t, private=priv)) if i % 2
+            private = (int(priv[0]), int(priv[1]))
+            g = (q.report(Fault(d, p, gi, ad, perm=pe, flags=fl, time=t, private=private)) if i % 2
                  else q.report_values(d, p, gi, fl, ad, perm=pe, time=t))
             if g is not None:
                 g.respond(Response.SUCCESS)

@@ -1,4 +1,5 @@
 """Type stubs of the compiled grouping core (grouper.pyx)."""
+import enum
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -6,9 +7,23 @@ import numpy.typing as npt
 
 TRACE_DOMAIN: int
 
+class ReportResult(enum.IntEnum):
+    """What report_rec (the C entry of the .pxd) did with one record."""
+    REPORT_HELD = 0
+    REPORT_GROUPED = 1
+    REPORT_ANSWERED = 2
+    REPORT_DROPPED = 3
+    REPORT_REFUSED = 4
+
+def _fail_alloc_after(n: int) -> int: ...
+
 class Grouper:
     strategy: str
-    policy: Any
+    @property
+    def policy(self) -> Any: ...
+    @property
+    def position(self) -> int: ...
+    def _debug_counters(self, epoch: int, next_handle: int, next_cookie: int) -> None: ...
     @property
     def now(self) -> int: ...
     @property
@@ -28,7 +43,8 @@ class Grouper:
     def report(self, rec: tuple[Any, ...]) -> int: ...
     owner: int
     fast: bool
-    def bind(self, queue: Any, group_cls: Any, slow_report: Any, slow_values: Any) -> None: ...
+    def bind(self, queue: Any, group_cls: Any, fault_cls: Any, slow_report: Any,
+             slow_values: Any) -> None: ...
     def fast_report(self, fault: tuple[Any, ...]) -> Any: ...
     def fast_report_values(self, dev: int, pasid: int, grpid: int, flags: int, addr: int, *,
                            perm: int = 1, time: int = 0) -> Any: ...
