@@ -66,6 +66,10 @@ WORKLOAD: list[Call] = [
 # Enough (dev, PASID) and device entries for the entry table to grow several times.
 WORKLOAD[1:1] = [("add_device", (d, 50)) for d in range(10, 30)]
 WORKLOAD[1:1] = [("attach", (4, p, None, p % 3)) for p in range(30)]
+# The per-call entries first, while every pool is still empty (so they allocate):
+# a partial field by field, then the LPIG as a tuple, which completes the group.
+WORKLOAD[0:0] = [("report_values", (0, 1, 9, 2, 1, 1, 0x1000)),
+                 ("report_fault", ((1, 1, 9, 2, 3, 1, 0x2000, (0, 0)),))]
 
 
 def apply(core: Any, name: str, args: tuple[Any, ...], start: int = 0) -> None:
@@ -142,7 +146,8 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str) -> N
             assert iopf.Stats(got[0]).conserved()
     finally:
         _fail_alloc_after(-1)
-    assert {"run", "attach", "add_device", "report"} <= failed_at, failed_at
+    assert {"run", "attach", "add_device", "report", "report_values",
+            "report_fault"} <= failed_at, failed_at
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)

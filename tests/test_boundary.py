@@ -69,12 +69,13 @@ def test_report_of_a_tuple_or_list_is_a_type_error(strategy):
             else:
                 raise SystemExit(f"accepted {bad!r}")
         for bad in [(1, 1, 0, 0x1000), (0, 1, 0, 0, 0, 0, 0, (0,)), (0, 1, 0, 0, 0, 0, 0, 5)]:
-            try:
-                q.core.report(bad)
-            except TypeError:
-                pass
-            else:
-                raise SystemExit(f"core accepted {bad!r}")
+            for call in (q.core.report, q.core.report_fault):
+                try:
+                    call(bad)
+                except TypeError:
+                    pass
+                else:
+                    raise SystemExit(f"core accepted {bad!r}")
         assert q.stats.faults_reported == 0
         print("OK")
     """, strategy)
@@ -220,6 +221,12 @@ def test_raw_report_checks_every_field(strategy):
                 (0, 1, 1 << 20, 1, 3, 1, 0, (0, 0))]:
         with pytest.raises(ValueError):
             core.report(rec)
+        with pytest.raises(ValueError):
+            core.report_fault(rec)
+        with pytest.raises(ValueError):
+            core.report_values(*rec[:7], *rec[7])
+        with pytest.raises(ValueError):     # the queue's per-call entry (a C path)
+            q.report_values(*rec[1:5], rec[6], perm=rec[5], time=rec[0])
         assert core_state(core) == before
     # the widest group id the policy allows groups and is found again
     q2 = iopf.Queue(iopf.policies.PCIE.replace(grpid_bits=16), strategy=strategy)
@@ -304,6 +311,7 @@ def test_raw_grouper_used_by_two_threads_raises_not_crashes(strategy):
         def other():
             while not stop:
                 for call in (lambda: core.respond(1, 0), lambda: core.discard_partial(),
+                             lambda: core.report_values(0, 1, 5, 1, 1, 1, 0),
                              lambda: core.pending_cookies(), lambda: core.flush_pasid(1, 5),
                              lambda: core.take_responses()):
                     try:
@@ -380,6 +388,9 @@ def test_raising_on_response_loses_nothing(strategy):
     q.report(Fault(1, 1, 0, 0, last=True))
     q.respond(11, Response.SUCCESS)
     assert q.take_responses()["cookie"].tolist() == [11]
+    g = q.report_values(1, 1, 1, 3, 0)      # the per-call entries, lock-free now
+    assert g is not None and g.respond(0) and not g.respond(0)
+    assert q.take_responses()["cookie"].tolist() == [12]
 
 
 def test_raising_on_response_leaves_the_rest_to_take_responses(strategy):
@@ -420,6 +431,10 @@ def test_handler_results_are_response_or_int_only(strategy, result):
     [r] = q.take_responses().tolist()
     assert r[4] == int(q.policy.handler_error_code) and r[8] == int(iopf.Reason.HANDLER_ERROR)
     assert q.stats.conserved() and q.stats.pending_now == 0
+    with pytest.raises(TypeError):          # the per-call entry: the same rule
+        q.report_values(1, 1, 2, 3, 0)
+    [r] = q.take_responses().tolist()
+    assert r[8] == int(iopf.Reason.HANDLER_ERROR) and q.stats.pending_now == 0
     # the same rule for a constant handler
     with pytest.raises(TypeError):
         q.attach(1, 2, result)  # type: ignore[arg-type]
@@ -439,6 +454,12 @@ def test_respond_refuses_a_group_of_another_queue(strategy):
         b.respond(ga, Response.SUCCESS)
     assert queue_state(b) == before
     assert b.respond(gb, Response.SUCCESS) and ga.respond(Response.SUCCESS)
+    # groups of the per-call entries (no handler: they take the lock-free path)
+    ga2, gb2 = a.report_values(1, 1, 2, 3, 0), b.report_values(1, 1, 2, 3, 0)
+    assert ga2 is not None and gb2 is not None
+    with pytest.raises(ValueError, match="another queue"):
+        a.respond(gb2, 0)
+    assert ga2.respond(0) and not ga2.respond(0) and b.respond(gb2, 1)
 
 
 # -- Python objects ---------------------------------------------------------------------

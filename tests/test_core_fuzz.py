@@ -53,11 +53,14 @@ def conserved(core: Any) -> bool:
 def call_op(data: st.DataObject) -> tuple[str, tuple[Any, ...]]:
     """One method call with drawn arguments."""
     op = data.draw(st.sampled_from(
-        ["report", "run", "run", "run", "run", "respond", "respond_batch", "attach", "detach",
+        ["report", "report_values", "report_fault", "run", "run", "run", "run", "respond", "respond_batch", "attach", "detach",
          "flush_pasid", "add_device", "remove_device", "discard_partial", "expire",
          "set_default_handler"]))
-    if op == "report":
+    if op in ("report", "report_fault"):
         return op, (data.draw(records),)
+    if op == "report_values":     # the per-call entry, field by field
+        rec = data.draw(records)
+        return op, (*rec[:7], *rec[7])
     if op == "run":
         recs = data.draw(st.lists(records, max_size=12))
         start = data.draw(st.one_of(st.just(0), st.integers(-2, len(recs) + 2)))

@@ -1776,10 +1776,14 @@ cdef class Grouper:
         if not isinstance(fault, tuple) or len(<tuple>fault) != 8:
             raise TypeError("a fault is a tuple of the 8 fields of FAULT_DTYPE")
         cdef tuple t = <tuple>fault
+        p = t[7]
+        # as report(): the pair is checked (indexing below is unchecked)
+        if not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
+                            f"(priv0, priv1)), not {t!r}")
         try:
             r.time = t[0]; r.dev = t[1]; r.pasid = t[2]; r.grpid = t[3]
             r.flags = t[4]; r.perm = t[5]; r.addr = t[6]
-            p = t[7]
             r.priv[0] = p[0]; r.priv[1] = p[1]
         except OverflowError:
             check_record(None, t, self.rules.pasid_bits, self.rules.grpid_bits)

@@ -278,7 +278,8 @@ class PyGrouper:
     def report_fault(self, fault: tuple) -> tuple[int, bytes] | None:
         """One request as a FAULT_DTYPE-ordered tuple; None, or (cookie, records)
         of the group it completed, records as bytes of FAULT_DTYPE (LPIG last)."""
-        if not isinstance(fault, tuple) or len(fault) != 8:
+        if (not isinstance(fault, tuple) or len(fault) != 8
+                or not isinstance(fault[7], (tuple, list)) or len(fault[7]) != 2):
             raise TypeError("a fault is a tuple of the 8 fields of FAULT_DTYPE")
         p0, p1 = fault[7]
         return self.report_values(*fault[:7], p0, p1)
