@@ -159,7 +159,7 @@ cdef class Grouper:
     cdef readonly bint dispatch
     # The thread (its ident) inside an iopf.Queue call on this grouper, 0 if
     # none: the Queue's lock-free per-call entries step aside while another
-    # thread holds the queue (the core itself does not lock).
+    # thread holds the queue (the core's busy flag would only refuse them).
     cdef public unsigned long owner
     # Set by iopf.Queue (see Grouper.bind): fast_report may run without the
     # queue's lock (no Python handler, no on_response), and what it needs to
