@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"peak backlog {srv.max_backlog} groups, {srv.stale} answers after a timeout")
     stats = sim.queue.stats
     print("queue:", ", ".join(f"{k}={v}" for k, v in stats.as_dict().items() if v))
-    print("conservation (SPEC F6):", "holds" if stats.conserved() else "BROKEN")
+    print("conservation (no fault or group lost):", "holds" if stats.conserved() else "BROKEN")
     if not args.no_plot:
         plot(devices, pause, args.out)
     return {"faults": faults, "groups": len(lat), "p50_us": p50, "p90_us": p90, "p99_us": p99,

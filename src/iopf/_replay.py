@@ -1,4 +1,4 @@
-"""Replay a fault trace through a queue and summarise what happened (SPEC §8).
+"""Replay a fault trace through a queue and summarise what happened.
 
 The public names are ``iopf.replay`` and ``iopf.ReplayReport``; this module is
 underscored only because ``iopf.replay`` is the function.
@@ -35,7 +35,7 @@ _RECORD_ERROR = re.compile(r"^record (\d+): (.*)$", re.DOTALL)
 
 @dataclass
 class ReplayReport:
-    """What a replay did: the counters of SPEC F6 and the distributions.
+    """What a replay did: the conservation counters and the distributions.
 
     ``stats`` holds the queue's counters at the end (``Queue.stats``);
     ``group_sizes`` maps a group size to how many groups had it;
@@ -98,7 +98,7 @@ class ReplayReport:
             f"  {self.wall_seconds:.3f} s wall ({_rate(self.faults_per_second)} faults/s), "
             f"{self.engine_seconds:.3f} s in the queue, {self.batches:,} batches",
             "",
-            "counters (SPEC F6)",
+            "counters (conservation: no fault or group lost)",
         ]
         width = max(len(k) for k in s)
         lines += [f"  {k:<{width}}  {v:>14,}" for k, v in s.items()]
@@ -163,7 +163,7 @@ def replay(faults: np.ndarray | Iterable[np.ndarray], *,
     batch is reported, every group due by the time of its first fault is
     answered and ``Queue.expire`` runs; after the last batch, simulated time
     runs on until every answer and timeout has happened. Latency still uses
-    each group's own due time. Only an overflow (F5) could see the
+    each group's own due time. Only an overflow (capacity) could see the
     difference, so with ``policy.queue_depth`` a batch is cut where it could
     overflow with an answer still owed: the result is then the same for
     every ``batch_size`` and chunking, 1 included, for a time-sorted trace.
@@ -209,7 +209,7 @@ class _Replayer:
     def __init__(self, policy: Policy, strategy: str, handler: Handler | Response | None,
                  service_time: ServiceTime | None, answer: bool, batch_size: int) -> None:
         # The replay stands for a handler on every (dev, PASID) (see replay's
-        # docstring); require_handler only decides R2, so lifting it changes
+        # docstring); require_handler only decides whether an unhandled request is answered at once, so lifting it changes
         # nothing else and keeps the batch loop in C.
         run_policy = policy.replace(require_handler=False) if policy.require_handler else policy
         # Latency means something only when the model says when groups are answered.
@@ -267,7 +267,7 @@ class _Replayer:
             return self.batch_size
         # Answers are applied between batches, so inside a batch the queue
         # holds more than an event-by-event replay would. That changes the
-        # result only through an overflow (F5), so a batch ends before it can
+        # result only through an overflow (capacity), so a batch ends before it can
         # overflow (the room left) unless no answer falls due within it.
         room = depth - (self.queue.partial_count + int(self.size.sum()))
         if room >= self.batch_size:
@@ -299,7 +299,7 @@ class _Replayer:
             groups = self.queue.report_batch(batch)
         except ValueError as e:
             m = _RECORD_ERROR.match(str(e))
-            if m is None:      # not a field check (G8): a handler's own error
+            if m is None:      # not a field check: a handler's own error
                 raise
             # The queue counts records from the start of the batch.
             raise ValueError(f"record {base + int(m.group(1))}: {m.group(2)}") from e

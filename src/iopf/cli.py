@@ -38,7 +38,7 @@ DEFAULT_FAULTS = 1_000_000
 #: at most this many faults and compares time per fault.
 PYTHON_CAP = 200_000
 STRATEGIES = ("hash", "tree", "list", "python")
-#: ``struct iommu_hwpt_pgfault`` (SPEC §8).
+#: The size of one iommufd ``struct iommu_hwpt_pgfault`` record.
 IOMMUFD_RECORD_BYTES = 40
 EXIT_USAGE = 2
 EXIT_INTERRUPT = 130

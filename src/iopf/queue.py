@@ -72,7 +72,7 @@ class Group:
         return (Fault.from_record(r) for r in self.faults)
 
     def respond(self, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer the group; False if it was answered already (R4)."""
+        """Answer the group; False if it was answered already (one answer per group)."""
         return self._queue.respond(self.cookie, code, time=time)
 
     def __repr__(self) -> str:
@@ -123,7 +123,7 @@ class GroupBatch:
 
 
 class Stats:
-    """A snapshot of the counters of SPEC F6."""
+    """A snapshot of the queue's counters (the conservation law: see :meth:`conserved`)."""
 
     __slots__ = ("faults_reported", "partial_now", "grouped", "stop_markers", "rejected",
                  "overflowed", "discarded", "flushed", "removed", "groups", "answered",
@@ -151,7 +151,7 @@ class Stats:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def conserved(self) -> bool:
-        """The conservation law of F6: no fault or group unaccounted for."""
+        """The conservation law: no fault or group unaccounted for."""
         return (self.faults_reported == self.partial_now + self.grouped + self.stop_markers
                 + self.rejected + self.overflowed + self.discarded + self.flushed + self.removed
                 and self.groups == self.answered + self.pending_now)
@@ -198,7 +198,7 @@ def _check_code(code: Response | int) -> int:
 
 
 class Queue:
-    """An IOMMU's page request queue (SPEC §7).
+    """An IOMMU's page request queue.
 
     ``strategy`` picks where partial faults wait: ``"hash"`` (default),
     ``"tree"``, ``"list"`` (the kernel's) or ``"python"`` (the reference
@@ -250,7 +250,7 @@ class Queue:
             self.core.add_device(dev, outstanding or 0)
 
     def remove_device(self, dev: int, *, time: int | None = None) -> None:
-        """Drop dev's partials; answer its pending groups INVALID (F4)."""
+        """Drop dev's partials; answer its pending groups INVALID, newest first (as ``iopf_queue_remove_device``)."""
         with self._lock:
             self.core.remove_device(dev, time)
             self._deliver()
@@ -271,7 +271,7 @@ class Queue:
             self._deliver()
 
     def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
-        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2)."""
+        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (as iommufd does)."""
         with self._lock:
             self._handlers.pop((dev, pasid), None)
             done = self.core.detach(dev, _key_pasid(pasid), time)
@@ -283,7 +283,7 @@ class Queue:
         """Report one page request; the group it completed, if any.
 
         The group is returned whether or not a handler took it (a handler's
-        answer makes later responses to it stale, R4).
+        answer makes later responses to it stale).
         """
         with self._lock:
             self._check_reentry()
@@ -302,7 +302,7 @@ class Queue:
         """Report a FAULT_DTYPE array; the groups it completed.
 
         Every record is checked first: a bad one raises ValueError naming its
-        index and nothing of the batch is applied (G8). The loop runs in C
+        index and nothing of the batch is applied. The loop runs in C
         without the GIL; it returns to Python only to call a handler, once per
         group that has one, so the result equals reporting one by one.
         """
@@ -353,7 +353,7 @@ class Queue:
         return self._handlers.get(key, self._default)  # type: ignore[return-value]
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
-        """R1/R3: call the handler; answer with its code, or FAILURE if it raises
+        """Call the handler; answer with its code, or FAILURE if it raises
         (or returns something that is not a response code)."""
         self._dispatching = True
         try:
@@ -370,7 +370,7 @@ class Queue:
 
     # -- responses ---------------------------------------------------------------------
     def respond(self, group: Group | int, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer a pending group (a Group or its cookie); False if not pending (R4)."""
+        """Answer a pending group (a Group or its cookie); False if not pending (one answer per group)."""
         cookie = group.cookie if isinstance(group, Group) else group
         if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
             raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
@@ -411,7 +411,7 @@ class Queue:
             return self.core.take_responses()
 
     def _deliver(self) -> None:
-        """R6: hand responses to on_response if set (else they wait in the outbox)."""
+        """Hand responses to on_response if set (else they wait in the outbox)."""
         if self.on_response is not None and self.core.has_responses:
             for t, dev, pasid, grpid, code, flags, cookie, n, reason in \
                     self.core.take_responses().tolist():
@@ -421,19 +421,19 @@ class Queue:
     # -- flush, discard, expire ----------------------------------------------------------
     def flush_pasid(self, dev: int, pasid: int | None, code: Response | int = Response.INVALID,
                     *, time: int | None = None) -> None:
-        """F1: drop the partials of (dev, pasid) and answer its pending groups with code."""
+        """Drop the partials of (dev, pasid) and answer its pending groups with code."""
         code = _check_code(code)
         with self._lock:
             self.core.flush_pasid(dev, _key_pasid(pasid), code, time)
             self._deliver()
 
     def discard_partial(self) -> None:
-        """F3: drop every partial fault of every device, without responses."""
+        """Drop every partial fault of every device, without responses."""
         with self._lock:
             self.core.discard_partial()
 
     def expire(self, now: int) -> None:
-        """R7: answer the pending groups older than policy.response_timeout at ``now``."""
+        """Answer the pending groups older than policy.response_timeout at ``now``."""
         if now < 0:
             raise ValueError("now must be >= 0")
         with self._lock:

@@ -106,7 +106,7 @@ class SimQueue:
     timer is armed at a time, at the deadline of the oldest group still
     pending, so the cost is about one SimPy event per timeout period, not one
     per group. A response given through :meth:`respond` at the very instant
-    of the deadline loses: the group has timed out (R7 says "at or before").
+    of the deadline loses: the group has timed out (a group times out "at or before" its deadline).
     ``expire_every=Q`` rounds deadlines up to multiples of Q ns instead
     (the kernel-style periodic scan: a group times out within Q ns after its
     deadline). Groups reported to ``queue`` directly, bypassing the adapter,
@@ -238,7 +238,7 @@ class SimQueue:
         lp = faults[n - 1]
         expects = self._stall or bool(closes[-1])
         if expects and self._drop_stop and int(lp["flags"]) & _LAST and not int(lp["perm"]) & _RW:
-            expects = False  # a stop marker, dropped without response (G6)
+            expects = False  # a stop marker, dropped without response
         return self._send(faults, (int(lp["dev"]), int(lp["pasid"]), int(lp["grpid"])), now, expects)
 
     def _send(self, faults: np.ndarray, key: tuple[int, int, int], now: int,
@@ -256,7 +256,7 @@ class SimQueue:
     def stop_marker(self, dev: int, pasid: int, grpid: int = 0) -> None:
         """Send a stop marker (LAST_PAGE, neither READ nor WRITE) for ``pasid``.
 
-        Policies with ``stop_markers`` drop it (G6); others make it a group of
+        Policies with ``stop_markers`` drop it; others make it a group of
         one whose response nobody waits for (counted in ``unmatched``).
         """
         ev = self.send(dev, pasid, grpid, 1, perm=0)
@@ -522,7 +522,7 @@ class Device:
       (PCIe's outstanding page request allocation; None: no limit). When a
       group does not fit, the device stalls until responses return credit.
       With ``register`` (default) the same allocation is given to the queue
-      with ``add_device`` (F5).
+      with ``add_device``.
     - **Group index**: the next free index modulo ``2**grpid_bits`` (9 bits);
       an index in use by an unanswered group is skipped.
     - **Responses**: SUCCESS completes the group. An overflow (SUCCESS to an
@@ -537,7 +537,7 @@ class Device:
       for it: its credit and index stay held for ``give_up_after`` ns, then
       come back (``abandoned``); with None they are lost for good and the
       device runs on a smaller allocation. The IOMMU keeps the partials until
-      a later group with the same key sweeps them in (G4), an overflow
+      a later group with the same key sweeps them in, an overflow
       discards them or a flush drops them. (The model knows which groups it
       lost; a real device would need a timer on every group.)
     - **Stop markers**: with ``stop_markers``, once its groups are all

@@ -334,7 +334,7 @@ cdef class Grouper:
         return &self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK]
 
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
-        """The PASID part of the grouping key of a held fault (G3)."""
+        """The PASID part of the grouping key of a held fault."""
         if self.rules.match_pasid:
             return key_pasid(n.pasid, n.flags)
         return KEY_ANY
@@ -509,7 +509,7 @@ cdef class Grouper:
                 self.entry_delete(<uint32_t>i)
 
     cdef inline void hold(self, uint32_t dev, int64_t n) noexcept nogil:
-        """Count n more (or fewer) outstanding requests for dev's allocation (F5)."""
+        """Count n more (or fewer) outstanding requests for dev's allocation (capacity)."""
         cdef int64_t i
         if self.n_limited:
             i = self.entry_find(dev, KEY_DEVICE)
@@ -646,7 +646,7 @@ cdef class Grouper:
         r.pasid = last.pasid
         r.grpid = last.grpid
         r.code = code
-        # R5: the PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
+        # The PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
         r.flags = PASID_VALID if (last.flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
         r.cookie = cookie
         r.nfaults = nfaults
@@ -704,14 +704,14 @@ cdef class Grouper:
         self.last_cookie = 0
         self.dispatch = False
         last = p.stall or (flags & LAST_PAGE) != 0 or (p.priv_data_is_last and (flags & PRIV_DATA) != 0)
-        if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
+        if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # stop marker
             self.c.stop_markers += 1
             return 0
         kp = key_pasid(r.pasid, flags)
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
-        if p.require_handler and not self.default_handler and handle == 0:    # R2
+        if p.require_handler and not self.default_handler and handle == 0:    # no handler
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
             self.c.rejected += 1
@@ -729,7 +729,7 @@ cdef class Grouper:
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
         node.flags = <uint8_t>flags; node.perm = <uint8_t>r.perm
         node.next = NIL
-        if not last:                                                            # G1
+        if not last:                                                            # partial
             if ei < 0:
                 ei = self.entry_get(dev, kp)
             node.pprev = NIL
@@ -740,7 +740,7 @@ cdef class Grouper:
             self.s_add(n, dev)
             self.c.partial_now += 1
             return 0
-        # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
+        # Every partial with the key, stale or of another PASID, then the LPIG.
         head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
         nf = 1
         tail = NIL
@@ -785,7 +785,7 @@ cdef class Grouper:
         self.last_cookie = g.cookie
         if collect:
             self.collect(head, nf, g.cookie, dev)
-        # R1: a constant handler answers here, in C; a Python one is called by the queue.
+        # A constant handler answers here, in C; a Python one is called by the queue.
         cdef uint32_t auto = self.entries[ei].auto_code if handle else (
             self.default_auto if self.default_handler else 0)
         if auto:
@@ -797,7 +797,7 @@ cdef class Grouper:
         return 1
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
-        """F5: drop the request; answer it if it is an LPIG; maybe discard all partials."""
+        """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
         self.c.overflowed += 1
         if last:
@@ -898,7 +898,7 @@ cdef class Grouper:
 
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
-        """Answer a pending group (R4): 1 if sent, 0 if stale."""
+        """Answer a pending group (once only): 1 if sent, 0 if stale."""
         cdef int64_t ci = self.cookie_find(cookie), ei
         if ci < 0:
             self.c.stale_responses += 1
@@ -967,7 +967,7 @@ cdef class Grouper:
         return <const FaultRec*>cnp.PyArray_DATA(a) if n[0] else NULL
 
     def add_device(self, uint32_t dev, uint32_t limit):
-        """Set dev's PRI allocation (F5); 0 means unlimited."""
+        """Set dev's PRI allocation; 0 means unlimited."""
         cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
         cdef uint32_t i, n, count = 0
         if limit == 0:
@@ -1010,7 +1010,7 @@ cdef class Grouper:
         self.next_handle += 1
 
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
-        """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
+        """Answer the attachment's pending groups INVALID; False if none was attached."""
         cdef int64_t e = self.entry_find(dev, kpasid)
         if e < 0 or self.entries[e].handle == 0:
             return False
@@ -1025,7 +1025,7 @@ cdef class Grouper:
         return True
 
     def check(self, arr):
-        """Raise ValueError naming the first record a field check refuses (G8)."""
+        """Raise ValueError naming the first record a field check refuses."""
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
         with nogil:
@@ -1105,17 +1105,17 @@ cdef class Grouper:
         return sent
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
-        """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
+        """Drop the partials of (dev, kpasid) and answer its pending groups."""
         cdef uint64_t t = self._time(time)
         self.drop_where(2, dev, kpasid, &self.c.flushed)
         self.answer_chain(dev, kpasid, False, 0, code, R_FLUSHED, t)
 
     def discard_partial(self):
-        """F3: drop every partial, no responses."""
+        """Drop every partial, no responses."""
         self.drop_where(0, 0, 0, &self.c.discarded)
 
     def remove_device(self, uint32_t dev, time=None):
-        """F4: drop dev's partials, answer its pending groups INVALID (cookie order)."""
+        """Drop dev's partials, answer its pending groups INVALID (cookie order)."""
         cdef uint64_t t = self._time(time)
         cdef uint32_t i
         cdef int64_t e
@@ -1132,7 +1132,7 @@ cdef class Grouper:
             self.n_limited -= 1
 
     def expire(self, uint64_t now):
-        """R7: answer every pending group formed at or before now - response_timeout."""
+        """Answer every pending group formed at or before now - response_timeout."""
         if now > self.now:
             self.now = now
         if not self.rules.has_timeout or now < self.rules.timeout:
@@ -1191,7 +1191,7 @@ cdef class Grouper:
         return out
 
     def stats(self):
-        """The counters of SPEC F6, as a dict."""
+        """The conservation counters, as a dict."""
         cdef Counters* c = &self.c
         return dict(zip(COUNTERS, (
             c.faults_reported, c.partial_now, c.grouped, c.stop_markers, c.rejected,

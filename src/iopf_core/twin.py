@@ -4,7 +4,7 @@ Small and dict based, written to be obviously correct rather than fast: every
 compiled strategy must give exactly the results this class gives, and the
 tests drive them side by side. It is also the baseline of the benchmarks.
 
-The rules are those of SPEC §3-§5; the numbers in comments name them.
+The comments name the rule each line follows (see docs/behaviour.md).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class PyGrouper:
 
     def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int) -> None:
         flags = rec[4]
-        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # R5
+        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # PASID only if asked
         self.outbox.append((time, rec[1], rec[2], rec[3], code, out_flags, cookie, nfaults, reason))
 
     def _hold(self, dev: int, n: int) -> None:
@@ -148,17 +148,17 @@ class PyGrouper:
         self.last_cookie = 0
         self.dispatch = False
         last = p.stall or bool(flags & LAST_PAGE) or (p.priv_data_is_last and bool(flags & PRIV_DATA))
-        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # G6
+        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # stop marker
             c["stop_markers"] += 1
             return 0
         kpasid = self.kpasid(rec)
         if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
-            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # R2, even non-last
+            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # no handler: even non-last
             c["rejected"] += 1
             return 0
         limit = self.limits.get(dev, 0)
         if (limit and self.dev_out.get(dev, 0) + 1 > limit) or (
-                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # F5
+                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # capacity
             c["overflowed"] += 1
             if last:
                 self._send(time, rec, p.overflow_code, 0, 1, OVERFLOW)
@@ -167,11 +167,11 @@ class PyGrouper:
             return 0
         self._hold(dev, 1)
         key = self._key(rec)
-        if not last:  # G1
+        if not last:  # partial
             self.partials.setdefault(key, []).append(rec)
             c["partial_now"] += 1
             return 0
-        faults = self.partials.pop(key, [])  # G2-G4: stale and other-PASID partials too
+        faults = self.partials.pop(key, [])  # stale and other-PASID partials too
         c["partial_now"] -= len(faults)
         faults.append(rec)
         cookie = self.next_cookie
@@ -186,7 +186,7 @@ class PyGrouper:
             self._out_faults.extend(faults)
             self._out_offsets.append(len(self._out_faults))
             self._out_cookies.append(cookie)
-        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # R1
+        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # handler lookup
         if auto is not None:
             self._answer(g, auto, HANDLER, time)
             return 1
@@ -212,7 +212,7 @@ class PyGrouper:
 
     def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None) -> bool:
         g = self.pending.get(cookie)
-        if g is None:  # R4
+        if g is None:  # answered already: stale
             self.counters["stale_responses"] += 1
             return False
         self._answer(g, code, reason, self._time(time))
