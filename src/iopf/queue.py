@@ -18,7 +18,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from iopf_core import STRATEGIES, Grouper, PyGrouper
+from iopf_core import COMPILED, STRATEGIES, Grouper, PyGrouper
 
 from . import policies
 from .policies import Policy
@@ -121,6 +121,10 @@ class GroupBatch:
     def __repr__(self) -> str:
         return f"GroupBatch({len(self)} groups, {len(self.faults)} faults)"
 
+    def _repr_html_(self) -> str:
+        from ._display import batch_html   # notebooks only
+        return batch_html(self)
+
 
 class Stats:
     """A snapshot of the queue's counters (the conservation law: see :meth:`conserved`)."""
@@ -213,8 +217,8 @@ class Queue:
                  on_response: Callable[[PageResponse], Any] | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an iopf.Policy, not {type(policy).__name__}")
-        if os.environ.get("IOPF_PURE_PYTHON") == "1":
-            strategy = "python"
+        if os.environ.get("IOPF_PURE_PYTHON") == "1" or not COMPILED:
+            strategy = "python"   # the twin, on purpose or for want of the compiled core
         try:
             core_cls = STRATEGIES[strategy]
         except KeyError:

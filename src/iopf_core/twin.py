@@ -130,13 +130,17 @@ class PyGrouper:
 
     def run(self, arr: np.ndarray, start: int = 0) -> int:
         """Report arr[start:] (already checked); stop after a group to dispatch."""
-        records = arr.tolist()
-        for i in range(start, len(records)):
-            rec = records[i]
-            rec = rec[:7] + (tuple(rec[7]),)
-            if self._report(rec, collect=True) == 2:
-                return i + 1
-        return len(records)
+        # In growing slices: the queue calls again after each group it
+        # dispatches, and converting the whole rest of the array each time
+        # would be quadratic.
+        n, lo, size = len(arr), start, 256
+        while lo < n:
+            for j, rec in enumerate(arr[lo:lo + size].tolist()):
+                rec = rec[:7] + (tuple(rec[7]),)
+                if self._report(rec, collect=True) == 2:
+                    return lo + j + 1
+            lo, size = lo + size, min(2 * size, 65536)
+        return n
 
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
