@@ -90,6 +90,10 @@ class ReplayReport:
             **{k: v for k, v in self.extra.items()},
         }
 
+    def _repr_html_(self) -> str:
+        from ._display import report_html   # notebooks only
+        return report_html(self)
+
     def __str__(self) -> str:
         s = self.stats
         lines = [

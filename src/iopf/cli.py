@@ -190,7 +190,8 @@ def _queue_options(p: argparse.ArgumentParser) -> None:
 
 
 def _input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=trace.FORMATS, help="format of TRACE")
+    p.add_argument("--format", choices=trace.FORMATS,
+                   help="format of TRACE (default: from the extension, else the content)")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop malformed lines or records instead of stopping")
 
