@@ -1,7 +1,8 @@
 """The documentation: it speaks in the project's own words, documents every
 policy field, and every code sample in it runs.
 
-A ```python block in README.md or docs/*.md runs as it is, in a fresh
+A ```python block in README.md or docs/*.md runs as it is (as a doctest
+when it is a ``>>>`` session, so its outputs are checked), in a fresh
 namespace, from a temporary working directory; a block that must not run
 (a fragment, or one that needs hardware) has a line ``<!-- skip -->`` just
 before it.
@@ -9,6 +10,7 @@ before it.
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import pathlib
 import re
 import subprocess
@@ -69,6 +71,14 @@ def test_code_sample_runs(where: str, code: str, tmp_path: pathlib.Path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["sample"])
     namespace: dict[str, object] = {"__name__": "__sample__"}
+    if code.lstrip().startswith(">>>"):
+        # A console session: run it as a doctest, so the outputs shown are checked too.
+        test = doctest.DocTestParser().get_doctest(code, namespace, where, where, 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS
+                                       | doctest.NORMALIZE_WHITESPACE)
+        runner.run(test)
+        assert runner.failures == 0, f"{where}: {runner.failures} examples failed"
+        return
     exec(compile(code, where, "exec"), namespace)   # noqa: S102 (the docs' own samples)
 
 

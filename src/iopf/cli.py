@@ -12,6 +12,7 @@ and exit status 2; an interrupt exits with 130.
 
     iopf generate t.npy --faults 1e6 --lost-lpig 0.01
     iopf replay t.npy --policy vtd --service-time 20000 --json report.json
+    iopf replay --servers 4 --service-time exp:2000 --plot latency.png
     iopf bench --strategies hash,list,python --plot bench.png
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import __version__, policies, trace
 from ._replay import ReplayReport, _rate, replay
+from .service import Service
 from .trace import LoadStats, TraceError
 
 __all__ = ["main"]
@@ -102,11 +104,22 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run a trace through a queue in batches and print the "
                        "counters, group sizes, responses and latency. Without TRACE, "
                        f"replays a synthetic workload of {DEFAULT_FAULTS:,} faults.")
-    r.add_argument("trace", nargs="?", metavar="TRACE", help="trace file (default: synthetic)")
+    r.add_argument("trace", nargs="*", metavar="TRACE",
+                   help="trace file (default: synthetic); several files, a glob or a "
+                   "dataset written by iopf.trace.partition replay on a Dask cluster")
     _queue_options(r)
-    r.add_argument("--service-time", type=_ns, default=None, metavar="NS",
-                   help="answer each group SUCCESS this many ns after its last request "
-                   "(default: as it completes; latency is reported only with this)")
+    r.add_argument("--service-time", type=_service_time, default=None, metavar="TIME",
+                   help="how long the handler takes per group: NS or const:NS, exp:MEAN, "
+                   "lognormal:MEAN,SIGMA (ns); each group is answered SUCCESS when its "
+                   "service ends (default: as it completes; latency is reported only with "
+                   "this)")
+    r.add_argument("--servers", type=_positive, default=None, metavar="N",
+                   help="workers that serve groups, FIFO (default: one per group, no "
+                   "queueing); needs --service-time")
+    r.add_argument("--service-seed", type=int, default=0, metavar="S",
+                   help="seed of the service time draws (default 0)")
+    r.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the latency histogram (needs matplotlib)")
     r.add_argument("--timeout", type=_ns, default=None, metavar="NS",
                    help="set the policy's response_timeout (ns)")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout "
@@ -117,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seed of the synthetic trace (default 0; no TRACE only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = r.add_argument_group("sharded replay on Dask (needs iopf[dask])")
+    d.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="replay the shards on a local cluster of N worker processes")
+    d.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="replay the shards on an existing Dask cluster (tcp://host:8786)")
+    d.add_argument("--shard-by", choices=("iommu", "device", "host"), default=None,
+                   help="shard key (default: iommu for a dataset, host for trace files)")
     r.set_defaults(run=_replay_cmd)
 
     c = sub.add_parser("convert", help="convert a trace to another format",
@@ -229,6 +249,14 @@ def _positive(text: str) -> int:
 _ns = _count
 
 
+def _service_time(text: str) -> str:
+    try:
+        Service(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _fraction(text: str) -> float:
     try:
         x = float(text)
@@ -266,8 +294,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _replay_cmd(args: argparse.Namespace) -> int:
+    _check_json(args)   # before any work, on either path
+    if _sharded(args):
+        return _replay_distributed(args)
+    args.trace = args.trace[0] if args.trace else None
     _synthetic_only(args)
-    _check_json(args)
+    if args.servers is not None and args.service_time is None:
+        raise ValueError("--servers needs --service-time (how long each group is served)")
+    if args.plot is not None:
+        _check_output(args.plot, "--plot")
+    plt = _pyplot() if args.plot is not None else None   # fail before the long part
     policy = policies.PRESETS[args.policy]
     if args.timeout is not None:
         policy = policy.replace(response_timeout=args.timeout)
@@ -285,8 +321,10 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
+        service = None if args.service_time is None else \
+            Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
-                        service_time=args.service_time, batch_size=args.batch_size,
+                        service_time=service, batch_size=args.batch_size,
                         progress=progress, total=total)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
@@ -298,6 +336,60 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records of {args.trace} "
               f"(first: {_printable(load.errors[0])})", file=sys.stderr)
+    if plt is not None:
+        _plot_latency(plt, report, args.plot, name)
+    if args.json == "-":
+        _write_json(sys.stdout, report)
+        return 0
+    print(report)
+    if args.plot is not None:
+        print(f"wrote {args.plot}")
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            _write_json(f, report)
+    return 0
+
+
+def _sharded(args: argparse.Namespace) -> bool:
+    """Several traces, a dataset directory or a cluster option: the Dask path."""
+    return (len(args.trace) > 1 or args.workers is not None or args.scheduler is not None
+            or args.shard_by is not None or any(os.path.isdir(t) for t in args.trace))
+
+
+def _replay_distributed(args: argparse.Namespace) -> int:
+    if not args.trace:
+        raise ValueError("a sharded replay needs TRACE files or a dataset directory")
+    if args.faults is not None or args.seed is not None or args.skip_bad:
+        raise ValueError("--faults, --seed and --skip-bad do not apply to a sharded replay")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("give --workers (a local cluster) or --scheduler (an existing "
+                         "one), not both")
+    from . import distributed
+
+    policy = policies.PRESETS[args.policy]
+    if args.timeout is not None:
+        policy = policy.replace(response_timeout=args.timeout)
+    dataset = len(args.trace) == 1 and os.path.isdir(args.trace[0])
+    shard_by = args.shard_by or ("iommu" if dataset else "host")
+    source = args.trace[0] if dataset else args.trace
+    progress = not args.no_progress and sys.stderr.isatty()
+    client = None
+    if args.scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError('--scheduler needs dask and distributed: pip install '
+                              '"iopf[dask]" (from a clone: pip install ".[dask]")') from None
+        client = Client(args.scheduler)
+    try:
+        report = distributed.replay(source, policy=policy, client=client, shard_by=shard_by,
+                                    strategy=args.strategy, service_time=args.service_time,
+                                    batch_size=args.batch_size, workers=args.workers,
+                                    progress=progress, format=args.format)
+    finally:
+        if client is not None:
+            client.close()
+    report.extra["trace"] = " ".join(args.trace)
     if args.json == "-":
         _write_json(sys.stdout, report)
         return 0
@@ -434,6 +526,36 @@ def _plot(plt: Any, rows: list[tuple[Any, ...]], path: str, name: str) -> None:
     ax.set_title(f"iopf grouping strategies ({name})")
     for i, r in enumerate(rows):
         ax.annotate(f"{r[2]:.0f}", (i, r[2]), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_latency(plt: Any, report: ReplayReport, path: str, name: str) -> None:
+    """The latency histogram: groups per latency bucket, on log axes."""
+    lower, count = report.latency_histogram()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    if len(count):
+        lo = lower.astype(np.float64)
+        n = count.astype(np.float64)
+        # Buckets are one ns wide below 4096 ns and wider above: regroup them in
+        # bins of equal width on a log axis, so that the bars compare.
+        edges = np.unique(np.geomspace(max(lo[0], 1.0), max(lo[-1], 1.0) * 1.0001 + 1, 60))
+        counts, _ = np.histogram(np.maximum(lo, 1.0), bins=edges, weights=n)
+        ax.stairs(counts, edges, fill=True, color="tab:blue")
+        ax.set_xscale("log")
+        lat = report.latency_ns or {}
+        for k, style in (("p50", "--"), ("p99", ":")):
+            if k in lat:
+                ax.axvline(max(float(lat[k]), 1.0), color="black", linestyle=style, linewidth=1,
+                           label=f"{k} {lat[k]:,.0f} ns")
+        ax.legend(loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no latency: give --service-time", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("latency, last request to response (ns)")
+    ax.set_ylabel("groups")
+    ax.set_title(f"iopf replay: {name}\n{report.model}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
