@@ -86,6 +86,10 @@ def test_replay_report_html() -> None:
     assert "conserved True" in " ".join(text.split())
     assert f"{report.groups:,}" in text
     assert "p99" in text          # latency modelled with a service time
+    flat = " ".join(text.split())
+    assert "by device" in flat and "by PASID" in flat
+    busiest = max(report.devices.values(), key=lambda v: v["faults"])
+    assert f"{busiest['faults']:,}" in flat
 
 
 def test_group_batch_html() -> None:

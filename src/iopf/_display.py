@@ -120,14 +120,32 @@ def report_html(report: Any) -> str:
         parts.append(html_table(["latency", "ns"],
                                 [[k, _number(v)] for k, v in d["latency_ns"].items()],
                                 "latency, LPIG to response"))
+    for key, label in (("devices", "device"), ("pasids", "PASID")):
+        table = d.get(key)
+        if isinstance(table, dict) and table:
+            parts.append(_breakdown_html(table, label))
+    if isinstance(d.get("service"), dict):
+        parts.append(html_table(["service", ""], [[k, _number(v)]
+                                                  for k, v in d["service"].items()],
+                                "service model"))
     known = {"policy", "strategy", "model", "faults", "groups", "stats", "group_sizes",
              "response_codes", "response_reasons", "latency_ns", "batches", "wall_seconds",
-             "engine_seconds", "faults_per_second"}
+             "engine_seconds", "faults_per_second", "devices", "pasids", "service"}
     other = [[k, v if not isinstance(v, (dict, list)) else _short(v)]
              for k, v in d.items() if k not in known]
     if other:
         parts.append(html_table(["", ""], other, "more"))
     return "<div>" + "".join(parts) + "</div>"
+
+
+def _breakdown_html(table: dict[str, Any], label: str, top: int = 10) -> str:
+    """The per-device or per-PASID counts: the ``top`` busiest, by faults."""
+    rows = sorted(table.items(), key=lambda kv: -int(kv[1].get("faults", 0)))
+    codes = list(next(iter(table.values())).get("codes", {}))
+    shown = [[k, _number(v.get("faults", 0)), _number(v.get("groups", 0)),
+              *[_number(v.get("codes", {}).get(c, 0)) for c in codes]] for k, v in rows[:top]]
+    caption = f"by {label} ({len(table):,})" + (f", top {top}" if len(table) > top else "")
+    return html_table([label, "faults", "groups", *codes], shown, caption)
 
 
 def _short(v: Any, limit: int = 200) -> str:
