@@ -116,8 +116,8 @@ def test_messages_name_the_flags(args: list[str], flag: str, npy: Path, tmp_path
 def test_errors_name_the_users_file_not_a_temporary_one(capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
-    def disk_full(path: str, arr: np.ndarray) -> None:
-        raise OSError(28, "No space left on device", path)
+    def disk_full(f: Any, arr: np.ndarray, *args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device", getattr(f, "name", f))
     monkeypatch.setitem(trace._WRITERS, "csv", disk_full)
     out = tmp_path / "t.csv"
     status, _, err = iopf_main(capsys, "generate", out, "--faults", "10")

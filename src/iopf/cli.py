@@ -317,7 +317,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     else:
         source = trace.iter_chunks(args.trace, format=args.format, skip_bad=args.skip_bad,
                                    chunk_size=args.batch_size, stats=load)
-        total = _known_length(args.trace, load.format)
+        total = None if load.compression else _known_length(args.trace, load.format)
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
@@ -401,20 +401,23 @@ def _replay_distributed(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    in_fmt = _input_format(args.input, args.from_format, "--from")
-    out_fmt = _output_format(args.output, args.to_format, "--to")
+    if trace.same_file(args.input, args.output):
+        raise ValueError(f"{args.output}: is the input; write the output elsewhere")
+    out_fmt = _output_format(args.output, args.to_format, "--to")   # fail before reading
     _check_json(args)
     load = LoadStats()
-    chunks = []
-    with _progress(args, total=_known_length(args.input, in_fmt), unit="fault",
-                   desc=f"reading {args.input}") as bar:
-        for chunk in trace.iter_chunks(args.input, format=in_fmt, skip_bad=args.skip_bad,
-                                       stats=load):
-            chunks.append(chunk)
-            bar.update(len(chunk))
-        faults = np.concatenate(chunks) if chunks else np.zeros(0, trace.FAULT_DTYPE)
+    with _progress(args, total=2, unit="step", desc=f"reading {args.input}") as bar:
+        try:
+            faults, meta = trace.load(args.input, format=args.from_format,
+                                      skip_bad=args.skip_bad, stats=load, meta=True)
+        except TraceError as e:   # the API says format=, this command --from
+            raise TraceError(_flag_words(str(e), "--from")) from None
+        bar.update()
         bar.set_description(f"writing {args.output}")
-        _save(args.output, faults, out_fmt)
+        # Unit names and seq# go along, for prq_report output.
+        _save(args.output, faults, out_fmt, meta=meta, units=load.units or None)
+        bar.update()
+    in_fmt = load.format
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records (first: "
               f"{_printable(load.errors[0])})", file=sys.stderr)
@@ -438,8 +441,7 @@ def _bench(args: argparse.Namespace) -> int:
         name = f"synthetic, seed {seed}"
     else:
         load = LoadStats()
-        fmt = _input_format(args.trace, args.format, "--format")
-        faults = trace.load(args.trace, format=fmt, skip_bad=args.skip_bad, stats=load)
+        faults = trace.load(args.trace, format=args.format, skip_bad=args.skip_bad, stats=load)
         name = args.trace
         if load.skipped:
             print(f"iopf: skipped {load.skipped:,} malformed records (first: "
@@ -575,7 +577,10 @@ def _pyplot() -> Any:
 # -- helpers ---------------------------------------------------------------------------
 
 def _known_length(path: str, fmt: str | None) -> int | None:
-    """How many faults a trace holds, when that is cheap to know (for the bar)."""
+    """How many faults a trace holds, when that is cheap to know (for the bar).
+    Only for regular files: a pipe or FIFO must not be read a second time."""
+    if path == "-" or not os.path.isfile(path):
+        return None
     try:
         if fmt == "npy":
             return len(np.load(path, mmap_mode="r", allow_pickle=False))
@@ -634,17 +639,6 @@ def _check_output(path: str, flag: str | None = None) -> None:
         raise ValueError(f"{where}: permission denied")
 
 
-def _input_format(path: str, given: str | None, flag: str) -> str | None:
-    """The format of an input trace, with the CLI's words for what to do when
-    it cannot be told (the API says ``format=``, the command line ``flag``)."""
-    if given is not None or path == "-":
-        return given
-    try:
-        return trace.detect_format(path)
-    except TraceError as e:
-        raise TraceError(_flag_words(str(e), flag)) from None
-
-
 def _output_format(path: str, given: str | None, flag: str) -> str:
     """The format an output will be written in, and its optional package, checked
     with its directory before any work."""
@@ -654,7 +648,7 @@ def _output_format(path: str, given: str | None, flag: str) -> str:
     except TraceError as e:
         raise TraceError(_flag_words(str(e), flag)) from None
     if fmt == "parquet":
-        trace._pyarrow()   # OptionalDependencyError with the install hint
+        trace.parquet.pyarrow()   # OptionalDependencyError with the install hint
     return fmt
 
 
@@ -662,11 +656,11 @@ def _flag_words(message: str, flag: str) -> str:
     return message.replace("pass format=", f"give {flag}")
 
 
-def _save(path: str, faults: np.ndarray, fmt: str) -> None:
+def _save(path: str, faults: np.ndarray, fmt: str, **options: Any) -> None:
     """trace.save, with errors naming the file the user gave (not the temporary
     file the save writes first)."""
     try:
-        trace.save(path, faults, format=fmt)
+        trace.save(path, faults, format=fmt, **options)
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
 
