@@ -227,6 +227,15 @@ def _leaf(by: str, key: int) -> str:
     return {"host": "", "iommu": f"unit={key}", "device": f"dev={key}"}[by]
 
 
+def _unit_label(unit: int, names: Sequence[str] | None) -> str:
+    """``unit=NAME`` (``unit=dmar1``) when the trace names the unit, else
+    ``unit=K``: a name starting with a letter cannot be taken for a number."""
+    name = names[unit] if names is not None and 0 <= unit < len(names) else None
+    if name is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
+        return f"unit={name}"
+    return f"unit={unit}"
+
+
 def _shard_dir(host: str, by: str, key: int) -> str:
     return "/".join(p for p in (host, _leaf(by, key)) if p)
 
