@@ -56,11 +56,12 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
 
     ``source``: a dataset directory written by ``iopf.trace.partition``
     (partitioned ``by=shard_by``), or trace files: a path, a glob or a list
-    (a fleet; each file is a host). With files, ``shard_by="host"`` (or
-    ``"iommu"`` without ``units``) makes one shard per file; ``"iommu"``
-    with ``units`` or ``"device"`` make one per unit or device of each file,
-    every such task reading the whole file and keeping its records
-    (partition large traces first).
+    (a fleet; each file is a host). With files, ``shard_by="host"`` makes
+    one shard per file; ``"iommu"`` one per IOMMU unit of each file (the
+    units a ``prq_report`` trace records, or those ``units`` maps devices
+    to, which override them; a file of one unit is one shard) and
+    ``"device"`` one per device, every such task reading the whole file and
+    keeping its records (partition large traces first).
 
     ``shard_by="device"`` is refused for a policy whose queue couples
     devices (``queue_depth`` or ``discard_on_overflow``): a device's
