@@ -200,3 +200,21 @@ def test_distributed_by_iommu_equals_the_single_replay(client: Any, capture: Pat
     assert sorted(sh["shard"] for sh in raw.shards) == ["unit=dmar0", "unit=dmar1"]
     trace.partition(capture, tmp_path / "ds", by="iommu")
     same(dist.replay(tmp_path / "ds", client=client, **kw), ref)
+
+
+def test_distributed_by_device_keeps_the_units_apart(client: Any, capture: Path,
+                                                     tmp_path: Path) -> None:
+    """The same device number on two units is two devices: six shards, not three."""
+    from iopf import distributed as dist
+
+    ref = iopf.replay(trace.iter_chunks(capture, meta=True), policy="pcie", service_time=5_000)
+    raw = dist.replay(capture, client=client, shard_by="device", policy="pcie",
+                      service_time=5_000)
+    same(raw, ref)
+    shards = trace.partition(capture, tmp_path / "ds", by="device")
+    assert sorted(s.name for s in shards) == [f"unit=dmar{u}/dev={d}"
+                                              for u in (0, 1) for d in range(3)]
+    got = dist.replay(tmp_path / "ds", client=client, shard_by="device", policy="pcie",
+                      service_time=5_000)
+    same(got, ref)
+    assert len(got.shards) == 6

@@ -13,6 +13,9 @@ and that unit is used, so a capture from two units shards into two (named
 (``units=``, a ``dict`` or a function of the device array returning the unit
 array; a device sits behind exactly one unit) overrides it, and gives the
 unit of traces that record none; without either, a host has a single unit, 0.
+A device is known by its unit too: in a trace that names its units, the
+shards by device are ``unit=dmar0/dev=D``, and the same device number on two
+units makes two shards.
 
 The output is a Parquet dataset, one directory per shard in the Hive style
 (``host=NAME/unit=K/part-0.parquet``; the ``host=`` level only when there are
@@ -116,8 +119,10 @@ def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Unit
     schema = pa.schema([(n, pa.uint32() if n in _U32 else pa.uint64()) for n in _COLUMNS])
     written: list[Shard] = []
     records: list[dict[str, Any]] = []
-    # The units a trace records, unless a mapping overrides them.
-    recorded = by == "iommu" and units is None
+    # The units a trace records: the shard of a unit, unless a mapping
+    # overrides them, and part of a device's identity (two units may report
+    # the same device number).
+    recorded = (by == "iommu" and units is None) or by == "device"
     for host, chunks in hosts:
         prefix = f"host={host}" if len(hosts) > 1 or by == "host" else ""
         writers: dict[int, Any] = {}
@@ -214,7 +219,7 @@ def read_shard(shard: Shard, chunk_size: int = 1 << 20) -> Iterator[np.ndarray]:
         for chunk, meta in trace.iter_chunks(path, format=shard.format, chunk_size=chunk_size,
                                              meta=True):
             if shard.select is not None:
-                ids = (chunk["dev"] if column == "dev" else meta["unit"] if recorded
+                ids = (_device_key(chunk, meta) if column == "dev" else meta["unit"] if recorded
                        else _unit_of(chunk["dev"], shard.units))
                 chunk = chunk[ids == key]
             if len(chunk):
@@ -241,7 +246,18 @@ def _table(pa: Any, schema: Any, arr: np.ndarray) -> Any:
 
 
 def _leaf(by: str, key: int, names: Sequence[str] | None) -> str:
-    return {"host": "", "iommu": _unit_label(key, names), "device": f"dev={key}"}[by]
+    if by == "device":
+        # A trace that names its units: the device within its unit.
+        dev = f"dev={key & 0xFFFF_FFFF}"
+        return f"{_unit_label(key >> 32, names)}/{dev}" if names else dev
+    return {"host": "", "iommu": _unit_label(key, names)}[by]
+
+
+def _device_key(chunk: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+    """A device's shard key: its id, and above it its recorded unit (so the
+    same device number on two units is two devices)."""
+    dev = chunk["dev"].astype(np.int64)
+    return dev if meta is None else dev | (meta["unit"].astype(np.int64) << 32)
 
 
 def _unit_label(unit: int, names: Sequence[str] | None) -> str:
@@ -279,7 +295,7 @@ def _split(chunk: np.ndarray, by: str, units: Units | None,
            meta: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
     if by == "host":
         return [(0, chunk)] if len(chunk) else []
-    key = (chunk["dev"].astype(np.int64) if by == "device"
+    key = (_device_key(chunk, meta) if by == "device"
            else meta["unit"].astype(np.int64) if units is None and meta is not None
            else _unit_of(chunk["dev"], units))
     order = np.argsort(key, kind="stable")   # stable: trace order within a shard
@@ -365,7 +381,7 @@ def _keys_of(path: str, by: str, units: Mapping[int, int] | None,
     seen: set[int] = set()
     stats = trace.LoadStats()
     for chunk, meta in trace.iter_chunks(path, format=format, stats=stats, meta=True):
-        ids = (chunk["dev"] if by == "device" else meta["unit"] if units is None
+        ids = (_device_key(chunk, meta) if by == "device" else meta["unit"] if units is None
                else _unit_of(chunk["dev"], units))
         seen.update(np.unique(ids).tolist())
     return sorted(seen), stats.units
