@@ -119,6 +119,18 @@ def test_device_mapping_gives_the_units(strategy: str) -> None:
                      units=lambda dev: np.asarray(dev) % 2, batch_size=500, **kw), ref)
 
 
+def test_many_units_and_strided_input() -> None:
+    """More units than a batch is split by passes (sorted then), and a
+    strided array: still each unit's records alone, in trace order."""
+    faults = trace.synthetic(12_000, seed=2, devices=12)[::2]
+    unit = faults["dev"].astype(np.int64) * 7 - 20     # twelve units, some negative
+    kw: dict[str, Any] = {"policy": "vtd", "service_time": 1_000_000}
+    got = iopf.replay(faults, units=unit, batch_size=700, **kw)
+    same(got, per_unit(faults, unit, **kw))
+    assert len(got.shards) == 12
+    assert "unit=-20" in [sh["shard"] for sh in got.shards]
+
+
 def test_units_override_the_trace(capture: Path) -> None:
     faults = trace.load(capture)
     one = iopf.replay(trace.iter_chunks(capture, meta=True), units={d: 0 for d in range(3)})
