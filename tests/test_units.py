@@ -212,6 +212,10 @@ def test_distributed_by_iommu_equals_the_single_replay(client: Any, capture: Pat
     assert sorted(sh["shard"] for sh in raw.shards) == ["unit=dmar0", "unit=dmar1"]
     trace.partition(capture, tmp_path / "ds", by="iommu")
     same(dist.replay(tmp_path / "ds", client=client, **kw), ref)
+    # A host's task still gives each of its units a queue.
+    host = dist.replay(capture, client=client, shard_by="host", **kw)
+    same(host, ref)
+    assert sorted(sh["shard"] for sh in host.shards) == ["unit=dmar0", "unit=dmar1"]
 
 
 def test_distributed_by_device_keeps_the_units_apart(client: Any, capture: Path,

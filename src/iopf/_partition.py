@@ -39,7 +39,8 @@ import numpy as np
 
 from .types import FAULT_DTYPE
 
-__all__ = ["partition", "Shard", "shards_of", "read_shard", "MANIFEST", "SHARD_KEYS"]
+__all__ = ["partition", "Shard", "shards_of", "read_shard", "read_shard_meta", "MANIFEST",
+           "SHARD_KEYS"]
 
 #: The ways to shard, coarsest first.
 SHARD_KEYS = ("host", "iommu", "device")
@@ -211,19 +212,31 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
 
 def read_shard(shard: Shard, chunk_size: int = 1 << 20) -> Iterator[np.ndarray]:
     """The shard's records as ``FAULT_DTYPE`` chunks, in trace order."""
+    return (chunk for chunk, _ in read_shard_meta(shard, chunk_size))
+
+
+def read_shard_meta(shard: Shard, chunk_size: int = 1 << 20, *,
+                    units: list[str] | None = None
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The shard's records with their metadata (``META_DTYPE``: the units a
+    trace records), as ``(faults, meta)`` chunks in trace order; ``units``,
+    a list, gets the names of those units (``LoadStats.units``)."""
     from . import trace
+
+    names = [] if units is None else units
 
     column, key = shard.select if shard.select is not None else ("", 0)
     recorded = column == "unit" and shard.units is None   # the unit the trace records
     for path in shard.paths:
         for chunk, meta in trace.iter_chunks(path, format=shard.format, chunk_size=chunk_size,
-                                             meta=True):
+                                             stats=trace.LoadStats(units=names), meta=True):
             if shard.select is not None:
                 ids = (_device_key(chunk, meta) if column == "dev" else meta["unit"] if recorded
                        else _unit_of(chunk["dev"], shard.units))
-                chunk = chunk[ids == key]
+                keep = ids == key
+                chunk, meta = chunk[keep], meta[keep]
             if len(chunk):
-                yield chunk
+                yield chunk, meta
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import policies
-from ._partition import SHARD_KEYS, Shard, read_shard, shards_of
+from ._partition import SHARD_KEYS, Shard, read_shard, read_shard_meta, shards_of
 from ._replay import ReplayReport, ServiceTime
 from ._replay import replay as _replay_one
 from .policies import Policy
@@ -117,7 +117,13 @@ def replay_shard(shard: Shard, options: dict[str, Any]) -> ReplayReport:
     """Replay one shard in this process (what a worker runs)."""
     path = ", ".join(shard.paths)
     try:
-        report = _replay_one(read_shard(shard), **options)
+        # A shard that holds several of the units its trace records (a host)
+        # replays them with a queue each, as iopf.replay does; a units=
+        # mapping decided the shard's unit instead.
+        names: list[str] = []
+        records = read_shard_meta(shard, units=names) if shard.units is None \
+            else read_shard(shard)
+        report = _replay_one(records, unit_names=names, **options)
     except (ValueError, OSError, ImportError) as e:
         # Messages of the trace readers name the file already; replay's
         # record errors do not.
