@@ -315,8 +315,10 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         total: int | None = n
         name = f"synthetic ({n:,} faults, seed {seed})"
     else:
+        # With its metadata: a trace from several IOMMU units replays with
+        # one queue per unit.
         source = trace.iter_chunks(args.trace, format=args.format, skip_bad=args.skip_bad,
-                                   chunk_size=args.batch_size, stats=load)
+                                   chunk_size=args.batch_size, stats=load, meta=True)
         total = None if load.compression else _known_length(args.trace, load.format)
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
@@ -325,7 +327,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
             Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
                         service_time=service, batch_size=args.batch_size,
-                        progress=progress, total=total)
+                        progress=progress, total=total, unit_names=load.units)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
             raise
