@@ -632,7 +632,7 @@ cdef class Grouper:
         return k
 
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
-        """The PASID part of the grouping key of a held fault (G3)."""
+        """The PASID part of the grouping key of a held fault."""
         if self.rules.match_pasid:
             return key_pasid(n.pasid, n.flags)
         return KEY_ANY
@@ -830,7 +830,7 @@ cdef class Grouper:
                 self.entry_delete(<uint32_t>i)
 
     cdef inline void hold(self, uint32_t dev, int64_t n) noexcept nogil:
-        """Count n more (or fewer) outstanding requests for dev's allocation (F5)."""
+        """Count n more (or fewer) outstanding requests for dev's allocation (capacity)."""
         cdef int64_t i
         if self.n_limited:
             i = self.entry_find(dev, KEY_DEVICE)
@@ -904,7 +904,7 @@ cdef class Grouper:
 
     # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
     # A timeout of a group answered meanwhile is skipped when it comes up; a
-    # scheduled answer stays until it is due (it then counts as stale, R4).
+    # scheduled answer stays until it is due (it then counts as stale: one answer per group).
     cdef int heap_push(self, HeapItem it) except -1 nogil:
         cdef size_t cap = self.heap_cap
         cdef uint32_t i, p
@@ -1094,7 +1094,7 @@ cdef class Grouper:
         r.pasid = last.pasid
         r.grpid = last.grpid
         r.code = code
-        # R5: the PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
+        # The PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
         r.flags = PASID_VALID if (last.flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
         r.cookie = cookie
         r.nfaults = nfaults
@@ -1140,10 +1140,10 @@ cdef class Grouper:
     cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
         """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
         cdef Rules* p = &self.rules
-        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # G6
+        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # stop marker
             return KIND_STOP
         if p.stall or (flags & LAST_PAGE) or (p.priv_data_is_last and (flags & PRIV_DATA)):
-            return KIND_LAST                                                    # G5, G7
+            return KIND_LAST                                                    # stall, PRIV_DATA
         return KIND_PARTIAL
 
     def kinds(self, arr):
@@ -1237,7 +1237,7 @@ cdef class Grouper:
             self.advance_to(r.time, False)    # what falls due before this request comes first
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
-        if self.last_kind == KIND_STOP:                                          # G6
+        if self.last_kind == KIND_STOP:                                          # stop marker
             self.count_in(r)
             self.c.stop_markers += 1
             return REPORT_DROPPED
@@ -1245,7 +1245,7 @@ cdef class Grouper:
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
-        if p.require_handler and not self.default_handler and handle == 0:    # R2
+        if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
             self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
@@ -1258,7 +1258,7 @@ cdef class Grouper:
             di = self.entry_find(dev, KEY_DEVICE)
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
-        # R1: a constant handler answers the group it completes in C (one response).
+        # A constant handler answers the group it completes in C (one response).
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
         out = 0
         if last and collect:
@@ -1286,7 +1286,7 @@ cdef class Grouper:
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
         node.flags = <uint8_t>(flags | r.perm << 4); node.mark = 0
         node.next = NIL
-        if not last:                                                            # G1
+        if not last:                                                            # partial
             # The strategy may allocate (a new key): first, and undone if it fails.
             linked = False
             try:
@@ -1309,7 +1309,7 @@ cdef class Grouper:
             return REPORT_HELD
         self.count_in(r)
         self.hold(dev, 1)
-        # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
+        # Every partial with the key, stale or of another PASID, then the LPIG.
         head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
         nf = 1
         tail = NIL
@@ -1374,7 +1374,7 @@ cdef class Grouper:
         return REPORT_GROUPED
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
-        """F5: drop the request; answer it if it is an LPIG; maybe discard all partials."""
+        """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
         self.reserve(0, 0, 1 if last else 0, 0)
         self.count_in(r)
@@ -1479,7 +1479,7 @@ cdef class Grouper:
 
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
-        """Answer a pending group (R4): 1 if sent, 0 if stale."""
+        """Answer a pending group (once only): 1 if sent, 0 if stale."""
         cdef int64_t ci = self.cookie_find(cookie), ei
         if ci < 0:
             self.c.stale_responses += 1
@@ -1573,7 +1573,7 @@ cdef class Grouper:
         return k
 
     def add_device(self, uint32_t dev, uint32_t limit):
-        """Set dev's PRI allocation (F5); 0 means unlimited."""
+        """Set dev's PRI allocation; 0 means unlimited."""
         self.enter()
         try:
             self.add_device_(dev, limit)
@@ -1645,7 +1645,7 @@ cdef class Grouper:
             self.leave()
 
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
-        """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
+        """Answer the attachment's pending groups INVALID; False if none was attached."""
         self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
         self.enter()
@@ -1670,7 +1670,7 @@ cdef class Grouper:
         return True
 
     def check(self, arr):
-        """Raise ValueError naming the first record a field check refuses (G8)."""
+        """Raise ValueError naming the first record a field check refuses."""
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
         with nogil:
@@ -2060,7 +2060,7 @@ cdef class Grouper:
         self.tmo_quantum = quantum
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
-        """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
+        """Drop the partials of (dev, kpasid) and answer its pending groups."""
         check_code_reason(code, R_FLUSHED)
         self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
@@ -2074,7 +2074,7 @@ cdef class Grouper:
             self.leave()
 
     def discard_partial(self):
-        """F3: drop every partial, no responses."""
+        """Drop every partial, no responses."""
         self.enter()
         try:
             self.drop_where(0, 0, 0, &self.c.discarded)
@@ -2082,7 +2082,7 @@ cdef class Grouper:
             self.leave()
 
     def remove_device(self, uint32_t dev, time=None):
-        """F4: drop dev's partials, answer its pending groups INVALID (cookie order)."""
+        """Drop dev's partials, answer its pending groups INVALID (cookie order)."""
         cdef uint64_t t = self._time(time)
         cdef uint32_t i
         cdef int64_t e
@@ -2106,7 +2106,7 @@ cdef class Grouper:
             self.leave()
 
     def expire(self, uint64_t now):
-        """R7: answer every pending group formed at or before now - response_timeout
+        """Answer every pending group formed at or before now - response_timeout
         (advance for the timeouts alone)."""
         self.enter()
         try:
@@ -2185,7 +2185,7 @@ cdef class Grouper:
             self.leave()
 
     def stats(self):
-        """The counters of SPEC F6, as a dict."""
+        """The conservation counters, as a dict."""
         cdef Counters* c = &self.c
         return dict(zip(COUNTERS, (
             c.faults_reported, c.partial_now, c.grouped, c.stop_markers, c.rejected,

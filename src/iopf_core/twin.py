@@ -4,7 +4,7 @@ Small and dict based, written to be obviously correct rather than fast: every
 compiled strategy must give exactly the results this class gives, and the
 tests drive them side by side. It is also the baseline of the benchmarks.
 
-The rules are those of SPEC §3-§5; the numbers in comments name them.
+The comments name the rule each line follows (see docs/behaviour.md).
 """
 from __future__ import annotations
 
@@ -103,6 +103,36 @@ class _Pending:
         self.faults, self.handle = faults, handle
 
 
+TRACE_DOMAIN = 0x696F7066   # "iopf": the compiled core's tracemalloc domain (the twin has no C memory)
+
+
+class GroupBase:
+    """The twin of the compiled core's GroupBase, the base of ``iopf.Group``
+    when the compiled module is not in use: a group always answers through
+    its queue (there is no lock-free path without the compiled core)."""
+
+    __slots__ = ("_queue", "cookie", "_faults", "_raw", "core")
+
+    def __init__(self, queue: Any, cookie: int, faults: Any = None, raw: Any = None) -> None:
+        self._queue = queue
+        self.cookie = int(cookie)
+        self._faults = faults
+        self._raw = raw
+        self.core = None
+
+    def respond(self, code: Any, *, time: int | None = None, at: int | None = None) -> bool:
+        """Answer the group (or schedule the answer for ``at``); False if it was
+        answered already."""
+        return bool(self._queue.respond(self.cookie, code, time=time, at=at))
+
+
+def QueueLock(core: Any) -> Any:
+    """The queue's lock without the compiled core: a re-entrant lock (the
+    compiled QueueLock also marks the holding thread in the core, which only
+    its lock-free entries read)."""
+    return threading.RLock()
+
+
 class PyGrouper:
     """Reference implementation of the grouping engine (strategy ``"python"``)."""
 
@@ -193,7 +223,7 @@ class PyGrouper:
     def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int,
               gtime: int | None = None) -> None:
         flags = rec[4]
-        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # R5
+        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # PASID only if asked
         self.outbox.append((time, rec[1], rec[2], rec[3], code, out_flags, cookie, nfaults, reason))
         self.outbox_gtime.append(rec[0] if gtime is None else gtime)
 
@@ -302,16 +332,22 @@ class PyGrouper:
         group to dispatch. A refused record raises ValueError (position: its index)."""
         if not 0 <= start <= len(arr):
             raise IndexError(f"start {start} is outside the array (0..{len(arr)})")
-        records = arr[start:].tolist()
-        for i, rec in enumerate(records, start):
-            self.position = i
-            rec = rec[:7] + (tuple(rec[7]),)
-            check_record(i, rec, self.pasid_bits, self.grpid_bits)
-            if self._report(rec, collect=True) == 2:
-                self.position = i + 1
-                return i + 1
-        self.position = len(arr)
-        return len(arr)
+        # In growing slices: the queue calls again after each group it
+        # dispatches, and converting the whole rest of the array each time
+        # would be quadratic.
+        n, lo, size = len(arr), start, 256
+        while lo < n:
+            for j, rec in enumerate(arr[lo:lo + size].tolist()):
+                i = lo + j
+                self.position = i
+                rec = rec[:7] + (tuple(rec[7]),)
+                check_record(i, rec, self.pasid_bits, self.grpid_bits)
+                if self._report(rec, collect=True) == 2:
+                    self.position = i + 1
+                    return i + 1
+            lo, size = lo + size, min(2 * size, 65536)
+        self.position = n
+        return n
 
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
@@ -326,17 +362,17 @@ class PyGrouper:
         self.dispatch = False
         self.last_kind = self._kind(flags, perm)
         last = self.last_kind == 1
-        if self.last_kind == 2:  # G6
+        if self.last_kind == 2:  # stop marker
             c["stop_markers"] += 1
             return 0
         kpasid = self.kpasid(rec)
         if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
-            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # R2, even non-last
+            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # no handler: even non-last
             c["rejected"] += 1
             return 0
         limit = self.limits.get(dev, 0)
         if (limit and self.dev_out.get(dev, 0) + 1 > limit) or (
-                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # F5
+                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # capacity
             c["overflowed"] += 1
             if last:
                 self._send(time, rec, p.overflow_code, 0, 1, OVERFLOW)
@@ -345,11 +381,11 @@ class PyGrouper:
             return 0
         self._hold(dev, 1)
         key = self._key(rec)
-        if not last:  # G1
+        if not last:  # partial
             self.partials.setdefault(key, []).append(rec)
             c["partial_now"] += 1
             return 0
-        faults = self.partials.pop(key, [])  # G2-G4: stale and other-PASID partials too
+        faults = self.partials.pop(key, [])  # stale and other-PASID partials too
         c["partial_now"] -= len(faults)
         faults.append(rec)
         cookie = self.next_cookie
@@ -369,7 +405,7 @@ class PyGrouper:
             self._out_faults.extend(faults)
             self._out_offsets.append(len(self._out_faults))
             self._out_cookies.append(cookie)
-        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # R1
+        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # handler lookup
         if auto == SERVE:
             self.serve(cookie, time)
             return 1
@@ -382,7 +418,8 @@ class PyGrouper:
         return 1
 
     def _kind(self, flags: int, perm: int) -> int:
-        """0: held as a partial; 1: completes a group (G5, G7); 2: a dropped stop marker (G6)."""
+        """0: held as a partial; 1: completes a group (a last request, any
+        request under stall, PRIV_DATA when it counts as last); 2: a dropped stop marker."""
         p = self.policy
         if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):
             return 2
@@ -419,7 +456,7 @@ class PyGrouper:
                 _u(64, t)
         self._check_code(code, reason)
         g = self.pending.get(cookie)
-        if g is None:  # R4
+        if g is None:  # answered already: stale
             self.counters["stale_responses"] += 1
             return False
         if at is not None:
@@ -466,7 +503,7 @@ class PyGrouper:
             elif timeouts_only:
                 kept.append(item)
             elif not self.respond(cookie, code, reason & 0xFF, time) and reason & BY_SERVICE:
-                assert self.service is not None  # stale if answered meanwhile (R4)
+                assert self.service is not None  # stale if answered meanwhile
                 self.service.stale += 1
         for item in kept:
             heapq.heappush(self.heap, item)
