@@ -39,7 +39,7 @@ class Group(GroupBase):
     records as bytes: the ``faults`` array (writable, its own copy) is made
     the first time it is read, as most callers only answer the group.
     ``respond(code, *, time=None)`` answers it; False if it was answered
-    already (R4).
+    already (one answer per group).
     """
 
     __slots__ = ()

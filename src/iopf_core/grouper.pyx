@@ -2285,7 +2285,7 @@ cdef class GroupBase:
 
     def respond(self, code, *, time=None, at=None):
         """Answer the group (or schedule the answer for ``at``); False if it was
-        answered already (R4)."""
+        answered already (one answer per group)."""
         cdef Grouper core = self.core
         # Queue.respond's lock-free path, without its Python frame.
         if (at is None and core is not None and core.fast and code.__class__ is int
