@@ -2288,8 +2288,9 @@ cdef class GroupBase:
         answered already (one answer per group)."""
         cdef Grouper core = self.core
         # Queue.respond's lock-free path, without its Python frame.
-        if (at is None and core is not None and core.fast and code.__class__ is int
-                and 0 <= code <= 2 and not core.held_elsewhere()):
+        # The queue's code rule: an int 0..2 (a Response is one), never a bool.
+        if (at is None and core is not None and core.fast and isinstance(code, int)
+                and not isinstance(code, bool) and 0 <= code <= 2 and not core.held_elsewhere()):
             return core.respond_call(self.cookie, code, time)
         return self._queue.respond(self.cookie, code, time=time, at=at)
 
