@@ -163,8 +163,8 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
-def _key_pasid(pasid: int | None) -> int:
-    if pasid is None:
+def _key_pasid(pasid: int | None, no_pasid: int | None = None) -> int:
+    if pasid is None or pasid == no_pasid:  # the policy's "no PASID" value is the RID's (G3)
         return NO_PASID
     if not 0 <= pasid < NO_PASID:
         raise ValueError(f"pasid {pasid} out of range")
@@ -243,20 +243,30 @@ class Queue:
             self.core.set_default_handler(handler is not None, auto)
 
     def add_device(self, dev: int, outstanding: int | None = None) -> None:
-        """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""
+        """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited).
+
+        Under a ``require_device`` policy (LINUX, VTD) requests of a device that
+        was not added (or was removed) are answered INVALID at once, as
+        ``iommu_report_device_fault`` does for a device without IOPF enabled.
+        """
         if outstanding is not None and not 0 < outstanding < 2**32:
             raise ValueError(f"outstanding must be a positive 32-bit count, got {outstanding}")
         with self._lock:
             self.core.add_device(dev, outstanding or 0)
 
     def remove_device(self, dev: int, *, time: int | None = None) -> None:
-        """Drop dev's partials; answer its pending groups INVALID (F4)."""
+        """Drop dev's partials; answer its pending groups INVALID, newest first, as
+        ``iopf_queue_remove_device`` does (F4). The device is no longer added."""
         with self._lock:
             self.core.remove_device(dev, time)
             self._deliver()
 
     def attach(self, dev: int, pasid: int | None, handler: Handler | Response) -> None:
         """Route the groups of (dev, pasid) to handler; pasid None is no-PASID.
+
+        Under a policy with ``no_pasid`` (Linux: 0, the kernel's IOMMU_NO_PASID)
+        that PASID is the RID too: ``attach(dev, 0, h)`` is ``attach(dev, None, h)``,
+        and requests with PASID 0 go to it.
 
         A ``Response`` instead of a callable is a constant handler: every
         group is answered with that code as it forms, without a call into
@@ -266,15 +276,22 @@ class Queue:
         """
         auto = _constant_code(handler)
         with self._lock:
-            self.core.attach(dev, _key_pasid(pasid), None, auto)
-            self._handlers[(dev, pasid)] = handler
+            self.core.attach(dev, _key_pasid(pasid, self.policy.no_pasid), None, auto)
+            self._handlers[(dev, self._rid(pasid))] = handler
             self._deliver()
 
     def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
-        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2)."""
+        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2).
+
+        Newest first, as iommufd's ``iommufd_auto_response_faults`` answers the
+        groups userspace has not read (a group a handler left pending counts as
+        not read; ``iopf.iommufd`` models reading). Under ``attach_adds_device``
+        (VTD) detaching a device's last handler removes the device instead, as
+        ``remove_device`` does (the VT-d driver since Linux 6.16).
+        """
         with self._lock:
-            self._handlers.pop((dev, pasid), None)
-            done = self.core.detach(dev, _key_pasid(pasid), time)
+            self._handlers.pop((dev, self._rid(pasid)), None)
+            done = self.core.detach(dev, _key_pasid(pasid, self.policy.no_pasid), time)
             self._deliver()
             return bool(done)
 
@@ -349,8 +366,12 @@ class Queue:
     def _handler_for(self, group: Group) -> Handler:
         # One read of the LPIG: three numpy field reads cost 3 us per group.
         _, dev, pasid, _, flags = group.faults[-1].tolist()[:5]
-        key = (dev, pasid if flags & _PASID_VALID else None)
+        key = (dev, self._rid(pasid) if flags & _PASID_VALID else None)
         return self._handlers.get(key, self._default)  # type: ignore[return-value]
+
+    def _rid(self, pasid: int | None) -> int | None:
+        """None for the RID: no PASID, or the policy's no_pasid (Linux: PASID 0)."""
+        return None if pasid == self.policy.no_pasid else pasid
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
         """R1/R3: call the handler; answer with its code, or FAILURE if it raises
@@ -424,7 +445,7 @@ class Queue:
         """F1: drop the partials of (dev, pasid) and answer its pending groups with code."""
         code = _check_code(code)
         with self._lock:
-            self.core.flush_pasid(dev, _key_pasid(pasid), code, time)
+            self.core.flush_pasid(dev, _key_pasid(pasid, self.policy.no_pasid), code, time)
             self._deliver()
 
     def discard_partial(self) -> None:

@@ -94,6 +94,8 @@ ctypedef struct Rules:
     uint32_t pasid_bits, grpid_bits
     uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
     uint64_t timeout, depth
+    bint require_device, attach_adds_device
+    uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
 ctypedef struct SlotTable:
     Slot* slots

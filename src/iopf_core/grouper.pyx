@@ -145,8 +145,9 @@ cdef object buf_take(Buf* b, cnp.dtype dtype):
     return np.frombuffer(blk, dtype=dtype)
 
 
-cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags) noexcept nogil:
-    return pasid if flags & PASID_VALID else KEY_NO_PASID
+cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags, uint32_t no_pasid) noexcept nogil:
+    # G3: policy.no_pasid (Linux: IOMMU_NO_PASID, 0) is the RID's, as no PASID is.
+    return pasid if flags & PASID_VALID and pasid != no_pasid else KEY_NO_PASID
 
 
 cdef inline void cookie_place(CookieSlot* t, uint32_t mask, CookieSlot item) noexcept nogil:
@@ -255,6 +256,16 @@ cdef void slot_free(SlotTable* t) noexcept nogil:
     t.cap = t.count = 0
 
 
+cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
+    """How many handlers dev has attached (the VT-d driver's iopf_refcount, F7)."""
+    cdef uint32_t i, k = 0
+    for i in range(g.entry_cap):
+        if (g.entries[i].dev == dev and g.entries[i].handle and g.entries[i].pasid != KEY_EMPTY
+                and g.entries[i].pasid != KEY_DEVICE):
+            k += 1
+    return k
+
+
 # --- the engine ------------------------------------------------------------------
 
 cdef class Grouper:
@@ -290,6 +301,9 @@ cdef class Grouper:
         r.require_handler = policy.require_handler
         r.discard_on_overflow = policy.discard_on_overflow
         r.flush_partial_on_detach = policy.flush_partial_on_detach
+        r.require_device = policy.require_device
+        r.attach_adds_device = policy.attach_adds_device
+        r.no_pasid = KEY_NO_PASID if policy.no_pasid is None else policy.no_pasid
         r.pasid_bits = policy.pasid_bits
         r.grpid_bits = policy.grpid_bits
         r.no_handler_code = policy.no_handler_code
@@ -336,7 +350,7 @@ cdef class Grouper:
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
         """The PASID part of the grouping key of a held fault (G3)."""
         if self.rules.match_pasid:
-            return key_pasid(n.pasid, n.flags)
+            return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
 
     cdef uint32_t filter_dead(self, Slot* s) noexcept nogil:
@@ -707,13 +721,18 @@ cdef class Grouper:
         if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
             self.c.stop_markers += 1
             return 0
-        kp = key_pasid(r.pasid, flags)
+        kp = key_pasid(r.pasid, flags, p.no_pasid)
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # R2
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
+            self.c.rejected += 1
+            return 0
+        if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # R2: no iopf_param
+            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
+            self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER)
             self.c.rejected += 1
             return 0
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
@@ -817,7 +836,7 @@ cdef class Grouper:
         if x.pprev != NIL:
             self.N(x.pprev).pnext = x.pnext
         else:
-            kp = key_pasid(x.pasid, x.flags)
+            kp = key_pasid(x.pasid, x.flags, self.rules.no_pasid)
             ei = self.entry_find(dev, kp)
             self.entries[ei].phead = x.pnext
             if x.pnext == NIL:
@@ -967,16 +986,23 @@ cdef class Grouper:
         return <const FaultRec*>cnp.PyArray_DATA(a) if n[0] else NULL
 
     def add_device(self, uint32_t dev, uint32_t limit):
-        """Set dev's PRI allocation (F5); 0 means unlimited."""
+        """Add dev to the queue with a PRI allocation (F5); 0 means unlimited.
+
+        The device's entry (KEY_DEVICE) says it is in the queue (require_device)
+        and holds its limit; n_limited counts the entries with a limit.
+        """
         cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
         cdef uint32_t i, n, count = 0
         if limit == 0:
-            if e >= 0:
-                self.entry_delete(<uint32_t>e)
+            if e < 0:
+                self.entry_get(dev, KEY_DEVICE)
+            elif self.entries[e].limit:
+                self.entries[e].limit = 0
                 self.n_limited -= 1
             return
-        if e < 0:
-            # Count what the device holds now: partials and faults of pending groups.
+        if e < 0 or self.entries[e].limit == 0:
+            # Count what the device holds now: partials and faults of pending groups
+            # (an unlimited device's count is not kept up to date).
             for i in range(self.entry_cap):
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
                     n = self.entries[i].phead
@@ -987,7 +1013,8 @@ cdef class Grouper:
                     while n != NIL:
                         count += self.pends[n].nfaults
                         n = self.pends[n].qnext
-            e = self.entry_get(dev, KEY_DEVICE)
+            if e < 0:
+                e = self.entry_get(dev, KEY_DEVICE)
             self.entries[e].outstanding = count
             self.n_limited += 1
         self.entries[e].limit = limit
@@ -1003,7 +1030,9 @@ cdef class Grouper:
         auto >= 0: a constant handler that answers every group with code auto
         as it forms, without leaving C.
         """
-        self.detach(dev, kpasid, time)
+        if self.rules.attach_adds_device and attachments(self, dev) == 0:
+            self.add_device(dev, 0)   # F7: the first handler enables IOPF (keeps a limit)
+        self._detach(dev, kpasid, time)
         cdef int64_t e = self.entry_get(dev, kpasid)
         self.entries[e].handle = self.next_handle
         self.entries[e].auto_code = <uint32_t>(auto + 1) if auto >= 0 else 0
@@ -1012,13 +1041,34 @@ cdef class Grouper:
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
         """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
         cdef int64_t e = self.entry_find(dev, kpasid)
+        if (self.rules.attach_adds_device and e >= 0 and self.entries[e].handle
+                and attachments(self, dev) == 1):
+            # F7: the last handler goes, so the driver removes the device
+            # (intel_iommu_disable_iopf), which answers all its groups before
+            # iommufd_auto_response_faults would answer the attachment's.
+            self.entries[e].handle = 0
+            self.entries[e].auto_code = 0
+            self.entry_tidy(dev, kpasid)
+            self.remove_device(dev, time)
+            return True
+        return self._detach(dev, kpasid, time)
+
+    def _detach(self, uint32_t dev, uint32_t kpasid, time):
+        cdef int64_t e = self.entry_find(dev, kpasid)
         if e < 0 or self.entries[e].handle == 0:
             return False
         cdef uint32_t handle = self.entries[e].handle
         cdef uint64_t t = self._time(time)
         self.entries[e].handle = 0
         self.entries[e].auto_code = 0
-        self.answer_chain(dev, kpasid, True, handle, C_INVALID, R_DETACHED, t)
+        # R8: newest first, as iommufd_auto_response_faults answers the groups not
+        # yet read (it moves them to a private list, reversing them).
+        cdef uint32_t q = self.entries[e].qtail, pv
+        while q != NIL:
+            pv = self.pends[q].qprev        # pools do not move while answering
+            if self.pends[q].handle == handle:
+                self.respond_cookie(self.pends[q].cookie, C_INVALID, R_DETACHED, t)
+            q = pv
         if self.rules.flush_partial_on_detach:
             self.drop_where(2, dev, kpasid, &self.c.flushed)
         self.entry_tidy(dev, kpasid)
@@ -1115,7 +1165,7 @@ cdef class Grouper:
         self.drop_where(0, 0, 0, &self.c.discarded)
 
     def remove_device(self, uint32_t dev, time=None):
-        """F4: drop dev's partials, answer its pending groups INVALID (cookie order)."""
+        """F4: drop dev's partials, answer its pending groups INVALID, newest first."""
         cdef uint64_t t = self._time(time)
         cdef uint32_t i
         cdef int64_t e
@@ -1124,12 +1174,15 @@ cdef class Grouper:
         for i in range(self.cookie_cap):
             if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
                 found.append(self.cookies[i].cookie)
-        for cookie in sorted(found):
+        # R8: newest first, as iopf_queue_remove_device walks fault_param->faults,
+        # where iopf_group_alloc adds each group at the head.
+        for cookie in sorted(found, reverse=True):
             self.respond_cookie(cookie, C_INVALID, R_REMOVED, t)
         e = self.entry_find(dev, KEY_DEVICE)
         if e >= 0:
+            if self.entries[e].limit:
+                self.n_limited -= 1
             self.entry_delete(<uint32_t>e)
-            self.n_limited -= 1
 
     def expire(self, uint64_t now):
         """R7: answer every pending group formed at or before now - response_timeout."""

@@ -43,6 +43,9 @@ class PyGrouper:
         self.partials: dict[tuple[int, int, int], list[tuple]] = {}
         self.pending: dict[int, _Pending] = {}
         self.limits: dict[int, int] = {}
+        self.devices: set[int] = set()   # added and not removed (require_device)
+        # PASID_VALID requests with this PASID are the RID's (G3); -1: none.
+        self.no_pasid = -1 if policy.no_pasid is None else policy.no_pasid
         self.dev_out: dict[int, int] = {}
         self.total_out = 0
         self.handles: dict[tuple[int, int], int] = {}
@@ -61,9 +64,8 @@ class PyGrouper:
         self._out_cookies: list[int] = []
 
     # -- helpers -----------------------------------------------------------------
-    @staticmethod
-    def kpasid(rec: tuple) -> int:
-        return rec[2] if rec[4] & PASID_VALID else NO_PASID
+    def kpasid(self, rec: tuple) -> int:
+        return rec[2] if rec[4] & PASID_VALID and rec[2] != self.no_pasid else NO_PASID
 
     def _key(self, rec: tuple) -> tuple[int, int, int]:
         return (rec[1], self.kpasid(rec) if self.policy.match_pasid else ANY_PASID, rec[3])
@@ -89,6 +91,7 @@ class PyGrouper:
 
     # -- configuration --------------------------------------------------------------
     def add_device(self, dev: int, limit: int) -> None:
+        self.devices.add(dev)
         if limit:
             self.limits[dev] = limit
         else:
@@ -99,18 +102,35 @@ class PyGrouper:
         self.default_auto = auto if present and auto >= 0 else None
 
     def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
-        self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
+        if self.policy.attach_adds_device and not self._attached(dev):
+            self.devices.add(dev)  # F7: the first handler enables IOPF for the device
+        self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
         self.autos[(dev, kpasid)] = auto if auto >= 0 else None
         self.next_handle += 1
 
+    def _attached(self, dev: int) -> bool:
+        return any(d == dev for d, _ in self.handles)
+
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
+        if self.policy.attach_adds_device and (dev, kpasid) in self.handles \
+                and sum(d == dev for d, _ in self.handles) == 1:
+            # F7: the last handler goes, so the driver removes the device, which
+            # answers all its groups (iommufd then finds none left to answer).
+            del self.handles[(dev, kpasid)]
+            self.autos.pop((dev, kpasid), None)
+            self.remove_device(dev, time)
+            return True
+        return self._detach(dev, kpasid, time)
+
+    def _detach(self, dev: int, kpasid: int, time: int | None) -> bool:
         handle = self.handles.pop((dev, kpasid), 0)
         self.autos.pop((dev, kpasid), None)
         if not handle:
             return False
         t = self._time(time)
-        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+        # R8: newest first, as iommufd_auto_response_faults answers unread groups.
+        for g in sorted(self.pending.values(), key=lambda g: -g.cookie):
             if g.dev == dev and g.kpasid == kpasid and g.handle == handle:
                 self._answer(g, INVALID, DETACHED, t)
         if self.policy.flush_partial_on_detach:
@@ -154,6 +174,10 @@ class PyGrouper:
         kpasid = self.kpasid(rec)
         if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
             self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # R2, even non-last
+            c["rejected"] += 1
+            return 0
+        if p.require_device and dev not in self.devices:
+            self._send(time, rec, INVALID, 0, 1, NO_HANDLER)  # R2: no iopf_param, even non-last
             c["rejected"] += 1
             return 0
         limit = self.limits.get(dev, 0)
@@ -248,8 +272,9 @@ class PyGrouper:
             else:
                 del self.partials[key]
 
-    def _answer_all(self, which: Any, code: int, reason: int, time: int) -> None:
-        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+    def _answer_all(self, which: Any, code: int, reason: int, time: int,
+                    newest_first: bool = False) -> None:
+        for g in sorted(self.pending.values(), key=lambda g: -g.cookie if newest_first else g.cookie):
             if which(g):
                 self._answer(g, code, reason, time)
 
@@ -264,8 +289,10 @@ class PyGrouper:
     def remove_device(self, dev: int, time: int | None = None) -> None:
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
-        self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t)
+        # R8: newest first, as iopf_queue_remove_device walks fault_param->faults.
+        self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t, newest_first=True)
         self.limits.pop(dev, None)
+        self.devices.discard(dev)
 
     def expire(self, now: int) -> None:
         self.now = max(self.now, now)
