@@ -406,7 +406,7 @@ def test_f6_counters_exact_at_the_end(make_queue: Any) -> None:
 
 def test_stop_marker_without_drop_policy_is_an_unexpected_group() -> None:
     env = simpy.Environment()
-    sim = SimQueue(env)   # PCIE does not drop stop markers
+    sim = SimQueue(env, PCIE.replace(stop_markers=False))   # a policy that keeps them
     Server(sim, service_time=10).attach_default()
     dev = Device(sim, 1, groups=1, stop_markers=True)
     env.run()

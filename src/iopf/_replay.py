@@ -157,7 +157,9 @@ def replay(faults: np.ndarray | Iterable[np.ndarray], *,
 
     The replay models a handler attached to every (device, PASID), so a
     ``require_handler`` policy (Linux, VT-d) never rejects a request for
-    lack of one.
+    lack of one; and a trace comes from devices that had IOPF enabled, so
+    under a ``require_device`` policy (Linux, VT-d) each device is added to
+    the queue when it first appears (the report's ``model`` says so).
 
     Service-time answers and timeouts are applied between batches: before a
     batch is reported, every group due by the time of its first fault is
@@ -208,10 +210,14 @@ class _Replayer:
 
     def __init__(self, policy: Policy, strategy: str, handler: Handler | Response | None,
                  service_time: ServiceTime | None, answer: bool, batch_size: int) -> None:
-        # The replay stands for a handler on every (dev, PASID) (see replay's
-        # docstring); require_handler only decides R2, so lifting it changes
-        # nothing else and keeps the batch loop in C.
-        run_policy = policy.replace(require_handler=False) if policy.require_handler else policy
+        # The replay stands for a handler on every (dev, PASID) and for devices
+        # that had IOPF enabled (see replay's docstring); require_handler and
+        # require_device only decide R2, so lifting them changes nothing else
+        # (the replay never removes a device: lifting require_device is adding
+        # each device when it first appears) and keeps the batch loop in C.
+        run_policy = policy
+        if policy.require_handler or policy.require_device:
+            run_policy = policy.replace(require_handler=False, require_device=False)
         # Latency means something only when the model says when groups are answered.
         self.timed = handler is not None or (answer and service_time is not None)
         if service_time is None and handler is None and answer:
@@ -226,6 +232,8 @@ class _Replayer:
         self.timeout = policy.response_timeout
         self.model = _describe(handler if self.timed else None, self.service_time, answer,
                                self.timeout)
+        if policy.require_device:
+            self.model += ", each device added when it first appears"
         # Groups handed out and not yet answered, in cookie (creation) order.
         self.cookie = np.empty(0, np.uint64)
         self.gtime = np.empty(0, np.uint64)
