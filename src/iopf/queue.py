@@ -426,6 +426,13 @@ class Queue:
             self._deliver()
             return sent
 
+    def _respond_as(self, cookie: int, code: int, reason: Reason) -> bool:
+        """Answer a pending group as the kernel would, with its reason (for iopf.iommufd)."""
+        with self._lock:
+            sent = self.core.respond(cookie, code, reason)
+            self._deliver()
+            return bool(sent)
+
     def take_responses(self) -> np.ndarray:
         """Empty the outbox: the responses sent so far, in order (RESPONSE_DTYPE)."""
         with self._lock:
