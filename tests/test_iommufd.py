@@ -233,3 +233,17 @@ def test_other_handlers_and_devices_are_untouched(make_queue: MakeQueue, feed: F
     assert fo.write(iommufd.responses([(int(recs["cookie"][0]), 0)])) == 8
     assert answers(fo) == [] and fo.outstanding() == []
     assert np.all(recs["reserved"] == 0) and np.all(recs["length"] == 0)
+
+
+def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/iommufd.md's example runs and prints what its comments say."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "iommufd.md").read_text()
+    code = re.search(r"## Example\n\n```python\n(.*?)```", text, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "docs/iommufd.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line[2:] for line in code.group(1).splitlines() if line.startswith("# [")]
+    assert [p for p in printed if p.startswith("[(")] == expected
