@@ -245,5 +245,6 @@ def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert code is not None
     exec(compile(code.group(1), "docs/iommufd.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    expected = [line[2:] for line in code.group(1).splitlines() if line.startswith("# [")]
+    expected = [line[2:].split("  --")[0] for line in code.group(1).splitlines()
+                if line.startswith("# [(")]
     assert [p for p in printed if p.startswith("[(")] == expected
