@@ -161,3 +161,22 @@ def test_vtd_attach_adds_the_device(make_queue: Callable[..., iopf.Queue], feed:
     assert (s.removed, s.partial_now, s.pending_now) == (1, 0, 0) and s.conserved()
     feed(q, [req(4, 2, 6, PV)])
     assert answers(q) == [(4, 2, 6, INVALID, False)]       # removed: answered at once
+
+
+@pytest.mark.parametrize("changes, error", [
+    (dict(no_pasid=-1), ValueError), (dict(no_pasid=1 << 20), ValueError),
+    (dict(no_pasid=8, pasid_bits=3), ValueError), (dict(no_pasid=True), ValueError),
+    (dict(no_pasid="0"), ValueError),
+    (dict(require_device=1), TypeError), (dict(attach_adds_device=None), TypeError)])
+def test_new_policy_fields_are_validated(changes: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        iopf.Policy(**changes)  # type: ignore[arg-type]
+
+
+def test_replay_adds_devices_as_they_appear() -> None:
+    """A trace comes from devices that had IOPF enabled: nothing is rejected for
+    lack of a device (or a handler), and the report says how devices were added."""
+    trace = iopf.trace.synthetic(3_000, seed=2, devices=3)
+    r = iopf.replay(trace, policy=policies.LINUX)
+    assert r.stats["rejected"] == 0 and "each device added when it first appears" in r.model
+    assert r.groups == iopf.replay(trace, policy=policies.PCIE.replace(match_pasid=False)).groups
