@@ -180,3 +180,13 @@ def test_replay_adds_devices_as_they_appear() -> None:
     r = iopf.replay(trace, policy=policies.LINUX)
     assert r.stats["rejected"] == 0 and "each device added when it first appears" in r.model
     assert r.groups == iopf.replay(trace, policy=policies.PCIE.replace(match_pasid=False)).groups
+
+
+def test_attach_keeps_the_allocation_of_an_added_device(make_queue: Callable[..., iopf.Queue],
+                                                        feed: Feed) -> None:
+    """Under attach_adds_device, attaching to a device added with an allocation keeps it."""
+    q = make_queue(policies.VTD)
+    q.add_device(1, outstanding=1)
+    q.attach(1, None, Response.SUCCESS)
+    feed(q, [req(1, 0, 0, 0), req(1, 0, 0, 0)])
+    assert (q.stats.overflowed, q.stats.discarded) == (1, 1)   # VT-d discards on overflow

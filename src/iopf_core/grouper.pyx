@@ -1030,8 +1030,9 @@ cdef class Grouper:
         auto >= 0: a constant handler that answers every group with code auto
         as it forms, without leaving C.
         """
-        if self.rules.attach_adds_device and attachments(self, dev) == 0:
-            self.add_device(dev, 0)   # F7: the first handler enables IOPF (keeps a limit)
+        if (self.rules.attach_adds_device and attachments(self, dev) == 0
+                and self.entry_find(dev, KEY_DEVICE) < 0):
+            self.entry_get(dev, KEY_DEVICE)   # F7: the first handler enables IOPF
         self._detach(dev, kpasid, time)
         cdef int64_t e = self.entry_get(dev, kpasid)
         self.entries[e].handle = self.next_handle
