@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run a trace through a queue in batches and print the "
                        "counters, group sizes, responses and latency. Without TRACE, "
                        f"replays a synthetic workload of {DEFAULT_FAULTS:,} faults.")
-    r.add_argument("trace", nargs="?", metavar="TRACE", help="trace file (default: synthetic)")
+    r.add_argument("trace", nargs="*", metavar="TRACE",
+                   help="trace file (default: synthetic); several files, a glob or a "
+                   "dataset written by iopf.trace.partition replay on a Dask cluster")
     _queue_options(r)
     r.add_argument("--service-time", type=_ns, default=None, metavar="NS",
                    help="answer each group SUCCESS this many ns after its last request "
@@ -113,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seed of the synthetic trace (default 0; no TRACE only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = r.add_argument_group("sharded replay on Dask (needs iopf[dask])")
+    d.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="replay the shards on a local cluster of N worker processes")
+    d.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="replay the shards on an existing Dask cluster (tcp://host:8786)")
+    d.add_argument("--shard-by", choices=("iommu", "device", "host"), default=None,
+                   help="shard key (default: iommu for a dataset, host for trace files)")
     r.set_defaults(run=_replay_cmd)
 
     c = sub.add_parser("convert", help="convert a trace to another format",
@@ -227,6 +236,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _replay_cmd(args: argparse.Namespace) -> int:
+    if _sharded(args):
+        return _replay_distributed(args)
+    args.trace = args.trace[0] if args.trace else None
     if args.trace is not None and (args.faults is not None or args.seed is not None):
         raise ValueError("--faults and --seed describe the synthetic trace; "
                          "they do not apply with TRACE")
@@ -260,6 +272,56 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records of {args.trace} "
               f"(first: {load.errors[0]})", file=sys.stderr)
+    if args.json == "-":
+        _write_json(sys.stdout, report)
+        return 0
+    print(report)
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            _write_json(f, report)
+    return 0
+
+
+def _sharded(args: argparse.Namespace) -> bool:
+    """Several traces, a dataset directory or a cluster option: the Dask path."""
+    return (len(args.trace) > 1 or args.workers is not None or args.scheduler is not None
+            or args.shard_by is not None or any(os.path.isdir(t) for t in args.trace))
+
+
+def _replay_distributed(args: argparse.Namespace) -> int:
+    if not args.trace:
+        raise ValueError("a sharded replay needs TRACE files or a dataset directory")
+    if args.faults is not None or args.seed is not None or args.skip_bad:
+        raise ValueError("--faults, --seed and --skip-bad do not apply to a sharded replay")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("give --workers (a local cluster) or --scheduler (an existing "
+                         "one), not both")
+    from . import distributed
+
+    policy = policies.PRESETS[args.policy]
+    if args.timeout is not None:
+        policy = policy.replace(response_timeout=args.timeout)
+    dataset = len(args.trace) == 1 and os.path.isdir(args.trace[0])
+    shard_by = args.shard_by or ("iommu" if dataset else "host")
+    source = args.trace[0] if dataset else args.trace
+    progress = not args.no_progress and sys.stderr.isatty()
+    client = None
+    if args.scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError("--scheduler needs dask and distributed: "
+                              "pip install iopf[dask]") from None
+        client = Client(args.scheduler)
+    try:
+        report = distributed.replay(source, policy=policy, client=client, shard_by=shard_by,
+                                    strategy=args.strategy, service_time=args.service_time,
+                                    batch_size=args.batch_size, workers=args.workers,
+                                    progress=progress, format=args.format)
+    finally:
+        if client is not None:
+            client.close()
+    report.extra["trace"] = " ".join(args.trace)
     if args.json == "-":
         _write_json(sys.stdout, report)
         return 0

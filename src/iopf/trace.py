@@ -1043,3 +1043,8 @@ def _synthetic_records(rng: np.random.Generator, grp: _Groups, n: int, devices: 
     gaps[0] = 0
     out["time"] = np.uint64(start_time) + np.cumsum(gaps, dtype=np.uint64)
     return out
+
+
+from ._partition import partition  # noqa: E402  (lives in its own module)
+
+__all__ += ["partition"]

@@ -1,0 +1,188 @@
+"""Replay sharded over a Dask cluster: ``iopf.distributed.replay``.
+
+Each shard (an IOMMU unit, a device or a host: see ``iopf.trace.partition``)
+is one task. The client sends only the shard's file paths and the replay's
+options; the worker reads its files, replays them through its own queue and
+returns a ``ReplayReport``; the reports are merged with
+``ReplayReport.merge``, which is exact for disjoint shards, so the result
+equals a single-process replay of the same shards.
+
+Needs ``dask`` and ``distributed`` (``pip install iopf[dask]``). The files
+must be readable at the same path on every worker (a shared file system).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from . import policies
+from ._partition import SHARD_KEYS, Shard, read_shard, shards_of
+from ._replay import ReplayReport, ServiceTime
+from ._replay import replay as _replay_one
+from .policies import Policy
+from .queue import Handler
+from .types import FAULT_DTYPE, Response
+
+__all__ = ["replay", "ShardError"]
+
+
+#: Dask settings for the workers of the clusters ``replay`` starts (see
+#: ``_client``); give them to your own cluster's workers too.
+WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+
+
+class ShardError(ValueError):
+    """A shard failed: the message names the shard and its file."""
+
+
+def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = None,
+           shard_by: str = "iommu", units: Mapping[int, int] | None = None,
+           strategy: str = "hash", handler: Handler | Response | None = None,
+           service_time: ServiceTime | None = None, answer: bool = True,
+           batch_size: int = 65536, workers: int | None = None,
+           progress: bool = False, format: str | None = None) -> ReplayReport:
+    """Replay ``source`` with one Dask task per shard and merge the reports.
+
+    ``source``: a dataset directory written by ``iopf.trace.partition``
+    (partitioned ``by=shard_by``), or trace files: a path, a glob or a list
+    (a fleet; each file is a host). With files, ``shard_by="host"`` (or
+    ``"iommu"`` without ``units``) makes one shard per file; ``"iommu"``
+    with ``units`` or ``"device"`` make one per unit or device of each file,
+    every such task reading the whole file and keeping its records
+    (partition large traces first).
+
+    ``shard_by="device"`` is refused for a policy whose queue couples
+    devices (``queue_depth`` or ``discard_on_overflow``): a device's
+    overflow there depends on the other devices of its IOMMU unit.
+
+    ``client``: a ``distributed.Client``; None starts a ``LocalCluster``
+    with ``workers`` single-threaded worker processes (default: one per
+    core) for this call. The other options are those of ``iopf.replay``;
+    ``handler`` must pickle. ``progress=True`` shows a bar of shards done.
+
+    The report's ``shards`` lists every shard's faults and times;
+    ``wall_seconds`` is the elapsed time from the first task sent to the
+    last report received, while ``extra["shard_seconds"]`` adds up the
+    shards' own wall times (and ``extra["cluster_start_seconds"]`` is the
+    time a cluster made for the call took to start).
+    """
+    if isinstance(policy, str):
+        try:
+            policy = policies.PRESETS[policy.lower()]
+        except KeyError:
+            raise ValueError(f"unknown policy {policy!r}; choose from "
+                             f"{', '.join(policies.PRESETS)}") from None
+    if shard_by not in SHARD_KEYS:
+        raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {shard_by!r}")
+    if shard_by == "device" and (policy.queue_depth is not None or policy.discard_on_overflow):
+        raise ValueError(
+            "shard_by='device' is not exact for this policy: its queue is shared by the "
+            "devices of an IOMMU unit (queue_depth or discard_on_overflow is set), so one "
+            "device's overflow depends on the others; shard by 'iommu' or 'host'")
+    options: dict[str, Any] = {
+        "policy": policy, "strategy": strategy, "handler": handler,
+        "service_time": service_time, "answer": answer, "batch_size": batch_size}
+    # Bad options fail here, once, rather than in every task.
+    _replay_one(np.empty(0, FAULT_DTYPE), **options)
+    shards = shards_of(source, shard_by, units=units, format=format)
+    if not shards:
+        raise ValueError(f"{source}: no shard to replay")
+    begin = time.perf_counter()
+    with _client(client, workers) as c:
+        start = time.perf_counter()
+        reports = _run(c, shards, options, progress)
+        wall = time.perf_counter() - start
+    merged = ReplayReport.merge(*reports)
+    merged.extra["shard_seconds"] = merged.wall_seconds
+    if client is None:
+        merged.extra["cluster_start_seconds"] = start - begin
+    merged.wall_seconds = wall
+    merged.faults_per_second = merged.faults / wall if wall > 0 else 0.0
+    return merged
+
+
+def replay_shard(shard: Shard, options: dict[str, Any]) -> ReplayReport:
+    """Replay one shard in this process (what a worker runs)."""
+    path = ", ".join(shard.paths)
+    try:
+        report = _replay_one(read_shard(shard), **options)
+    except (ValueError, OSError, ImportError) as e:
+        # Messages of the trace readers name the file already; replay's
+        # record errors do not.
+        text = str(e)
+        where = "" if any(p in text for p in shard.paths) else f" ({path})"
+        raise ShardError(f"shard {shard.name}{where}: {text}") from None
+    report.extra["shard"] = shard.name
+    return report
+
+
+def _run(client: Any, shards: list[Shard], options: dict[str, Any],
+         progress: bool) -> list[ReplayReport]:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    # A shard whose worker dies is run again elsewhere by the scheduler (up to
+    # its allowed-failures, 3 by default); an exception raised by the shard
+    # itself is not retried: the same file fails the same way.
+    # Keys unique to this call: a cancelled future of an earlier call with the
+    # same key would cancel the new one.
+    call = uuid.uuid4().hex[:12]
+    futures = [client.submit(replay_shard, shard, options, key=f"iopf-{call}-{i}-{shard.name}",
+                             pure=False, retries=0)
+               for i, shard in enumerate(shards)]
+    order = {f.key: i for i, f in enumerate(futures)}
+    results: list[ReplayReport | None] = [None] * len(futures)
+    try:
+        with tqdm(total=len(shards), disable=not progress, unit="shard", leave=False,
+                  desc="replay shards", file=sys.stderr) as bar:
+            for fut in as_completed(futures):
+                rep = fut.result()
+                results[order[fut.key]] = rep
+                bar.update(1)
+                bar.set_postfix_str(f"{rep.extra['shard']}: {rep.faults:,} faults")
+    finally:
+        for f in futures:
+            if not f.done():   # a shard failed, or the caller was interrupted
+                f.cancel()
+    return [r for r in results if r is not None]
+
+
+@contextmanager
+def _client(given: Any, workers: int | None) -> Iterator[Any]:
+    """The given client, or a LocalCluster made (and closed) for one call."""
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise ImportError("iopf.distributed needs dask and distributed: "
+                          "pip install iopf[dask]") from e
+    if given is not None:
+        yield given
+        return
+    # One single-threaded process per worker: the replay holds the GIL
+    # between batches, so threads would not run shards side by side. The
+    # nanny's default MALLOC_TRIM_THRESHOLD_ also fixes glibc's mmap
+    # threshold, so every batch's arrays would be mapped and unmapped afresh:
+    # measured 1.5 to 2 times the CPU per shard. The statistical profiler
+    # takes the GIL a hundred times a second: on a busy machine each time
+    # costs the replay a wait for the OS to schedule the profiler's thread
+    # (measured 1.25 times the wall time with it).
+    with dask.config.set(WORKER_CONFIG), \
+            LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                         processes=True, dashboard_address=":0",
+                         # A failed shard is reported once, as ShardError;
+                         # not again by the workers' logs with a traceback.
+                         silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster) as client:
+        yield client
