@@ -26,7 +26,7 @@ class Policy:
     match_pasid: bool = True
     #: SMMUv3 stall model: every request is a group of one (G5).
     stall: bool = False
-    #: Drop a LAST_PAGE request with neither READ nor WRITE, unanswered (G6):
+    #: Drop a LAST_PAGE request with neither READ nor WRITE, unanswered:
     #: PCIe never answers a Stop Marker.
     stop_markers: bool = True
     #: Treat PRIV_DATA as last page in group, as VT-d before Linux 6.10 (G7).
@@ -52,12 +52,12 @@ class Policy:
     #: detach() also drops the PASID's partials (F2); Linux keeps them.
     flush_partial_on_detach: bool = False
     #: A PASID value that means "no PASID" (Linux: 0, the kernel's IOMMU_NO_PASID): a
-    #: PASID_VALID request with it, and an attachment at it, are the RID's (G3).
+    #: PASID_VALID request with it, and an attachment at it, are the RID's.
     no_pasid: int | None = None
     #: Answer INVALID at once every request of a device that was never added or was
-    #: removed, partial or last (R2), as iommu_report_device_fault does without iopf_param.
+    #: removed, partial or last, as iommu_report_device_fault does without iopf_param.
     require_device: bool = False
-    #: Attaching a device's first handler adds it; detaching its last removes it (F7),
+    #: Attaching a device's first handler adds it; detaching its last removes it,
     #: as the VT-d driver does since Linux 6.16 (iopf_for_domain_set, iopf_refcount).
     attach_adds_device: bool = False
 

@@ -256,7 +256,7 @@ class Queue:
 
     def remove_device(self, dev: int, *, time: int | None = None) -> None:
         """Drop dev's partials; answer its pending groups INVALID, newest first, as
-        ``iopf_queue_remove_device`` does (F4). The device is no longer added."""
+        ``iopf_queue_remove_device`` does. The device is no longer added."""
         with self._lock:
             self.core.remove_device(dev, time)
             self._deliver()
