@@ -45,3 +45,29 @@ def _take(chunks, n):
             return
         yield c[:n]
         n -= len(c)
+
+
+SERVICE_N = 2_000_000
+MODELS = {
+    "answered-on-completion": {},
+    "const-10us": {"service_time": 10_000},
+    "exp-2us-8-workers": {"service_time": "exp:2000", "servers": 8},
+    "lognormal-2us-8-workers-timeout": {"service_time": "lognormal:2000,0.8", "servers": 8,
+                                        "policy": iopf.policies.VTD.replace(response_timeout=50_000)},
+}
+
+
+@pytest.fixture(scope="module")
+def service_trace():
+    return trace.synthetic(SERVICE_N, seed=0)
+
+
+@pytest.mark.benchmark(group="replay: service model vs none, 2M faults in memory")
+@pytest.mark.parametrize("model", list(MODELS))
+def test_replay_service_model(benchmark, service_trace, model):
+    """The service model (workers in the core, answers scheduled in its time heap)
+    against groups answered as they complete: goal within 1.3x."""
+    benchmark.extra_info["faults"] = SERVICE_N
+    report = benchmark.pedantic(lambda: iopf.replay(service_trace, **MODELS[model]),
+                                rounds=3, iterations=1, warmup_rounds=1)
+    assert report.stats["pending_now"] == 0

@@ -1,36 +1,50 @@
-"""The SimPy adapter (iopf.sim) against bare SimPy, same number of faults.
+"""The SimPy adapter (iopf.sim) against bare SimPy models, same number of faults.
 
     python -m pytest benchmarks/test_bench_sim.py --benchmark-only
 
-Baseline ``bare``: four SimPy processes that yield one timeout per fault, the
-cheapest way to model a fault in SimPy. ``adapter-gN``: four ``Device``
-models sending groups of N requests through a ``SimQueue`` (VT-d policy,
-1 ms response timeout) to a 4-worker ``Server``; every group is reported,
-handed to the server, served, answered and matched back to the device, which
-waits on one event per group. The adapter makes no SimPy event per fault, so
-its cost per fault falls with the group size; the goal is a cost per fault
-below the baseline's one SimPy event. ``adapter-g16-stubqueue`` is
-``adapter-g16`` with the queue's ``report_batch`` and ``respond`` replaced by
-stubs that only hand the group to the server and echo a response: the cost
-of the adapter and the device and server models alone, without grouping.
+Baselines: ``bare`` is four SimPy processes that yield one timeout per
+fault, the cheapest way to model a fault in SimPy. ``bare-same-events-gN``
+is the adapter's model written by hand in bare SimPy, with the same events:
+four devices issue a group of N requests every N * 250 ns within a credit
+of 256 requests, a 4-worker FIFO server serves each group for
+500 + 25 * N ns and answers it, and the device waits on one event per group
+(no grouping, no queue, no timeouts), written with callbacks: the floor
+for this model. ``bare-resource-gN`` is the same model as a SimPy user
+would usually write it: a ``simpy.Resource`` of 4 workers and one process
+per group (request, service timeout, answer).
 
-Both models offer the same load: one fault per 250 ns per device.
+``adapter-gN``: four ``Device`` models sending groups of N requests
+through a ``SimQueue`` (VT-d policy, 1 ms response timeout) to a 4-worker
+``Server`` with the same constant service time: every group is reported,
+grouped, queued for a worker in the core, answered when the SimQueue timer
+reaches its end and matched back to the device. The goal is
+``adapter-gN`` within 1.3x of ``bare-same-events-gN``.
+``adapter-g16-pyserver`` serves with ``per_fault=25`` instead (the Server
+then runs Python per group to compute the service time).
+
+Every model offers the same load: one fault per 250 ns per device.
 """
 from __future__ import annotations
 
-import itertools
+from collections import deque
 from typing import Any
 
 import pytest
 
 simpy = pytest.importorskip("simpy")
 
-from iopf import Flag, PageResponse, Queue, Reason, Response, policies  # noqa: E402
+from iopf import policies  # noqa: E402
 from iopf.sim import Device, Server, SimQueue  # noqa: E402
 
 N_FAULTS = 49_152  # 4 devices x 64 x 192: whole groups at every size
 DEVICES = 4
 GAP = 250  # ns between faults of one device
+WORKERS = 4
+CREDIT = 256
+
+
+def service_ns(group_size: int) -> int:
+    return 500 + 25 * group_size
 
 
 def run_bare() -> int:
@@ -49,71 +63,132 @@ def run_bare() -> int:
     return done
 
 
-class _StubGroup:
-    __slots__ = ("cookie", "n")
+def run_bare_same_events(group_size: int) -> int:
+    """The adapter's model by hand: devices with credit, a FIFO server, one event per group."""
+    env = simpy.Environment()
+    busy = 0
+    backlog: deque[tuple[simpy.Event, int]] = deque()
+    done = 0
 
-    def __init__(self, cookie: int, n: int) -> None:
-        self.cookie, self.n = cookie, n
+    def start(ev: simpy.Event, n: int) -> None:
+        env.timeout(service_ns(n)).callbacks.append(lambda _e: finish(ev, n))
 
-    def __len__(self) -> int:
-        return self.n
+    def finish(ev: simpy.Event, n: int) -> None:
+        nonlocal busy
+        ev.succeed((int(env.now), n))
+        if backlog:
+            start(*backlog.popleft())
+        else:
+            busy -= 1
+
+    def device():  # type: ignore[no-untyped-def]
+        nonlocal busy, done
+        used = 0
+        wake: list[simpy.Event] = []
+
+        def answered(ev: simpy.Event) -> None:
+            nonlocal used, done
+            used -= ev.value[1]
+            done += ev.value[1]
+            if wake:
+                wake.pop().succeed()
+
+        for _ in range(N_FAULTS // DEVICES // group_size):
+            yield env.timeout(GAP * group_size)
+            while used + group_size > CREDIT:
+                w = env.event()
+                wake.append(w)
+                yield w
+            used += group_size
+            ev = env.event()
+            ev.callbacks.append(answered)
+            if busy < WORKERS:
+                busy += 1
+                start(ev, group_size)
+            else:
+                backlog.append((ev, group_size))
+
+    for _ in range(DEVICES):
+        env.process(device())
+    env.run()
+    return done
 
 
-class _StubBatch:
-    __slots__ = ("cookies",)
+def run_bare_resource(group_size: int) -> int:
+    """The same model, written the usual SimPy way: a Resource and a process per group."""
+    env = simpy.Environment()
+    workers = simpy.Resource(env, capacity=WORKERS)
+    done = 0
 
-    def __init__(self, cookie: int) -> None:
-        self.cookies = [cookie]
+    def serve(ev: simpy.Event, n: int):  # type: ignore[no-untyped-def]
+        with workers.request() as req:
+            yield req
+            yield env.timeout(service_ns(n))
+        ev.succeed((int(env.now), n))
+
+    def device():  # type: ignore[no-untyped-def]
+        nonlocal done
+        used = 0
+        wake: list[simpy.Event] = []
+
+        def answered(ev: simpy.Event) -> None:
+            nonlocal used, done
+            used -= ev.value[1]
+            done += ev.value[1]
+            if wake:
+                wake.pop().succeed()
+
+        for _ in range(N_FAULTS // DEVICES // group_size):
+            yield env.timeout(GAP * group_size)
+            while used + group_size > CREDIT:
+                w = env.event()
+                wake.append(w)
+                yield w
+            used += group_size
+            ev = env.event()
+            ev.callbacks.append(answered)
+            env.process(serve(ev, group_size))
+
+    for _ in range(DEVICES):
+        env.process(device())
+    env.run()
+    return done
 
 
-def stub_queue(q: Queue, server: Server) -> None:
-    """Replace q's grouping with a hand-off to server and an echoed response."""
-    cookies = itertools.count(1)
-    sizes: dict[int, int] = {}
-
-    def report_batch(faults: Any) -> _StubBatch:
-        cookie = next(cookies)
-        sizes[cookie] = len(faults)
-        server(_StubGroup(cookie, len(faults)))  # type: ignore[arg-type]
-        return _StubBatch(cookie)
-
-    def respond(cookie: int, code: int, time: int | None = None) -> bool:
-        assert q.on_response is not None
-        q.on_response(PageResponse(time or 0, 0, 0, 0, Response(code), Flag(0), cookie,
-                                   sizes.pop(cookie), Reason.CALLER))
-        return True
-
-    q.report_batch = report_batch  # type: ignore[method-assign, assignment]
-    q.respond = respond  # type: ignore[method-assign, assignment]
-    q.expire = lambda now: None  # type: ignore[method-assign]
-
-
-def run_adapter(group_size: int, stub: bool = False) -> int:
+def run_adapter(group_size: int, py_server: bool = False) -> int:
     env = simpy.Environment()
     sim = SimQueue(env, policies.VTD.replace(response_timeout=1_000_000))
-    server = Server(sim, service_time=500, per_fault=25, servers=4)
+    if py_server:
+        server = Server(sim, service_time=500, per_fault=25, servers=WORKERS)
+    else:
+        server = Server(sim, service_time=service_ns(group_size), servers=WORKERS)
     server.attach_default()
-    if stub:
-        stub_queue(sim.queue, server)
     devs = [Device(sim, d, pasids=(1, 2), groups=N_FAULTS // DEVICES // group_size,
-                   group_size=group_size, interval=GAP * group_size, outstanding=256)
+                   group_size=group_size, interval=GAP * group_size, outstanding=CREDIT)
             for d in range(DEVICES)]
     env.run()
-    assert stub or sim.queue.stats.conserved()
+    assert sim.queue.stats.conserved()
     assert sim.unmatched == 0
     return sum(d.faults_done for d in devs)
 
 
 @pytest.mark.benchmark(group="sim")
-@pytest.mark.parametrize("strategy", ["bare", "adapter-g4", "adapter-g16", "adapter-g64",
-                                      "adapter-g16-stubqueue"])
+@pytest.mark.parametrize("strategy", ["bare", "bare-same-events-g4", "bare-resource-g4",
+                                      "adapter-g4", "bare-same-events-g16", "bare-resource-g16",
+                                      "adapter-g16", "bare-same-events-g64", "bare-resource-g64",
+                                      "adapter-g64",
+                                      "adapter-g16-pyserver"])
 def test_sim_events_per_second(benchmark: Any, strategy: str) -> None:
+    group_size = int(strategy.split("-g")[1].split("-")[0]) if "-g" in strategy else 1
     if strategy == "bare":
         fn = run_bare
+    elif strategy.startswith("bare-same-events"):
+        fn = lambda: run_bare_same_events(group_size)  # noqa: E731
+    elif strategy.startswith("bare-resource"):
+        fn = lambda: run_bare_resource(group_size)  # noqa: E731
     else:
-        group_size = int(strategy.split("-")[1][1:])
-        stub = strategy.endswith("stubqueue")
-        fn = lambda: run_adapter(group_size, stub)  # noqa: E731
+        py_server = strategy.endswith("pyserver")
+        fn = lambda: run_adapter(group_size, py_server)  # noqa: E731
     benchmark.extra_info["faults"] = N_FAULTS
     done = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     assert done == N_FAULTS

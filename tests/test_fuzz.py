@@ -579,7 +579,8 @@ def _respond_result(q: iopf.Queue, cookies, codes) -> list[bool]:
 @given(policy=st.sampled_from(sorted(POLICIES)),
        handler=st.sampled_from(["none", "const", "python"]),
        seed=st.integers(0, 3),
-       steps=st.lists(st.sampled_from(["batch", "respond", "expire"]), min_size=1, max_size=5),
+       steps=st.lists(st.sampled_from(["batch", "respond", "expire", "respond_at", "advance"]),
+                      min_size=1, max_size=5),
        data=st.data())
 def test_queue_batch_fuzz(policy: str, handler: str, seed: int, steps: list[str],
                           data: st.DataObject) -> None:
@@ -595,6 +596,18 @@ def test_queue_batch_fuzz(policy: str, handler: str, seed: int, steps: list[str]
             n = len(cookies) if isinstance(cookies, (list, np.ndarray)) else 1
             codes = data.draw(code_args(n), label="codes")
             lockstep(queues, "respond_batch", lambda q: _respond_result(q, cookies, codes), seen)
+        elif step == "respond_at":
+            pending = queues[0].core.pending_cookies().tolist()
+            cookies = data.draw(cookie_args(pending), label="cookies")
+            n = len(cookies) if isinstance(cookies, (list, np.ndarray)) else 1
+            codes = data.draw(code_args(n), label="codes")
+            at = data.draw(st.one_of(st.integers(-1, 2**64), st.lists(st.integers(-1, 500),
+                                                                      max_size=6)), label="at")
+            lockstep(queues, "respond_batch(at=)",
+                     lambda q: q.respond_batch(cookies, codes, at=at).tolist(), seen)
+        elif step == "advance":
+            now = data.draw(st.integers(-1, 600), label="now")
+            lockstep(queues, "advance", lambda q: q.advance(now), seen)
         else:
             now = data.draw(st.integers(-1, 400), label="now")
             lockstep(queues, "expire", lambda q: q.expire(now), seen)

@@ -231,7 +231,7 @@ def test_bad_input() -> None:
     with pytest.raises(TypeError, match="chunk 1"):
         iopf.replay([trace.synthetic(10), [1, 2, 3]])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="service_time"):
-        iopf.replay(trace.synthetic(100), service_time=lambda s: np.zeros(1, np.int64))
+        iopf.replay(trace.synthetic(100), service_time=lambda s: np.zeros(len(s) + 1, np.int64))
 
 
 def test_empty_trace() -> None:

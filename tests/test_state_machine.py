@@ -3,8 +3,10 @@
 A Hypothesis state machine reports random faults (reused group ids, stale
 partials, no-PASID requests, lone LPIGs, stop markers, PRIV_DATA), answers,
 flushes, discards, removes, attaches handlers that answer, defer or raise,
-sets allocations and expires, under a random policy; after every step all
-queues must agree on groups, responses, pending groups and counters, and the
+sets allocations and expires, schedules answers, serves groups through a
+service model and advances simulated time (with and without advancing on
+report), under a random policy; after every step all queues must agree on
+groups, responses, pending groups, the next deadline and counters, and the
 conservation law of F6 must hold.
 """
 from __future__ import annotations
@@ -58,8 +60,15 @@ def as_array(fs: list[Fault]) -> np.ndarray:
     return np.array([tuple(f) for f in fs], dtype=FAULT_DTYPE)
 
 
+SERVICES = st.sampled_from([None, ("const:7", None), ("exp:20", 1), ("lognormal:30,0.8", 2),
+                            ((3, 9, 40), 1), ("const:0", 1)])
+
+
 def make_handler(mode: str):
-    """A constant handler ("const-CODE", answered in the engine) or a Python one."""
+    """A constant handler ("const-CODE", answered in the engine), the queue's
+    service model ("serve") or a Python one."""
+    if mode == "serve":
+        return "serve"
     if mode.startswith("const-"):
         return Response[mode[6:]]
     return Handler(mode)
@@ -81,13 +90,31 @@ class Handler:
 
 def snapshot(q: iopf.Queue):
     return (q.stats.as_dict(), q.core.pending_cookies().tolist(),
-            [g.faults.tobytes() for g in q.pending()])
+            [g.faults.tobytes() for g in q.pending()], q.next_deadline(), q.now,
+            q.core.service_stats(), q.core.service_at(q.now), q.core.last_kind)
 
 
 class Agreement(RuleBasedStateMachine):
-    @initialize(policy=policies())
-    def setup(self, policy):
+    @initialize(policy=policies(), service=SERVICES, seed=st.integers(0, 2**64 - 1))
+    def setup(self, policy, service, seed):
         self.queues = [iopf.Queue(policy, strategy=s) for s in STRATEGIES]
+        self.service = service
+        if service is not None:
+            time, servers = service
+            for q in self.queues:
+                q.service = iopf.Service(np.array(time) if isinstance(time, tuple) else time,
+                                         servers, seed=seed)
+
+    def handler(self, mode: str):
+        h = make_handler(mode)
+        if h == "serve":
+            return self.queues[0].service if self.service is not None else Response.SUCCESS
+        return h
+
+    def each(self, mode: str):
+        """The handler of each queue (a service model is each queue's own)."""
+        return [q.service if mode == "serve" and self.service is not None else self.handler(mode)
+                for q in self.queues]
 
     def all(self, fn):
         """Apply fn to every queue; results (or raised exception types) must agree."""
@@ -114,6 +141,10 @@ class Agreement(RuleBasedStateMachine):
             return b.faults.tobytes(), b.offsets.tolist(), b.cookies.tolist()
         self.all(run)
 
+    @rule(fs=st.lists(faults(), max_size=6))
+    def kinds(self, fs):
+        self.all(lambda q: q.core.kinds(as_array(fs)).tolist())
+
     @rule(cookie=st.integers(0, 40), code=st.sampled_from(list(Response)))
     def respond(self, cookie, code):
         self.all(lambda q: q.respond(cookie, code))
@@ -135,17 +166,20 @@ class Agreement(RuleBasedStateMachine):
         self.all(lambda q: q.remove_device(dev))
 
     @rule(dev=DEVS, pasid=PASID_OR_NONE,
-          mode=st.sampled_from(["SUCCESS", "INVALID", "defer", "raise", "const-SUCCESS", "const-FAILURE"]))
+          mode=st.sampled_from(["SUCCESS", "INVALID", "defer", "raise", "const-SUCCESS",
+                                "const-FAILURE", "serve"]))
     def attach(self, dev, pasid, mode):
-        self.all(lambda q: q.attach(dev, pasid, make_handler(mode)))
+        hs = iter(self.each(mode))
+        self.all(lambda q: q.attach(dev, pasid, next(hs)))
 
     @rule(dev=DEVS, pasid=PASID_OR_NONE)
     def detach(self, dev, pasid):
         self.all(lambda q: q.detach(dev, pasid))
 
-    @rule(mode=st.sampled_from([None, "SUCCESS", "defer", "raise", "const-INVALID"]))
+    @rule(mode=st.sampled_from([None, "SUCCESS", "defer", "raise", "const-INVALID", "serve"]))
     def default_handler(self, mode):
-        self.all(lambda q: setattr(q, "default_handler", mode and make_handler(mode)))
+        hs = iter(self.each(mode) if mode else [None] * len(self.queues))
+        self.all(lambda q: setattr(q, "default_handler", next(hs)))
 
     @rule(dev=DEVS, outstanding=st.sampled_from([None, 1, 2, 5]))
     def add_device(self, dev, outstanding):
@@ -154,6 +188,30 @@ class Agreement(RuleBasedStateMachine):
     @rule(now=st.integers(0, 200))
     def expire(self, now):
         self.all(lambda q: q.expire(now))
+
+    @rule(cookie=st.integers(0, 40), code=st.sampled_from(list(Response)), at=st.integers(0, 200))
+    def respond_at(self, cookie, code, at):
+        self.all(lambda q: q.respond(cookie, code, at=at))
+
+    @rule(cookies=st.lists(st.integers(1, 40), max_size=6), code=st.sampled_from(list(Response)),
+          at=st.one_of(st.integers(0, 200), st.lists(st.integers(0, 200), min_size=6, max_size=6)))
+    def respond_batch_at(self, cookies, code, at):
+        when = at if isinstance(at, int) else np.array(at[:len(cookies)], dtype=np.uint64)
+        self.all(lambda q: q.respond_batch(np.array(cookies, dtype=np.uint64), code,
+                                           at=when).tolist())
+
+    @rule(now=st.integers(0, 250))
+    def advance(self, now):
+        self.all(lambda q: q.advance(now))
+
+    @rule(cookie=st.integers(1, 40), at=st.one_of(st.none(), st.integers(0, 200)),
+          duration=st.one_of(st.none(), st.integers(0, 60)))
+    def serve(self, cookie, at, duration):
+        self.all(lambda q: q.serve(cookie, at=at, service_time=duration))
+
+    @rule(on=st.booleans())
+    def auto_advance(self, on):
+        self.all(lambda q: setattr(q, "auto_advance", on))
 
     @invariant()
     def agree(self):

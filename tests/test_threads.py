@@ -3,8 +3,8 @@
 ``Queue`` takes its lock around every call (the batch loop then runs in C
 without the GIL, still inside the lock). These tests hammer one queue from
 several threads with ``report``, ``report_batch``, ``respond``,
-``respond_batch``, ``flush_pasid``, ``discard_partial``, ``expire`` and
-``take_responses``, with the interpreter's switch interval cut to 10 us so
+``respond_batch`` (now or scheduled with ``at``), ``flush_pasid``,
+``discard_partial``, ``expire``, ``advance`` and ``take_responses``, with the interpreter's switch interval cut to 10 us so
 that threads interleave as often as possible, and then check:
 
 * the counters of F6 (``stats.conserved()``) and ``partial_count``;
@@ -250,7 +250,7 @@ def chaos_thread(q: iopf.Queue, faults: np.ndarray, seed: int,
         i = 0
         while i < len(faults):
             op = rng.choice(["batch", "batch", "single", "respond", "respond_batch", "flush",
-                             "discard", "expire", "take", "pending"])
+                             "discard", "expire", "take", "pending", "respond_at", "advance"])
             try:
                 if op == "batch":
                     k = int(rng.integers(1, 300))
@@ -273,6 +273,12 @@ def chaos_thread(q: iopf.Queue, faults: np.ndarray, seed: int,
                     q.discard_partial()
                 elif op == "expire":
                     q.expire(q.now)
+                elif op == "respond_at":   # scheduled answers, sent by a later advance
+                    cookies = pending_cookies(q)[: int(rng.integers(0, 20))]
+                    q.respond_batch(cookies.astype(np.uint64), Response.SUCCESS,
+                                    at=q.now + int(rng.integers(0, 3_000)))
+                elif op == "advance":
+                    q.advance(q.now + int(rng.integers(0, 2_000)))
                 elif op == "take":
                     sink.append(q.take_responses())
                 elif op == "pending":

@@ -10,6 +10,7 @@ from . import policies, trace
 from ._replay import ReplayReport, replay
 from .policies import Policy
 from .queue import Group, GroupBatch, Handler, Queue, Stats
+from .service import Service
 from .types import (FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, Fault, Flag, PageResponse, Perm,
                     Reason, Response)
 
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "FAULT_DTYPE", "RESPONSE_DTYPE", "NO_PASID", "Fault", "Flag", "Perm", "Response", "Reason",
     "PageResponse", "Policy", "policies", "Queue", "Group", "GroupBatch", "Stats", "Handler",
-    "trace", "replay", "ReplayReport",
+    "trace", "replay", "ReplayReport", "Service",
 ]
 

@@ -20,16 +20,18 @@ import numpy as np
 
 from . import policies
 from .policies import Policy
-from .queue import Handler, Queue
+from .queue import Group, Handler, Queue
+from .service import Service
 from .types import FAULT_DTYPE, Reason, Response
 
 __all__ = ["ReplayReport", "replay"]
 
-#: A constant service time in ns, or a function of the group sizes (an int64
-#: array) returning each group's service time in ns.
-ServiceTime = Union[int, Callable[[np.ndarray], Any]]
+#: A service time: ns, a distribution (``"exp:2000"``, ``"lognormal:20000,0.5"``,
+#: ``"const:20000"``), samples in ns to draw from, a :class:`iopf.Service`, or a
+#: function of the group sizes (an int64 array) returning each group's ns.
+ServiceTime = Union[int, str, np.ndarray, Service, Callable[[np.ndarray], Any]]
 
-_NEVER = np.uint64(2**64 - 1)
+_END_OF_TIME = 2**64 - 1
 _RECORD_ERROR = re.compile(r"^record (\d+): (.*)$", re.DOTALL)
 
 
@@ -55,6 +57,11 @@ class ReplayReport:
     (faults reported, groups completed, by the LPIG's id, and responses sent).
     ``shards`` is empty for a single replay; a merged report lists there each
     shard's faults, groups, wall and engine seconds (see ``merge``).
+    ``service`` describes the workers of a service model (``servers``,
+    ``served``, ``utilization``, ``wait_mean_ns``, ``wait_max_ns``: the time
+    groups waited for a worker), or is None; merged reports add the workers
+    and the groups served, average the waits over the groups and the
+    utilization over the workers.
     """
 
     policy: str
@@ -77,6 +84,7 @@ class ReplayReport:
     #: The latency histogram behind ``latency_ns`` (None when not modelled):
     #: kept so that reports merge exactly.
     histogram: _LatencyHistogram | None = field(default=None, repr=False)
+    service: dict[str, Any] | None = None
 
     @property
     def faults(self) -> int:
@@ -102,6 +110,7 @@ class ReplayReport:
             "devices": _breakdown_dict(self.devices),
             "pasids": _breakdown_dict(self.pasids),
             **({"shards": [dict(sh) for sh in self.shards]} if self.shards else {}),
+            **({} if self.service is None else {"service": dict(self.service)}),
             **{k: v for k, v in self.extra.items()},
         }
 
@@ -174,6 +183,7 @@ class ReplayReport:
             pasids=_add_breakdowns([r.pasids for r in reports]),
             shards=shards,
             histogram=hist,
+            service=_merge_service([r.service for r in reports]),
         )
 
     def _shard_entry(self, index: int) -> dict[str, Any]:
@@ -216,6 +226,13 @@ class ReplayReport:
         lines += _breakdown_lines("device", self.devices)
         lines += _breakdown_lines("PASID", self.pasids)
         lines += _shard_lines(self.shards)
+        if self.service is not None:
+            sv = self.service
+            workers = "unbounded" if not sv["servers"] else f"{sv['servers']:,}"
+            lines += ["", f"service ({workers} workers, {sv['served']:,} groups served)",
+                      f"  {'utilization':<13} {100 * sv['utilization']:>13.1f}%",
+                      f"  {'wait mean':<13} {_ns(sv['wait_mean_ns']):>14}",
+                      f"  {'wait max':<13} {_ns(sv['wait_max_ns']):>14}"]
         for k, v in self.extra.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
@@ -224,8 +241,8 @@ class ReplayReport:
 def replay(faults: np.ndarray | Iterable[np.ndarray], *,
            policy: Policy | str = policies.PCIE, strategy: str = "hash",
            handler: Handler | Response | None = None,
-           service_time: ServiceTime | None = None,
-           answer: bool = True, batch_size: int = 65536,
+           service_time: ServiceTime | None = None, servers: int | None = None,
+           seed: int = 0, answer: bool = True, batch_size: int = 65536,
            progress: bool = False, total: int | None = None,
            breakdown: bool = True) -> ReplayReport:
     """Run a trace through a fresh ``Queue`` in batches and report on it.
@@ -236,12 +253,14 @@ def replay(faults: np.ndarray | Iterable[np.ndarray], *,
 
     How groups are answered (the handler model):
 
-    - ``service_time`` (ns, or a function of the group sizes, an int64
-      array, returning the ns of each group): each group is answered SUCCESS
-      at its LPIG time plus its service time. Groups are served
-      independently, as Linux runs each group on an unbound workqueue, so
-      latency equals the service time unless a timeout
-      (``policy.response_timeout``) comes first.
+    - ``service_time`` (see :data:`ServiceTime`; a distribution is drawn
+      per group from ``seed``): each group is queued at its LPIG time for
+      one of ``servers`` workers (None: every group has its own, as on an
+      unbound workqueue), served for its service time and answered SUCCESS
+      when that ends, unless a timeout (``policy.response_timeout``) came
+      first (the late answer is then stale). With bounded workers latency
+      is queueing delay plus service time. A function of the group sizes is
+      called once per group, with an array of one size.
     - ``handler``: the queue's ``default_handler``. A callable is called once
       per group (the slow path): a code it returns answers the group at
       once, a group it leaves pending is answered after ``service_time`` if
@@ -257,15 +276,11 @@ def replay(faults: np.ndarray | Iterable[np.ndarray], *,
     under a ``require_device`` policy (Linux, VT-d) each device is added to
     the queue when it first appears (the report's ``model`` says so).
 
-    Service-time answers and timeouts are applied between batches: before a
-    batch is reported, every group due by the time of its first fault is
-    answered and ``Queue.expire`` runs; after the last batch, simulated time
-    runs on until every answer and timeout has happened. Latency still uses
-    each group's own due time. Only an overflow (F5) could see the
-    difference, so with ``policy.queue_depth`` a batch is cut where it could
-    overflow with an answer still owed: the result is then the same for
-    every ``batch_size`` and chunking, 1 included, for a time-sorted trace.
-    ``progress=True`` shows a tqdm bar on stderr (``total``: the number of
+    Answers and timeouts are scheduled in the queue, which sends those due
+    before each request as it comes (``Queue(auto_advance=True)``); after
+    the last batch, simulated time runs on until every answer and timeout
+    has happened. The result is the same for every ``batch_size`` and
+    chunking, 1 included. ``progress=True`` shows a tqdm bar on stderr (``total``: the number of
     faults, when ``faults`` is an iterable). ``breakdown=False`` leaves the
     per-device and per-PASID tables empty and saves their cost.
 
@@ -290,24 +305,41 @@ def replay(faults: np.ndarray | Iterable[np.ndarray], *,
     if handler is not None and not callable(handler) and not isinstance(handler, int):
         raise TypeError(f"handler must be callable or a Response code, not "
                         f"{type(handler).__name__}")
-    if service_time is not None and not callable(service_time):
-        if isinstance(service_time, bool) or int(service_time) != service_time \
-                or service_time < 0:
-            raise ValueError(f"service_time must be a whole number of ns >= 0, "
-                             f"not {service_time!r}")
-        service_time = int(service_time)
+    service = _service(service_time, servers, seed)
+    per_group = service_time if callable(service_time) and not isinstance(service_time, Service) \
+        else None
     if isinstance(faults, np.ndarray):
         total = len(faults)
-    run = _Replayer(policy, strategy, handler, service_time, answer, batch_size, breakdown)
+    run = _Replayer(policy, strategy, handler, service if answer else None, per_group, answer,
+                    batch_size, breakdown)
     return run.run(faults, progress, total)
 
 
+def _service(service_time: ServiceTime | None, servers: int | None, seed: int) -> Service | None:
+    """The service model the arguments describe (a function of sizes: drawn by it)."""
+    if isinstance(service_time, Service):
+        if servers is not None:
+            raise ValueError("servers is given by the Service itself")
+        return service_time
+    if service_time is None:
+        if servers is not None:
+            raise ValueError("servers needs a service_time")
+        return None
+    if callable(service_time):
+        return Service(0, servers, seed=seed)
+    if isinstance(service_time, (float, np.floating)) and float(service_time).is_integer():
+        service_time = int(service_time)
+    if isinstance(service_time, (bool, float, np.floating)):
+        raise ValueError(f"service_time must be a whole number of ns >= 0, not {service_time!r}")
+    return Service(service_time, servers, seed=seed)
+
+
 class _Replayer:
-    """The state of one replay: the queue and the groups it still owes."""
+    """The state of one replay: the queue, and what its responses add up to."""
 
     def __init__(self, policy: Policy, strategy: str, handler: Handler | Response | None,
-                 service_time: ServiceTime | None, answer: bool, batch_size: int,
-                 breakdown: bool = True) -> None:
+                 service: Service | None, per_group: Callable[[np.ndarray], Any] | None,
+                 answer: bool, batch_size: int, breakdown: bool = True) -> None:
         # The replay stands for a handler on every (dev, PASID) and for devices
         # that had IOPF enabled (see replay's docstring); require_handler and
         # require_device only decide R2, so lifting them changes nothing else
@@ -316,28 +348,33 @@ class _Replayer:
         run_policy = policy
         if policy.require_handler or policy.require_device:
             run_policy = policy.replace(require_handler=False, require_device=False)
+        if isinstance(handler, int):
+            service = None   # a constant handler answers every group as it forms
         # Latency means something only when the model says when groups are answered.
-        self.timed = handler is not None or (answer and service_time is not None)
-        if service_time is None and handler is None and answer:
-            # A constant handler: the engine answers each group as it forms,
-            # in C, so credit comes back exactly when it would.
-            handler = Response.SUCCESS
+        self.timed = handler is not None or service is not None
         self.policy = policy
-        self.queue = Queue(run_policy, strategy=strategy, default_handler=handler)
+        self.service = service
+        self.queue = Queue(run_policy, strategy=strategy, auto_advance=True)
+        if service is not None:
+            self.queue.service = service
+        self.per_group = per_group
+        self.user_handler = handler
+        run_handler: Handler | Response | Service | None = handler
+        if handler is None:
+            # Answered as it forms (a constant handler, in C: credit comes back
+            # exactly when it would), or by the workers (in C too).
+            run_handler = (service if per_group is None else self._serve) if service is not None \
+                else (Response.SUCCESS if answer else None)
+        elif callable(handler) and service is not None:
+            run_handler = self._handle
+        self.queue.default_handler = run_handler
         self.strategy = self.queue.strategy
         self.batch_size = batch_size
-        self.service_time = service_time if answer else None
         self.timeout = policy.response_timeout
-        self.model = _describe(handler if self.timed else None, self.service_time, answer,
+        self.model = _describe(self.user_handler, service, per_group is not None, answer,
                                self.timeout)
         if policy.require_device:
             self.model += ", each device added when it first appears"
-        # Groups handed out and not yet answered, in cookie (creation) order.
-        self.cookie = np.empty(0, np.uint64)
-        self.gtime = np.empty(0, np.uint64)
-        self.due = np.empty(0, np.uint64)      # _NEVER: the replay does not answer it
-        self.times_out = np.empty(0, bool)     # a timeout comes before the answer
-        self.size = np.empty(0, np.int64)
         self.sizes_hist = np.zeros(64, np.int64)
         self.codes = np.zeros(len(Response), np.int64)
         self.reasons = np.zeros(len(Reason), np.int64)
@@ -345,7 +382,28 @@ class _Replayer:
         self.tally = _Tally(breakdown)
         self.engine = 0.0
         self.batches = 0
-        self.clock = 0      # simulated time of the last batch boundary
+        self.first: int | None = None   # simulated time of the first request
+        self.last = 0                   # and of the last request or response
+
+    # -- handlers of the model ---------------------------------------------------------------
+    def _handle(self, group: Group) -> Response | int | None:
+        """The user's handler; a group it leaves pending goes to the workers."""
+        assert callable(self.user_handler)
+        code = self.user_handler(group)
+        if code is None:
+            self._serve(group)
+        return code
+
+    def _serve(self, group: Group) -> None:
+        duration = None
+        if self.per_group is not None:
+            st = np.asarray(self.per_group(np.array([len(group)], np.int64)))
+            if st.shape != (1,) or not np.issubdtype(st.dtype, np.integer) or st[0] < 0:
+                raise ValueError(f"service_time() must return one integer >= 0 per group "
+                                 f"(one per size given), got {st.dtype} {st.shape}")
+            duration = int(st[0])
+        self.queue.serve(group, service_time=duration)
+        return None
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, faults: np.ndarray | Iterable[np.ndarray], progress: bool,
@@ -357,50 +415,16 @@ class _Replayer:
         with tqdm(total=total, disable=not progress, unit="fault", unit_scale=True,
                   desc=f"replay ({self.strategy})", leave=False) as bar:
             for chunk in _chunks(faults):
-                pos = 0
-                while pos < len(chunk):
-                    batch = chunk[pos:pos + self._batch_limit(chunk, pos)]
+                for pos in range(0, len(chunk), self.batch_size):
+                    batch = chunk[pos:pos + self.batch_size]
                     self._step(batch, done)
-                    pos += len(batch)
                     done += len(batch)
                     bar.update(len(batch))
             self._finish()
         wall = time.perf_counter() - start
         return self._report(wall)
 
-    def _batch_limit(self, chunk: np.ndarray, pos: int) -> int:
-        depth = self.policy.queue_depth
-        if depth is None:
-            return self.batch_size
-        # Answers are applied between batches, so inside a batch the queue
-        # holds more than an event-by-event replay would. That changes the
-        # result only through an overflow (F5), so a batch ends before it can
-        # overflow (the room left) unless no answer falls due within it.
-        room = depth - (self.queue.partial_count + int(self.size.sum()))
-        if room >= self.batch_size:
-            return self.batch_size
-        first = max(self.clock, int(chunk["time"][pos]))
-        horizon = int(self.due.min()) if len(self.due) else int(_NEVER)
-        # A group formed inside the batch brings its own answer time, unless
-        # the queue is full: then every request overflows and none forms
-        # until an answer (or, with discard_on_overflow, the first overflow)
-        # makes room.
-        if room > 0 or self.policy.discard_on_overflow:
-            if callable(self.service_time):
-                horizon = first
-            elif self.service_time is not None:
-                horizon = min(horizon, first + self.service_time)
-            if self.timeout is not None:
-                horizon = min(horizon, first + self.timeout)
-        if horizon <= first:
-            return max(1, room)
-        window = chunk["time"][pos:pos + self.batch_size]
-        quiet = int(np.searchsorted(window, np.uint64(min(horizon, int(_NEVER))), "left"))
-        return max(1, room, quiet)
-
     def _step(self, batch: np.ndarray, base: int) -> None:
-        now = max(self.clock, int(batch["time"][0]))
-        self._advance(now)
         t = time.perf_counter()
         try:
             groups = self.queue.report_batch(batch)
@@ -412,8 +436,12 @@ class _Replayer:
             raise ValueError(f"record {base + int(m.group(1))}: {m.group(2)}") from e
         finally:
             self.engine += time.perf_counter() - t
+            self._collect()
         self.batches += 1
         self.tally.add_faults(batch)
+        if self.first is None:
+            self.first = int(batch["time"].min())
+        self.last = max(self.last, int(batch["time"].max()))
         sizes = groups.sizes
         if len(sizes):
             lpigs = groups.faults[groups.offsets[1:] - 1]
@@ -423,120 +451,28 @@ class _Replayer:
                 self.sizes_hist = np.concatenate(
                     [self.sizes_hist, np.zeros(len(h) - len(self.sizes_hist), np.int64)])
             self.sizes_hist[:len(h)] += h
-            gtime = groups.faults["time"][groups.offsets[1:] - 1]
-            self._open(groups.cookies, gtime, sizes)
-        self._collect(self._take())
-
-    def _open(self, cookies: np.ndarray, gtime: np.ndarray, sizes: np.ndarray) -> None:
-        """Add a batch's groups to those owed, with the time each is due."""
-        n = len(cookies)
-        if self.service_time is None:
-            due = np.full(n, _NEVER)
-        elif callable(self.service_time):
-            st = np.asarray(self.service_time(sizes.astype(np.int64)))
-            if st.shape != (n,) or (st.size and (not np.issubdtype(st.dtype, np.integer)
-                                                 or st.min() < 0)):
-                raise ValueError(f"service_time() must return {n} integers >= 0 "
-                                 f"(one per group), got {st.dtype} {st.shape}")
-            due = gtime + st.astype(np.uint64)
-        else:
-            due = gtime + np.uint64(self.service_time)
-        if self.timeout is None:
-            times_out = np.zeros(n, bool)
-        else:
-            # The expiry is at gtime + timeout (Queue.expire's cutoff is
-            # inclusive), so an answer due at that instant or later is too late.
-            limit = gtime + np.uint64(self.timeout)
-            times_out = due >= limit
-            due = np.where(times_out, limit, due)
-        self.cookie = np.concatenate([self.cookie, cookies])
-        self.gtime = np.concatenate([self.gtime, gtime])
-        self.due = np.concatenate([self.due, due])
-        self.times_out = np.concatenate([self.times_out, times_out])
-        self.size = np.concatenate([self.size, sizes])
-
-    def _advance(self, now: int) -> None:
-        """Move simulated time to ``now``: send the answers due by then, expire."""
-        self.clock = now
-        if not len(self.cookie):
-            if self.timeout is not None:
-                self._expire(now)
-            return
-        ready = self.due <= np.uint64(now)
-        serve = ready & ~self.times_out
-        if serve.any():
-            cookies = self.cookie[serve]
-            t = time.perf_counter()
-            sent = self.queue.respond_batch(cookies, int(Response.SUCCESS))
-            out = self._take()
-            self.engine += time.perf_counter() - t
-            # respond_batch stamps every response with the queue's current
-            # time; the model's time for each is its due time.
-            lat = (self.due[serve] - self.gtime[serve])[sent]
-            self._count(out)
-            if self.timed:
-                self.lat.add(lat)
-            self._close(serve)
-        if self.timeout is not None:
-            self._expire(now)
-
-    def _expire(self, now: int) -> None:
-        t = time.perf_counter()
-        self.queue.expire(now)
-        out = self._take()
-        self.engine += time.perf_counter() - t
-        self._collect(out)
 
     def _finish(self) -> None:
         """After the trace: run simulated time on until nothing more can happen."""
-        if not len(self.cookie):
-            return
-        end = self.due[self.due != _NEVER]
-        horizon = int(end.max()) if len(end) else self.clock
-        if self.timeout is not None:
-            # Groups nobody will answer still time out.
-            horizon = max(horizon, int(self.gtime.max()) + self.timeout)
-        self._advance(max(self.clock, horizon))
+        t = time.perf_counter()
+        self.queue.advance(_END_OF_TIME)
+        self.engine += time.perf_counter() - t
+        self._collect()
 
     # -- responses -----------------------------------------------------------------------
-    def _take(self) -> np.ndarray:
-        return self.queue.take_responses()
-
-    def _collect(self, out: np.ndarray) -> None:
-        """Count responses sent by the queue itself (handler, overflow, timeout, ...)."""
+    def _collect(self) -> None:
+        """Count the responses sent (handler, workers, overflow, timeout, ...)."""
+        out, gtime = self.queue.core.take_responses(group_times=True)
         if not len(out):
             return
-        self._count(out)
-        grp = out[out["cookie"] != 0]
-        if not len(grp):
-            return
-        idx = np.searchsorted(self.cookie, grp["cookie"])
-        idx = np.minimum(idx, len(self.cookie) - 1)
-        known = self.cookie[idx] == grp["cookie"] if len(self.cookie) else np.zeros(len(grp), bool)
-        idx, grp = idx[known], grp[known]
-        if self.timed:
-            # A timeout fires at gtime + timeout exactly, though expire() only
-            # runs at batch boundaries; other answers carry their own time.
-            lat = np.where(grp["reason"] == int(Reason.TIMEOUT),
-                           np.uint64(self.timeout or 0),
-                           grp["time"] - np.minimum(grp["time"], self.gtime[idx]))
-            self.lat.add(lat)
-        mask = np.zeros(len(self.cookie), bool)
-        mask[idx] = True
-        self._close(mask)
-
-    def _count(self, out: np.ndarray) -> None:
         self.codes += np.bincount(out["code"], minlength=len(self.codes))[:len(self.codes)]
         self.reasons += np.bincount(out["reason"], minlength=len(self.reasons))[:len(self.reasons)]
+        rt = out["time"]
+        self.last = max(self.last, int(rt.max()))
+        if self.timed:
+            grp = out["cookie"] != 0      # answers to groups, not to lone requests
+            self.lat.add((rt - np.minimum(rt, gtime))[grp])
         self.tally.add_responses(out)
-
-    def _close(self, mask: np.ndarray) -> None:
-        keep = ~mask
-        self.cookie = self.cookie[keep]
-        self.gtime = self.gtime[keep]
-        self.due = self.due[keep]
-        self.times_out = self.times_out[keep]
-        self.size = self.size[keep]
 
     # -- the report ----------------------------------------------------------------------
     def _report(self, wall: float) -> ReplayReport:
@@ -559,7 +495,35 @@ class _Replayer:
             devices=self.tally.result("dev"),
             pasids=self.tally.result("pasid"),
             histogram=self.lat if self.timed else None,
+            service=self._service_summary(),
         )
+
+    def _service_summary(self) -> dict[str, Any] | None:
+        if self.service is None:
+            return None
+        sv = self.queue.core.service_stats()
+        span = self.last - (self.first or 0)
+        workers = sv["servers"]
+        served = sv["served"]
+        return {"servers": workers, "served": served,
+                "utilization": (sv["busy_ns"] / (workers * span) if workers and span else 0.0),
+                "wait_mean_ns": sv["wait_ns"] / served if served else 0.0,
+                "wait_max_ns": sv["max_wait_ns"]}
+
+
+def _merge_service(services: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The workers of shards together (None unless every shard modelled them)."""
+    if not services or any(sv is None for sv in services):
+        return None
+    svs = [sv for sv in services if sv is not None]
+    served = sum(sv["served"] for sv in svs)
+    servers = sum(sv["servers"] for sv in svs)
+    return {"servers": servers, "served": served,
+            "utilization": (sum(sv["utilization"] * sv["servers"] for sv in svs) / servers
+                            if servers else 0.0),
+            "wait_mean_ns": (sum(sv["wait_mean_ns"] * sv["served"] for sv in svs) / served
+                             if served else 0.0),
+            "wait_max_ns": max(sv["wait_max_ns"] for sv in svs)}
 
 
 class _LatencyHistogram:
@@ -800,16 +764,17 @@ def _chunks(faults: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         yield chunk
 
 
-def _describe(handler: Handler | Response | None, service_time: ServiceTime | None,
+def _describe(handler: Handler | Response | None, service: Service | None, per_group: bool,
               answer: bool, timeout: int | None) -> str:
     parts = []
     if isinstance(handler, int):
         parts.append(f"every group answered {Response(handler).name}")
     elif handler is not None:
         parts.append(f"handler {getattr(handler, '__name__', type(handler).__name__)}")
-    if service_time is not None:
-        parts.append("service time " + ("per group" if callable(service_time)
-                                        else _ns(service_time)))
+    if service is not None and not isinstance(handler, int):
+        parts.append("service time " + ("per group" if per_group else service.text))
+        if service.servers is not None:
+            parts.append(f"{service.servers:,} workers")
     if not parts:
         parts.append("answered on completion" if answer else "never answered")
     if timeout is not None:

@@ -12,6 +12,7 @@ and exit status 2; an interrupt exits with 130.
 
     iopf generate t.npy --faults 1e6 --lost-lpig 0.01
     iopf replay t.npy --policy vtd --service-time 20000 --json report.json
+    iopf replay --servers 4 --service-time exp:2000 --plot latency.png
     iopf bench --strategies hash,list,python --plot bench.png
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import __version__, policies, trace
 from ._replay import ReplayReport, _rate, replay
+from .service import Service
 from .trace import LoadStats, TraceError
 
 __all__ = ["main"]
@@ -102,9 +104,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="trace file (default: synthetic); several files, a glob or a "
                    "dataset written by iopf.trace.partition replay on a Dask cluster")
     _queue_options(r)
-    r.add_argument("--service-time", type=_ns, default=None, metavar="NS",
-                   help="answer each group SUCCESS this many ns after its last request "
-                   "(default: as it completes; latency is reported only with this)")
+    r.add_argument("--service-time", type=_service_time, default=None, metavar="TIME",
+                   help="how long the handler takes per group: NS or const:NS, exp:MEAN, "
+                   "lognormal:MEAN,SIGMA (ns); each group is answered SUCCESS when its "
+                   "service ends (default: as it completes; latency is reported only with "
+                   "this)")
+    r.add_argument("--servers", type=_positive, default=None, metavar="N",
+                   help="workers that serve groups, FIFO (default: one per group, no "
+                   "queueing); needs --service-time")
+    r.add_argument("--service-seed", type=int, default=0, metavar="S",
+                   help="seed of the service time draws (default 0)")
+    r.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the latency histogram (needs matplotlib)")
     r.add_argument("--timeout", type=_ns, default=None, metavar="NS",
                    help="set the policy's response_timeout (ns)")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout "
@@ -205,6 +216,14 @@ def _positive(text: str) -> int:
 _ns = _count
 
 
+def _service_time(text: str) -> str:
+    try:
+        Service(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _fraction(text: str) -> float:
     try:
         x = float(text)
@@ -242,6 +261,9 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     if args.trace is not None and (args.faults is not None or args.seed is not None):
         raise ValueError("--faults and --seed describe the synthetic trace; "
                          "they do not apply with TRACE")
+    if args.servers is not None and args.service_time is None:
+        raise ValueError("--servers needs --service-time (how long each group is served)")
+    plt = _pyplot() if args.plot is not None else None   # fail before the long part
     policy = policies.PRESETS[args.policy]
     if args.timeout is not None:
         policy = policy.replace(response_timeout=args.timeout)
@@ -259,8 +281,10 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
+        service = None if args.service_time is None else \
+            Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
-                        service_time=args.service_time, batch_size=args.batch_size,
+                        service_time=service, batch_size=args.batch_size,
                         progress=progress, total=total)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
@@ -272,10 +296,14 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records of {args.trace} "
               f"(first: {load.errors[0]})", file=sys.stderr)
+    if plt is not None:
+        _plot_latency(plt, report, args.plot, name)
     if args.json == "-":
         _write_json(sys.stdout, report)
         return 0
     print(report)
+    if args.plot is not None:
+        print(f"wrote {args.plot}")
     if args.json is not None:
         with open(args.json, "w", encoding="utf-8") as f:
             _write_json(f, report)
@@ -425,6 +453,36 @@ def _plot(plt: Any, rows: list[tuple[Any, ...]], path: str, name: str) -> None:
     ax.set_title(f"iopf grouping strategies ({name})")
     for i, r in enumerate(rows):
         ax.annotate(f"{r[2]:.0f}", (i, r[2]), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_latency(plt: Any, report: ReplayReport, path: str, name: str) -> None:
+    """The latency histogram: groups per latency bucket, on log axes."""
+    lower, count = report.latency_histogram()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    if len(count):
+        lo = lower.astype(np.float64)
+        n = count.astype(np.float64)
+        # Buckets are one ns wide below 4096 ns and wider above: regroup them in
+        # bins of equal width on a log axis, so that the bars compare.
+        edges = np.unique(np.geomspace(max(lo[0], 1.0), max(lo[-1], 1.0) * 1.0001 + 1, 60))
+        counts, _ = np.histogram(np.maximum(lo, 1.0), bins=edges, weights=n)
+        ax.stairs(counts, edges, fill=True, color="tab:blue")
+        ax.set_xscale("log")
+        lat = report.latency_ns or {}
+        for k, style in (("p50", "--"), ("p99", ":")):
+            if k in lat:
+                ax.axvline(max(float(lat[k]), 1.0), color="black", linestyle=style, linewidth=1,
+                           label=f"{k} {lat[k]:,.0f} ns")
+        ax.legend(loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no latency: give --service-time", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("latency, last request to response (ns)")
+    ax.set_ylabel("groups")
+    ax.set_title(f"iopf replay: {name}\n{report.model}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -22,6 +22,7 @@ from iopf_core import STRATEGIES, Grouper, PyGrouper
 
 from . import policies
 from .policies import Policy
+from .service import Service
 from .types import FAULT_DTYPE, NO_PASID, Fault, Flag, PageResponse, Reason, Response
 
 __all__ = ["Queue", "Group", "GroupBatch", "Stats", "Handler"]
@@ -71,9 +72,11 @@ class Group:
     def __iter__(self) -> Iterator[Fault]:
         return (Fault.from_record(r) for r in self.faults)
 
-    def respond(self, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer the group; False if it was answered already (R4)."""
-        return self._queue.respond(self.cookie, code, time=time)
+    def respond(self, code: Response | int, *, time: int | None = None,
+                at: int | None = None) -> bool:
+        """Answer the group (or schedule the answer for ``at``); False if it was
+        answered already (R4)."""
+        return self._queue.respond(self.cookie, code, time=time, at=at)
 
     def __repr__(self) -> str:
         return (f"Group(cookie={self.cookie}, dev={self.dev}, pasid={self.pasid}, "
@@ -163,6 +166,12 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
+def _check_time(t: object, name: str) -> int:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < 2**64:
+        raise ValueError(f"{name} must be a whole number of ns in [0, 2**64), not {t!r}")
+    return int(t)
+
+
 def _key_pasid(pasid: int | None, no_pasid: int | None = None) -> int:
     if pasid is None or pasid == no_pasid:  # the policy's "no PASID" value is the RID's (G3)
         return NO_PASID
@@ -171,8 +180,14 @@ def _key_pasid(pasid: int | None, no_pasid: int | None = None) -> int:
     return int(pasid)
 
 
+#: The core's code for "served by the queue's service model".
+_SERVE = 3
+
+
 def _constant_code(handler: object) -> int:
     """The code of a constant handler, -1 for a callable (or None)."""
+    if isinstance(handler, Service):
+        return _SERVE
     if handler is None or callable(handler):
         return -1
     if isinstance(handler, (int, np.integer)) and not isinstance(handler, bool):
@@ -206,11 +221,17 @@ class Queue:
 
     One queue is safe to share between threads: every call takes the
     queue's lock (the batch loop itself runs without the GIL).
+
+    Simulated time: timeouts and answers scheduled with ``respond(...,
+    at=)`` (or by the :attr:`service` workers) are sent by :meth:`advance`;
+    with ``auto_advance=True`` every reported request first advances time
+    to its own time, so that what falls due before it is sent first.
     """
 
     def __init__(self, policy: Policy = policies.PCIE, *, strategy: str = "hash",
-                 default_handler: Handler | Response | None = None,
-                 on_response: Callable[[PageResponse], Any] | None = None) -> None:
+                 default_handler: Handler | Response | Service | None = None,
+                 on_response: Callable[[PageResponse], Any] | None = None,
+                 auto_advance: bool = False) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an iopf.Policy, not {type(policy).__name__}")
         if os.environ.get("IOPF_PURE_PYTHON") == "1":
@@ -224,21 +245,23 @@ class Queue:
         self.strategy = strategy
         self.core: Grouper | PyGrouper = core_cls(policy)
         self.on_response = on_response
-        self._handlers: dict[tuple[int, int | None], Handler | Response] = {}
-        self._default: Handler | Response | None = None
+        self._handlers: dict[tuple[int, int | None], Handler | Response | Service] = {}
+        self._default: Handler | Response | Service | None = None
         self._lock = threading.RLock()
         self._dispatching = False
+        self._service: Service | None = None
+        self.core.auto_advance = bool(auto_advance)
         self.default_handler = default_handler
 
     # -- configuration -----------------------------------------------------------------
     @property
-    def default_handler(self) -> Handler | Response | None:
+    def default_handler(self) -> Handler | Response | Service | None:
         return self._default
 
     @default_handler.setter
-    def default_handler(self, handler: Handler | Response | None) -> None:
+    def default_handler(self, handler: Handler | Response | Service | None) -> None:
         with self._lock:
-            auto = _constant_code(handler)
+            auto = self._auto_code(handler)
             self._default = handler
             self.core.set_default_handler(handler is not None, auto)
 
@@ -261,7 +284,7 @@ class Queue:
             self.core.remove_device(dev, time)
             self._deliver()
 
-    def attach(self, dev: int, pasid: int | None, handler: Handler | Response) -> None:
+    def attach(self, dev: int, pasid: int | None, handler: Handler | Response | Service) -> None:
         """Route the groups of (dev, pasid) to handler; pasid None is no-PASID.
 
         Under a policy with ``no_pasid`` (Linux: 0, the kernel's IOMMU_NO_PASID)
@@ -270,12 +293,14 @@ class Queue:
 
         A ``Response`` instead of a callable is a constant handler: every
         group is answered with that code as it forms, without a call into
-        Python (a batch then stays in C). Attaching over an existing handler
-        is a replace: the old attachment's pending groups are answered
+        Python (a batch then stays in C). A :class:`Service` (the queue's
+        service model) queues each group for a worker, in C too, and
+        schedules its answer for when its service ends (sent by
+        :meth:`advance`). Attaching over an existing handler is a replace: the old attachment's pending groups are answered
         INVALID, as detach does.
         """
-        auto = _constant_code(handler)
         with self._lock:
+            auto = self._auto_code(handler)
             self.core.attach(dev, _key_pasid(pasid, self.policy.no_pasid), None, auto)
             self._handlers[(dev, self._rid(pasid))] = handler
             self._deliver()
@@ -294,6 +319,42 @@ class Queue:
             done = self.core.detach(dev, _key_pasid(pasid, self.policy.no_pasid), time)
             self._deliver()
             return bool(done)
+
+    def _auto_code(self, handler: object) -> int:
+        """The core's code for a handler; a Service becomes the queue's service model."""
+        auto = _constant_code(handler)
+        if isinstance(handler, Service):
+            self.service = handler
+        return auto
+
+    @property
+    def service(self) -> Service | None:
+        """The queue's service model (its workqueue), or None. A queue has one:
+        every handler that is a :class:`Service` must be this one."""
+        return self._service
+
+    @service.setter
+    def service(self, service: Service) -> None:
+        if not isinstance(service, Service):
+            raise TypeError(f"service must be an iopf.Service, not {type(service).__name__}")
+        with self._lock:
+            if self._service is service:
+                return
+            if self._service is not None:
+                raise ValueError("a queue has one service model (its workqueue); "
+                                 f"it has {self._service!r} already")
+            service.install(self.core)
+            self._service = service
+
+    @property
+    def auto_advance(self) -> bool:
+        """Whether reporting a request first advances simulated time to its time
+        (so scheduled answers and timeouts due before it are sent first)."""
+        return bool(self.core.auto_advance)
+
+    @auto_advance.setter
+    def auto_advance(self, on: bool) -> None:
+        self.core.auto_advance = bool(on)
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, fault: Fault) -> Group | None:
@@ -390,25 +451,39 @@ class Queue:
             self.core.respond(group.cookie, code, Reason.HANDLER)
 
     # -- responses ---------------------------------------------------------------------
-    def respond(self, group: Group | int, code: Response | int, *, time: int | None = None) -> bool:
-        """Answer a pending group (a Group or its cookie); False if not pending (R4)."""
+    def respond(self, group: Group | int, code: Response | int, *, time: int | None = None,
+                at: int | None = None) -> bool:
+        """Answer a pending group (a Group or its cookie); False if not pending (R4).
+
+        With ``at`` (simulated ns) the answer is scheduled instead: it is sent
+        by the ``advance`` that reaches ``at``, stamped ``at``, unless the
+        group has been answered by then (a flush, detach, removal, timeout or
+        another answer): it is then stale. True means scheduled.
+        """
         cookie = group.cookie if isinstance(group, Group) else group
         if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
             raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
         code = _check_code(code)
+        if at is not None:
+            at = _check_time(at, "at")
         with self._lock:
             if not 0 < cookie < 2**64:
                 self.core.respond(0, code, Reason.CALLER, time)  # counted stale, as any unknown cookie
                 return False
-            sent = self.core.respond(int(cookie), code, Reason.CALLER, time)
+            sent = self.core.respond(int(cookie), code, Reason.CALLER, time, at)
             self._deliver()
             return bool(sent)
 
     def respond_batch(self, cookies: Iterable[int] | np.ndarray,
                       codes: Iterable[int] | np.ndarray | int, *,
-                      time: int | None = None) -> np.ndarray:
+                      time: int | None = None,
+                      at: int | Iterable[int] | np.ndarray | None = None) -> np.ndarray:
         """Answer many groups (at simulated ``time``, default now); a bool array of
-        which were sent. Codes are checked first: a bad one applies nothing."""
+        which were sent. Codes are checked first: a bad one applies nothing.
+
+        With ``at`` (a time, or one per cookie) the answers are scheduled, as
+        :meth:`respond` does; the array then says which were scheduled.
+        """
         k = np.asarray(cookies)
         if k.ndim != 1 or (k.size and not np.issubdtype(k.dtype, np.integer)):
             raise TypeError("cookies must be a 1-D array of integers")
@@ -420,9 +495,18 @@ class Queue:
         bad = np.flatnonzero((c < 0) | (c > int(Response.FAILURE)))
         if len(bad):
             raise ValueError(f"codes[{bad[0]}] = {c[bad[0]]} is not a response code")
+        when = None
+        if at is not None:
+            a = np.asarray(at)
+            if a.ndim > 1 or (a.ndim == 1 and a.shape != k.shape):
+                raise ValueError(f"at must be one time or one per cookie ({len(k)}), "
+                                 f"got shape {a.shape}")
+            if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
+                raise ValueError("at must hold whole ns >= 0")
+            when = np.broadcast_to(a, k.shape).astype(np.uint64)
         with self._lock:
             sent = self.core.respond_batch(k.astype(np.uint64), c.astype(np.uint32), Reason.CALLER,
-                                           time)
+                                           time, when)
             self._deliver()
             return sent
 
@@ -432,6 +516,47 @@ class Queue:
             sent = self.core.respond(cookie, code, reason)
             self._deliver()
             return bool(sent)
+
+    def serve(self, group: Group | int, *, at: int | None = None,
+              service_time: int | None = None, code: Response | int | None = None) -> bool:
+        """Hand a pending group to the queue's :attr:`service` model at ``at``
+        (default: the group's time): it waits for a free worker, is served
+        for ``service_time`` ns (default: a draw of the model) and its answer
+        (``code``, default the model's) is scheduled. False (and counted
+        stale) if the group is not pending."""
+        if self._service is None:
+            raise ValueError("the queue has no service model: set Queue.service first")
+        when: int | None = at
+        if isinstance(group, Group):
+            cookie = group.cookie
+            if when is None:
+                when = group.time
+        else:
+            cookie = group
+        t = _check_time(self.now if when is None else when, "at")
+        if service_time is not None:
+            service_time = _check_time(service_time, "service_time")
+        if not 0 < cookie < 2**64:
+            raise ValueError(f"cookie {cookie} out of range")
+        c = None if code is None else _check_code(code)
+        with self._lock:
+            return bool(self.core.serve(int(cookie), t, service_time, c))
+
+    def advance(self, now: int) -> None:
+        """Move simulated time to ``now``: send every scheduled answer and every
+        timeout due at or before it, in time order (ties in the order they were
+        scheduled; a group's timeout counts as scheduled when the group
+        formed), each stamped with its due time."""
+        now = _check_time(now, "now")
+        with self._lock:
+            self.core.advance(now)
+            self._deliver()
+
+    def next_deadline(self) -> int | None:
+        """The earliest scheduled answer or timeout still to come, or None."""
+        with self._lock:
+            t = self.core.next_deadline()
+            return None if t is None else int(t)
 
     def take_responses(self) -> np.ndarray:
         """Empty the outbox: the responses sent so far, in order (RESPONSE_DTYPE)."""
@@ -461,7 +586,8 @@ class Queue:
             self.core.discard_partial()
 
     def expire(self, now: int) -> None:
-        """R7: answer the pending groups older than policy.response_timeout at ``now``."""
+        """R7: answer the pending groups older than policy.response_timeout at ``now``:
+        :meth:`advance` for timeouts alone (scheduled answers wait)."""
         if now < 0:
             raise ValueError("now must be >= 0")
         with self._lock:

@@ -80,8 +80,23 @@ ctypedef struct CookieSlot:
     uint64_t cookie
     uint32_t idx
 
+# One entry of the time heap: a group's timeout (reason TIMEOUT) or a
+# scheduled answer. Ordered on (time, seq): ties go in scheduling order.
 ctypedef struct HeapItem:
-    uint64_t time, cookie
+    uint64_t time, seq, cookie
+    uint32_t code, reason
+
+# The service model (the kernel's workqueue): `servers` workers (0: one per
+# group), each group served FIFO for a duration drawn per group.
+ctypedef struct Service:
+    uint32_t servers, kind, code, nsamples
+    double a, b
+    uint64_t rng
+    uint64_t* free            # min-heap of the workers' free times
+    uint64_t* samples
+    uint64_t served, busy, wait, max_wait, stale, max_backlog
+    uint64_t* fifo            # start times of the groups waiting for a worker
+    size_t fifo_head, fifo_len, fifo_cap
 
 ctypedef struct Counters:
     uint64_t faults_reported, partial_now, grouped, stop_markers, rejected
@@ -115,6 +130,7 @@ cdef class Grouper:
     cdef bint default_handler
     cdef uint32_t default_auto
     cdef readonly bint dispatch
+    cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
@@ -127,6 +143,11 @@ cdef class Grouper:
     cdef uint32_t cookie_cap
     cdef HeapItem* heap
     cdef uint32_t heap_len, heap_cap
+    cdef uint64_t heap_seq, heap_answers, tmo_quantum
+    cdef bint has_service
+    cdef public bint auto_advance
+    cdef Service sv
+    cdef Buf outbox_gtime      # per response: the time its group formed
     cdef uint64_t pending_faults, next_cookie
     cdef uint32_t next_handle, epoch
     # batch output and outbox
@@ -152,11 +173,16 @@ cdef class Grouper:
     cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
     cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
     cdef void cookie_delete(self, uint32_t i) noexcept nogil
-    cdef int heap_push(self, uint64_t time, uint64_t cookie) except -1 nogil
+    cdef int heap_push(self, HeapItem it) except -1 nogil
     cdef void heap_sift_down(self, uint32_t i) noexcept nogil
     cdef void heap_pop(self) noexcept nogil
     cdef void heap_rebuild(self) noexcept nogil
-    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason) except -1 nogil
+    cdef void heap_clean(self) noexcept nogil
+    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at, bint pending=*) except -1 nogil
+    cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
+    cdef uint64_t sv_draw(self) noexcept nogil
+    cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
+    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
     cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
@@ -175,6 +201,7 @@ cdef class Grouper:
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil
     cdef size_t s_sizeof(self) noexcept nogil
 
+    cdef uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 

@@ -18,8 +18,9 @@ Memory comes from ``PyMem_Raw*``, which tracemalloc sees and which may be
 called without the GIL; the batch loop runs without the GIL.
 """
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memmove
 from libc.stdlib cimport qsort
+from libc.math cimport log, sqrt, cos, exp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 import numpy as np
@@ -46,6 +47,15 @@ cdef enum:
     R_TIMEOUT = 9
     R_CALLER = 10
     C_INVALID = 1
+    AUTO_SERVE = 4            # Entry.auto_code of a group served by the service model
+    SV_CONST = 0
+    SV_EXP = 1
+    SV_LOGNORMAL = 2
+    SV_SAMPLES = 3
+    KIND_PARTIAL = 0
+    KIND_LAST = 1
+    KIND_STOP = 2
+    BY_SERVICE = 0x100        # HeapItem.reason mark: an answer of the service model
     MIN_CAP = 16
     CHUNK_BITS = 12           # 4096 nodes (224 KiB) a chunk: slack stays small
     CHUNK = 1 << CHUNK_BITS
@@ -54,6 +64,8 @@ cdef enum:
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
 assert sizeof(Node) == 52
+
+cdef uint64_t U64_MAX = 0xFFFFFFFFFFFFFFFFULL
 
 
 # --- small helpers -------------------------------------------------------------
@@ -67,6 +79,28 @@ cdef inline uint64_t mix3(uint32_t a, uint32_t b, uint32_t c) noexcept nogil:
     h *= 0xD6E8FEB86659FD93ULL
     h ^= h >> 29
     return h
+
+
+cdef inline uint64_t add_sat(uint64_t a, uint64_t b) noexcept nogil:
+    return U64_MAX if a > U64_MAX - b else a + b
+
+
+cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
+    # The service model's generator: small, seeded, and the same in the twin.
+    state[0] += 0x9E3779B97F4A7C15ULL
+    cdef uint64_t z = state[0]
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline double unit(uint64_t* state) noexcept nogil:
+    """A uniform double in (0, 1]."""
+    return <double>((splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0)
+
+
+cdef inline bint item_before(const HeapItem* a, const HeapItem* b) noexcept nogil:
+    return a.time < b.time or (a.time == b.time and a.seq < b.seq)
 
 
 cdef int raise_nomem() except -1 with gil:
@@ -325,6 +359,10 @@ cdef class Grouper:
         PyMem_RawFree(self.entries); self.entries = NULL
         PyMem_RawFree(self.cookies); self.cookies = NULL
         PyMem_RawFree(self.heap); self.heap = NULL
+        PyMem_RawFree(self.sv.free); self.sv.free = NULL
+        PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
+        PyMem_RawFree(self.sv.fifo); self.sv.fifo = NULL
+        PyMem_RawFree(self.outbox_gtime.data); self.outbox_gtime.data = NULL
         PyMem_RawFree(self.out_faults.data); self.out_faults.data = NULL
         PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
         PyMem_RawFree(self.out_cookies.data); self.out_cookies.data = NULL
@@ -588,25 +626,23 @@ cdef class Grouper:
             j = (j + 1) & mask
         self.cookies[i].cookie = 0
 
-    # -- timeout heap: (time, cookie), lazily skipping answered groups ----------------
-    cdef int heap_push(self, uint64_t time, uint64_t cookie) except -1 nogil:
+    # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
+    # A timeout of a group answered meanwhile is skipped when it comes up; a
+    # scheduled answer stays until it is due (it then counts as stale, R4).
+    cdef int heap_push(self, HeapItem it) except -1 nogil:
         cdef size_t cap = self.heap_cap
         cdef uint32_t i, p
-        cdef HeapItem it
         if self.heap_len == self.heap_cap:
-            if self.heap_len > 2 * self.c.pending_now + 64:
-                self.heap_rebuild()   # drop answered groups instead of growing
+            if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
+                self.heap_rebuild()   # drop answered groups' timeouts instead of growing
             if self.heap_len == self.heap_cap:
                 self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
                 self.heap_cap = <uint32_t>cap
         i = self.heap_len
         self.heap_len += 1
-        it.time = time
-        it.cookie = cookie
         while i > 0:
             p = (i - 1) // 2
-            if (self.heap[p].time < time or
-                    (self.heap[p].time == time and self.heap[p].cookie < cookie)):
+            if not item_before(&it, &self.heap[p]):
                 break
             self.heap[i] = self.heap[p]
             i = p
@@ -620,13 +656,9 @@ cdef class Grouper:
             ch = 2 * i + 1
             if ch >= self.heap_len:
                 break
-            if ch + 1 < self.heap_len and (
-                    self.heap[ch + 1].time < self.heap[ch].time or
-                    (self.heap[ch + 1].time == self.heap[ch].time and
-                     self.heap[ch + 1].cookie < self.heap[ch].cookie)):
+            if ch + 1 < self.heap_len and item_before(&self.heap[ch + 1], &self.heap[ch]):
                 ch += 1
-            if (it.time < self.heap[ch].time or
-                    (it.time == self.heap[ch].time and it.cookie < self.heap[ch].cookie)):
+            if item_before(&it, &self.heap[ch]):
                 break
             self.heap[i] = self.heap[ch]
             i = ch
@@ -641,7 +673,7 @@ cdef class Grouper:
     cdef void heap_rebuild(self) noexcept nogil:
         cdef uint32_t i, n = 0
         for i in range(self.heap_len):
-            if self.cookie_find(self.heap[i].cookie) >= 0:
+            if self.heap[i].reason != R_TIMEOUT or self.cookie_find(self.heap[i].cookie) >= 0:
                 self.heap[n] = self.heap[i]
                 n += 1
         self.heap_len = n
@@ -650,10 +682,136 @@ cdef class Grouper:
             i -= 1
             self.heap_sift_down(i)
 
-    # -- output ----------------------------------------------------------------------
+    cdef void heap_clean(self) noexcept nogil:
+        """Pop the timeouts of answered groups off the top: the top is then a real deadline."""
+        while (self.heap_len and self.heap[0].reason == R_TIMEOUT
+               and self.cookie_find(self.heap[0].cookie) < 0):
+            self.heap_pop()
+
+    cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at,
+                      bint pending=False) except -1 nogil:
+        """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not
+        pending (`pending`: the caller has just checked)."""
+        cdef HeapItem it
+        if not pending and self.cookie_find(cookie) < 0:
+            self.c.stale_responses += 1
+            return 0
+        it.time = at
+        it.seq = self.heap_seq
+        it.cookie = cookie
+        it.code = code
+        it.reason = reason
+        self.heap_push(it)
+        self.heap_seq += 1
+        self.heap_answers += 1
+        return 1
+
+    cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil:
+        """Send what is due at or before `now`, in (time, seq) order, stamped with its time."""
+        cdef HeapItem it
+        cdef HeapItem* kept = NULL
+        cdef size_t nkept = 0, kcap = 0, i
+        if now > self.now:
+            self.now = now
+        try:
+            while self.heap_len and self.heap[0].time <= now:
+                it = self.heap[0]
+                self.heap_pop()
+                if it.reason == R_TIMEOUT:
+                    if self.cookie_find(it.cookie) >= 0:
+                        self.respond_cookie(it.cookie, it.code, R_TIMEOUT, it.time)
+                elif timeouts_only:      # put back afterwards, with its place in line
+                    if nkept == kcap:
+                        kept = <HeapItem*>grow(kept, &kcap, nkept + 1, sizeof(HeapItem))
+                    kept[nkept] = it
+                    nkept += 1
+                else:
+                    self.heap_answers -= 1
+                    if (self.respond_cookie(it.cookie, it.code, it.reason & 0xFF, it.time) == 0
+                            and it.reason & BY_SERVICE):
+                        self.sv.stale += 1
+        finally:
+            for i in range(nkept):
+                self.heap_push(kept[i])   # room: the heap held them a moment ago
+            PyMem_RawFree(kept)
+        return 0
+
+    # -- the service model: FIFO over `servers` workers -------------------------------
+    cdef uint64_t sv_draw(self) noexcept nogil:
+        """One service time (ns) from the model's distribution."""
+        cdef Service* v = &self.sv
+        cdef double x
+        if v.kind == SV_CONST:
+            return <uint64_t>v.a
+        if v.kind == SV_SAMPLES:
+            return v.samples[splitmix64(&v.rng) % v.nsamples]
+        if v.kind == SV_EXP:
+            x = -log(unit(&v.rng)) * v.a
+        else:   # lognormal: a = log-mean, b = sigma (Box-Muller, one draw of the pair)
+            x = sqrt(-2.0 * log(unit(&v.rng)))
+            x = exp(v.a + v.b * x * cos(6.283185307179586 * unit(&v.rng)))
+        x = x + 0.5
+        if x >= 1.8446744073709552e19:
+            return U64_MAX
+        return <uint64_t>x
+
+    cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given,
+                          uint64_t duration, uint32_t code) except -1 nogil:
+        """Queue a pending group for the next free worker; schedule its answer when done."""
+        cdef Service* v = &self.sv
+        cdef uint64_t d, start = arrival, done
+        cdef uint32_t i, ch, k = v.servers
+        if self.cookie_find(cookie) < 0:
+            self.c.stale_responses += 1
+            return 0
+        d = duration if given else self.sv_draw()
+        if k:
+            if v.free[0] > start:
+                start = v.free[0]
+            done = add_sat(start, d)
+            i = 0                       # the earliest free worker takes it: sift down
+            while True:
+                ch = 2 * i + 1
+                if ch >= k:
+                    break
+                if ch + 1 < k and v.free[ch + 1] < v.free[ch]:
+                    ch += 1
+                if done <= v.free[ch]:
+                    break
+                v.free[i] = v.free[ch]
+                i = ch
+            v.free[i] = done
+        else:
+            done = add_sat(start, d)
+        v.served += 1
+        v.busy += d
+        v.wait += start - arrival
+        if start - arrival > v.max_wait:
+            v.max_wait = start - arrival
+        # The backlog: groups still waiting at this arrival (FIFO: starts only grow).
+        while v.fifo_len and v.fifo[v.fifo_head] <= arrival:
+            v.fifo_head += 1
+            v.fifo_len -= 1
+        if start > arrival:
+            if v.fifo_head + v.fifo_len == v.fifo_cap:
+                if v.fifo_head:
+                    memmove(v.fifo, v.fifo + v.fifo_head, v.fifo_len * sizeof(uint64_t))
+                    v.fifo_head = 0
+                else:
+                    v.fifo = <uint64_t*>grow(v.fifo, &v.fifo_cap, v.fifo_len + 1, sizeof(uint64_t))
+            v.fifo[v.fifo_head + v.fifo_len] = start
+            v.fifo_len += 1
+            if v.fifo_len > v.max_backlog:
+                v.max_backlog = v.fifo_len
+        return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
+
+        # -- output ----------------------------------------------------------------------
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie,
-                  uint32_t nfaults, uint32_t reason) except -1 nogil:
+                  uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil:
         buf_reserve(&self.outbox, sizeof(RespRec))
+        buf_reserve(&self.outbox_gtime, sizeof(uint64_t))
+        (<uint64_t*>(self.outbox_gtime.data + self.outbox_gtime.len))[0] = gtime
+        self.outbox_gtime.len += sizeof(uint64_t)
         cdef RespRec* r = <RespRec*>(self.outbox.data + self.outbox.len)
         r.time = time
         r.dev = dev
@@ -703,6 +861,26 @@ cdef class Grouper:
                 (<uint64_t>r.grpid >> self.rules.grpid_bits) != 0 or
                 r.flags > 0xF or r.perm > 0xF)
 
+    cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
+        """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
+        cdef Rules* p = &self.rules
+        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # G6
+            return KIND_STOP
+        if p.stall or (flags & LAST_PAGE) or (p.priv_data_is_last and (flags & PRIV_DATA)):
+            return KIND_LAST                                                    # G5, G7
+        return KIND_PARTIAL
+
+    def kinds(self, arr):
+        """rec_kind of every record of a FAULT_DTYPE array (uint8: 0 partial, 1 LPIG,
+        2 dropped stop marker), without reporting them."""
+        cdef Py_ssize_t n, i
+        cdef const FaultRec* recs = self._records(arr, &n)
+        out = np.empty(n, dtype=np.uint8)
+        cdef uint8_t[::1] ov = out
+        for i in range(n):
+            ov[i] = self.rec_kind(recs[i].flags, recs[i].perm)
+        return out
+
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil:
         """Apply one checked request: 0, or 1 if it completed a group (self.last_cookie),
         2 if that group waits for a Python handler (self.dispatch)."""
@@ -712,13 +890,17 @@ cdef class Grouper:
         cdef uint32_t handle = 0
         cdef bint last
         cdef Node lpig
+        cdef HeapItem tmo
+        if self.auto_advance and self.heap_len and self.heap[0].time <= r.time:
+            self.advance_to(r.time, False)    # what falls due before this request comes first
         self.c.faults_reported += 1
         if r.time > self.now:
             self.now = r.time
         self.last_cookie = 0
         self.dispatch = False
-        last = p.stall or (flags & LAST_PAGE) != 0 or (p.priv_data_is_last and (flags & PRIV_DATA) != 0)
-        if p.stop_markers and (flags & LAST_PAGE) and not (r.perm & PERM_RW):   # G6
+        self.last_kind = self.rec_kind(flags, r.perm)
+        last = self.last_kind == KIND_LAST
+        if self.last_kind == KIND_STOP:                                          # G6
             self.c.stop_markers += 1
             return 0
         kp = key_pasid(r.pasid, flags, p.no_pasid)
@@ -727,12 +909,12 @@ cdef class Grouper:
             handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # R2
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
-            self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER)
+            self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return 0
         if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # R2: no iopf_param
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
-            self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER)
+            self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return 0
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
@@ -800,13 +982,24 @@ cdef class Grouper:
         self.entries[ei].qtail = q
         self.cookie_insert(g.cookie, q)
         if p.has_timeout:
-            self.heap_push(g.time, g.cookie)
+            tmo.time = add_sat(g.time, p.timeout)
+            if self.tmo_quantum and tmo.time % self.tmo_quantum:
+                tmo.time = add_sat(tmo.time, self.tmo_quantum - tmo.time % self.tmo_quantum)
+            tmo.seq = self.heap_seq
+            tmo.cookie = g.cookie
+            tmo.code = p.timeout_code
+            tmo.reason = R_TIMEOUT
+            self.heap_push(tmo)
+            self.heap_seq += 1
         self.last_cookie = g.cookie
         if collect:
             self.collect(head, nf, g.cookie, dev)
         # R1: a constant handler answers here, in C; a Python one is called by the queue.
         cdef uint32_t auto = self.entries[ei].auto_code if handle else (
             self.default_auto if self.default_handler else 0)
+        if auto == AUTO_SERVE:
+            self.serve_cookie(self.last_cookie, r.time, False, 0, self.sv.code)
+            return 1
         if auto:
             self.respond_cookie(self.last_cookie, auto - 1, R_HANDLER, r.time)
             return 1
@@ -821,7 +1014,7 @@ cdef class Grouper:
         self.c.overflowed += 1
         if last:
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
-            self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW)
+            self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW, r.time)
         if self.rules.discard_on_overflow:
             self.drop_where(0, 0, 0, &self.c.discarded)
         return 0
@@ -935,7 +1128,7 @@ cdef class Grouper:
         else:
             self.pends[g.qnext].qprev = g.qprev
         self.entry_tidy(g.dev, g.kpasid)
-        self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason)
+        self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
         n = g.head
         while n != NIL:
             nx = self.N(n).next
@@ -1022,6 +1215,8 @@ cdef class Grouper:
     def set_default_handler(self, bint present, int auto=-1):
         """A default handler exists; auto >= 0 makes it the constant code auto."""
         self.default_handler = present
+        if auto == AUTO_SERVE - 1 and not self.has_service:
+            raise ValueError("no service model")
         self.default_auto = <uint32_t>(auto + 1) if present and auto >= 0 else 0
 
     def attach(self, uint32_t dev, uint32_t kpasid, time=None, int auto=-1):
@@ -1030,6 +1225,8 @@ cdef class Grouper:
         auto >= 0: a constant handler that answers every group with code auto
         as it forms, without leaving C.
         """
+        if auto == AUTO_SERVE - 1 and not self.has_service:
+            raise ValueError("no service model")
         if (self.rules.attach_adds_device and attachments(self, dev) == 0
                 and self.entry_find(dev, KEY_DEVICE) < 0):
             self.entry_get(dev, KEY_DEVICE)   # F7: the first handler enables IOPF
@@ -1138,22 +1335,110 @@ cdef class Grouper:
         self.out_offsets.len = sizeof(int64_t)
         return faults, offsets, cookies
 
-    def respond(self, uint64_t cookie, uint32_t code, uint32_t reason=R_CALLER, time=None):
-        """Answer a pending group; False (and counted stale) if it is not pending."""
-        cdef uint64_t t = self._time(time)
+    def respond(self, uint64_t cookie, uint32_t code, uint32_t reason=R_CALLER, time=None, at=None):
+        """Answer a pending group (or, with `at`, schedule its answer); False (and
+        counted stale) if it is not pending."""
+        cdef uint64_t t
+        if at is not None:
+            t = at
+            return self.schedule(cookie, code, reason, t) == 1
+        t = self._time(time)
         return self.respond_cookie(cookie, code, reason, t) == 1
 
-    def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None):
+    def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None, at=None):
         cdef const uint64_t[::1] kv = np.ascontiguousarray(cookies, dtype=np.uint64)
         cdef const uint32_t[::1] cv = np.ascontiguousarray(codes, dtype=np.uint32)
+        cdef const uint64_t[::1] av
         cdef Py_ssize_t i, n = kv.shape[0]
         sent = np.zeros(n, dtype=np.bool_)
         cdef uint8_t[::1] sv = sent.view(np.uint8)
-        cdef uint64_t t = self._time(time)
+        cdef uint64_t t
+        if at is not None:
+            av = np.ascontiguousarray(np.broadcast_to(np.asarray(at, dtype=np.uint64), (n,)))
+            with nogil:
+                for i in range(n):
+                    sv[i] = <uint8_t>self.schedule(kv[i], cv[i], reason, av[i])
+            return sent
+        t = self._time(time)
         with nogil:
             for i in range(n):
                 sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
         return sent
+
+    def advance(self, uint64_t now):
+        """Send every scheduled answer and timeout due at or before `now`, in time order."""
+        with nogil:
+            self.advance_to(now, False)
+
+    def next_deadline(self):
+        """The earliest scheduled answer or timeout, or None."""
+        self.heap_clean()
+        return self.heap[0].time if self.heap_len else None
+
+    def set_service(self, uint32_t servers, uint32_t kind, double a, double b, samples,
+                    uint64_t seed, uint32_t code):
+        """Install the service model (resets its workers and generator)."""
+        cdef uint64_t* free = NULL
+        cdef uint64_t* smp = NULL
+        cdef const uint64_t[::1] sv = np.ascontiguousarray(
+            samples if samples is not None else np.zeros(0), dtype=np.uint64)
+        if kind > SV_SAMPLES or (kind == SV_SAMPLES and sv.shape[0] == 0):
+            raise ValueError("bad service model")
+        if servers:
+            free = <uint64_t*>PyMem_RawMalloc(servers * sizeof(uint64_t))
+            if free == NULL:
+                raise MemoryError()
+            memset(free, 0, servers * sizeof(uint64_t))
+        if sv.shape[0]:
+            smp = <uint64_t*>PyMem_RawMalloc(sv.shape[0] * sizeof(uint64_t))
+            if smp == NULL:
+                PyMem_RawFree(free)
+                raise MemoryError()
+            memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
+        PyMem_RawFree(self.sv.free)
+        PyMem_RawFree(self.sv.samples)
+        PyMem_RawFree(self.sv.fifo)
+        memset(&self.sv, 0, sizeof(Service))
+        self.sv.servers = servers
+        self.sv.kind = kind
+        self.sv.a = a
+        self.sv.b = b
+        self.sv.free = free
+        self.sv.samples = smp
+        self.sv.nsamples = <uint32_t>sv.shape[0]
+        self.sv.rng = seed
+        self.sv.code = code
+        self.has_service = True
+
+    def serve(self, uint64_t cookie, uint64_t arrival, duration=None, code=None):
+        """Hand a pending group to the service model at `arrival`; False if not pending."""
+        if not self.has_service:
+            raise ValueError("no service model")
+        cdef uint64_t d = 0 if duration is None else duration
+        cdef uint32_t c = self.sv.code if code is None else code
+        return self.serve_cookie(cookie, arrival, duration is not None, d, c) == 1
+
+    def service_stats(self):
+        """Groups given to the workers, ns of service, ns waited for a worker (total,
+        max), answers that came too late (stale), most groups waiting at once."""
+        return {"servers": self.sv.servers, "served": self.sv.served, "busy_ns": self.sv.busy,
+                "wait_ns": self.sv.wait, "max_wait_ns": self.sv.max_wait,
+                "stale": self.sv.stale, "max_backlog": self.sv.max_backlog}
+
+    def service_at(self, uint64_t now):
+        """(busy workers, groups waiting for one) at time `now` (not before the last arrival)."""
+        cdef uint32_t i, busy = 0
+        cdef size_t j, waiting = 0
+        for i in range(self.sv.servers):
+            busy += self.sv.free[i] > now
+        for j in range(self.sv.fifo_head, self.sv.fifo_head + self.sv.fifo_len):
+            waiting += self.sv.fifo[j] > now
+        return busy, waiting
+
+    def set_timeout_quantum(self, uint64_t quantum):
+        """Round the deadlines of groups formed from now on up to multiples of
+        `quantum` ns (a periodic scan, as a kernel timer would); 0: exact."""
+        self.tmo_quantum = quantum
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
         """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
@@ -1186,26 +1471,27 @@ cdef class Grouper:
             self.entry_delete(<uint32_t>e)
 
     def expire(self, uint64_t now):
-        """R7: answer every pending group formed at or before now - response_timeout."""
-        if now > self.now:
-            self.now = now
-        if not self.rules.has_timeout or now < self.rules.timeout:
-            return
-        cdef uint64_t cutoff = now - self.rules.timeout, cookie
+        """R7: answer every pending group formed at or before now - response_timeout
+        (advance for the timeouts alone)."""
         with nogil:
-            while self.heap_len and self.heap[0].time <= cutoff:
-                cookie = self.heap[0].cookie
-                self.heap_pop()
-                if self.cookie_find(cookie) >= 0:
-                    self.respond_cookie(cookie, self.rules.timeout_code, R_TIMEOUT, now)
+            self.advance_to(now, True)
 
-    def take_responses(self):
-        """The responses sent since the last call, as a RESPONSE_DTYPE array."""
+    def take_responses(self, bint group_times=False):
+        """The responses sent since the last call, as a RESPONSE_DTYPE array (and,
+        with group_times, the time each one's group formed, as uint64)."""
         cdef Py_ssize_t n = self.outbox.len // sizeof(RespRec)
         cdef cnp.ndarray out = np.empty(n, dtype=RESPONSE_DTYPE)
+        cdef cnp.ndarray gt
         if n:
             memcpy(cnp.PyArray_DATA(out), self.outbox.data, self.outbox.len)
         self.outbox.len = 0
+        if group_times:
+            gt = np.empty(n, dtype=np.uint64)
+            if n:
+                memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
+            self.outbox_gtime.len = 0
+            return out, gt
+        self.outbox_gtime.len = 0
         return out
 
     @property
@@ -1257,7 +1543,9 @@ cdef class Grouper:
         return (self.node_cap * sizeof(Node) + self.chunks_cap * sizeof(Node*) + self.pend_cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.cookie_cap * sizeof(CookieSlot)
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
-                + self.out_cookies.cap + self.outbox.cap + self.s_sizeof())
+                + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
+                + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
+                + self.s_sizeof())
 
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests."""

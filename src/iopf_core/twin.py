@@ -8,6 +8,8 @@ The rules are those of SPEC §3-§5; the numbers in comments name them.
 """
 from __future__ import annotations
 
+import heapq
+import math
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,46 @@ READ, WRITE = 1, 2
  DETACHED, REMOVED, TIMEOUT, CALLER) = range(11)
 SUCCESS, INVALID, FAILURE = 0, 1, 2
 ANY_PASID = 0xFFFFFFFE  # key PASID when match_pasid is False
+SERVE = 3               # the auto code of groups served by the service model
+U64 = (1 << 64) - 1
+SV_CONST, SV_EXP, SV_LOGNORMAL, SV_SAMPLES = range(4)
+BY_SERVICE = 0x100      # reason mark of an answer scheduled by the service model
+
+
+class _Service:
+    """The service model: FIFO over `servers` workers (0: one per group)."""
+
+    def __init__(self, servers: int, kind: int, a: float, b: float, samples: Any, seed: int,
+                 code: int) -> None:
+        self.servers, self.kind, self.a, self.b, self.code = servers, kind, a, b, code
+        self.samples = [] if samples is None else [int(x) for x in np.asarray(samples).tolist()]
+        self.rng = seed & U64
+        self.free = [0] * servers
+        self.served = self.busy = self.wait = self.max_wait = self.stale = self.max_backlog = 0
+        self.fifo: list[int] = []   # start times of the groups waiting for a worker
+
+    def _next(self) -> int:  # splitmix64, as the compiled core
+        self.rng = (self.rng + 0x9E3779B97F4A7C15) & U64
+        z = self.rng
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & U64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & U64
+        return z ^ (z >> 31)
+
+    def _unit(self) -> float:
+        return ((self._next() >> 11) + 1) * (1.0 / 9007199254740992.0)
+
+    def draw(self) -> int:
+        if self.kind == SV_CONST:
+            return int(self.a)
+        if self.kind == SV_SAMPLES:
+            return self.samples[self._next() % len(self.samples)]
+        if self.kind == SV_EXP:
+            x = -math.log(self._unit()) * self.a
+        else:
+            x = math.sqrt(-2.0 * math.log(self._unit()))
+            x = math.exp(self.a + self.b * x * math.cos(6.283185307179586 * self._unit()))
+        x = x + 0.5
+        return U64 if x >= 1.8446744073709552e19 else int(x)
 
 
 class _Pending:
@@ -59,9 +101,17 @@ class PyGrouper:
         self.next_cookie = 1
         self.next_handle = 1
         self.last_cookie = 0
+        self.last_kind = 0
         self._out_faults: list[tuple] = []
         self._out_offsets: list[int] = [0]
         self._out_cookies: list[int] = []
+        # (time, seq, cookie, code, reason): timeouts and scheduled answers
+        self.heap: list[tuple[int, int, int, int, int]] = []
+        self.seq = 0
+        self.auto_advance = False
+        self.service: _Service | None = None
+        self.outbox_gtime: list[int] = []
+        self.tmo_quantum = 0
 
     # -- helpers -----------------------------------------------------------------
     def kpasid(self, rec: tuple) -> int:
@@ -70,10 +120,12 @@ class PyGrouper:
     def _key(self, rec: tuple) -> tuple[int, int, int]:
         return (rec[1], self.kpasid(rec) if self.policy.match_pasid else ANY_PASID, rec[3])
 
-    def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int) -> None:
+    def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int,
+              gtime: int | None = None) -> None:
         flags = rec[4]
         out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # R5
         self.outbox.append((time, rec[1], rec[2], rec[3], code, out_flags, cookie, nfaults, reason))
+        self.outbox_gtime.append(rec[0] if gtime is None else gtime)
 
     def _hold(self, dev: int, n: int) -> None:
         self.dev_out[dev] = self.dev_out.get(dev, 0) + n
@@ -98,10 +150,14 @@ class PyGrouper:
             self.limits.pop(dev, None)
 
     def set_default_handler(self, present: bool, auto: int = -1) -> None:
+        if auto == SERVE and self.service is None:
+            raise ValueError("no service model")
         self.default_handler = bool(present)
         self.default_auto = auto if present and auto >= 0 else None
 
     def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
+        if auto == SERVE and self.service is None:
+            raise ValueError("no service model")
         if self.policy.attach_adds_device and not self._attached(dev):
             self.devices.add(dev)  # F7: the first handler enables IOPF for the device
         self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
@@ -163,12 +219,15 @@ class PyGrouper:
         p = self.policy
         c = self.counters
         time, dev, pasid, grpid, flags, perm = rec[:6]
+        if self.auto_advance and self.heap and self.heap[0][0] <= time:
+            self.advance(time)  # what falls due before this request comes first
         c["faults_reported"] += 1
         self.now = max(self.now, time)
         self.last_cookie = 0
         self.dispatch = False
-        last = p.stall or bool(flags & LAST_PAGE) or (p.priv_data_is_last and bool(flags & PRIV_DATA))
-        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):  # G6
+        self.last_kind = self._kind(flags, perm)
+        last = self.last_kind == 1
+        if self.last_kind == 2:  # G6
             c["stop_markers"] += 1
             return 0
         kpasid = self.kpasid(rec)
@@ -205,12 +264,20 @@ class PyGrouper:
         c["grouped"] += len(faults)
         c["groups"] += 1
         c["pending_now"] += 1
+        if p.response_timeout is not None:
+            deadline = min(time + p.response_timeout, U64)
+            if self.tmo_quantum and deadline % self.tmo_quantum:
+                deadline = min(deadline + self.tmo_quantum - deadline % self.tmo_quantum, U64)
+            self._push(deadline, cookie, p.timeout_code, TIMEOUT)
         self.last_cookie = cookie
         if collect:
             self._out_faults.extend(faults)
             self._out_offsets.append(len(self._out_faults))
             self._out_cookies.append(cookie)
         auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # R1
+        if auto == SERVE:
+            self.serve(cookie, time)
+            return 1
         if auto is not None:
             self._answer(g, auto, HANDLER, time)
             return 1
@@ -218,6 +285,19 @@ class PyGrouper:
             self.dispatch = True
             return 2
         return 1
+
+    def _kind(self, flags: int, perm: int) -> int:
+        """0: held as a partial; 1: completes a group (G5, G7); 2: a dropped stop marker (G6)."""
+        p = self.policy
+        if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):
+            return 2
+        if p.stall or flags & LAST_PAGE or (p.priv_data_is_last and flags & PRIV_DATA):
+            return 1
+        return 0
+
+    def kinds(self, arr: np.ndarray) -> np.ndarray:
+        return np.array([self._kind(int(f), int(p)) for f, p in zip(arr["flags"], arr["perm"])],
+                        dtype=np.uint8)
 
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
@@ -229,32 +309,115 @@ class PyGrouper:
     # -- responses ---------------------------------------------------------------------
     def _answer(self, g: _Pending, code: int, reason: int, time: int) -> None:
         del self.pending[g.cookie]
-        self._send(time, g.faults[-1], code, g.cookie, len(g.faults), reason)
+        self._send(time, g.faults[-1], code, g.cookie, len(g.faults), reason, g.time)
         self._release(g.dev, len(g.faults))
         self.counters["answered"] += 1
         self.counters["pending_now"] -= 1
 
-    def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None) -> bool:
+    def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None,
+                at: int | None = None) -> bool:
         g = self.pending.get(cookie)
         if g is None:  # R4
             self.counters["stale_responses"] += 1
             return False
-        self._answer(g, code, reason, self._time(time))
+        if at is not None:
+            self._push(at, cookie, code, reason)
+        else:
+            self._answer(g, code, reason, self._time(time))
         return True
 
     def respond_batch(self, cookies: np.ndarray, codes: np.ndarray, reason: int = CALLER,
-                      time: int | None = None) -> np.ndarray:
-        return np.array([self.respond(int(k), int(c), reason, time)
-                         for k, c in zip(cookies.tolist(), codes.tolist())], dtype=bool)
+                      time: int | None = None, at: Any = None) -> np.ndarray:
+        k, c = cookies.tolist(), codes.tolist()
+        ats = [None] * len(k) if at is None else np.broadcast_to(
+            np.asarray(at, dtype=np.uint64), (len(k),)).tolist()
+        return np.array([self.respond(int(a), int(b), reason, time, t)
+                         for a, b, t in zip(k, c, ats)], dtype=bool)
+
+    # -- simulated time: timeouts and scheduled answers --------------------------------
+    def _push(self, time: int, cookie: int, code: int, reason: int) -> None:
+        heapq.heappush(self.heap, (time, self.seq, cookie, code, reason))
+        self.seq += 1
+
+    def advance(self, now: int, timeouts_only: bool = False) -> None:
+        self.now = max(self.now, now)
+        kept = []
+        while self.heap and self.heap[0][0] <= now:
+            item = heapq.heappop(self.heap)
+            time, _, cookie, code, reason = item
+            if reason == TIMEOUT:
+                if cookie in self.pending:
+                    self._answer(self.pending[cookie], code, TIMEOUT, time)
+            elif timeouts_only:
+                kept.append(item)
+            elif not self.respond(cookie, code, reason & 0xFF, time) and reason & BY_SERVICE:
+                assert self.service is not None  # stale if answered meanwhile (R4)
+                self.service.stale += 1
+        for item in kept:
+            heapq.heappush(self.heap, item)
+
+    def next_deadline(self) -> int | None:
+        while self.heap and self.heap[0][4] == TIMEOUT and self.heap[0][2] not in self.pending:
+            heapq.heappop(self.heap)
+        return self.heap[0][0] if self.heap else None
+
+    def set_service(self, servers: int, kind: int, a: float, b: float, samples: Any, seed: int,
+                    code: int) -> None:
+        if kind > SV_SAMPLES or (kind == SV_SAMPLES and (samples is None or not len(samples))):
+            raise ValueError("bad service model")
+        self.service = _Service(servers, kind, a, b, samples, seed, code)
+
+    def serve(self, cookie: int, arrival: int, duration: int | None = None,
+              code: int | None = None) -> bool:
+        v = self.service
+        if v is None:
+            raise ValueError("no service model")
+        if cookie not in self.pending:
+            self.counters["stale_responses"] += 1
+            return False
+        d = v.draw() if duration is None else duration
+        start = arrival
+        if v.servers:
+            start = max(arrival, v.free[0])
+            heapq.heapreplace(v.free, min(start + d, U64))
+        done = min(start + d, U64)
+        v.served += 1
+        v.busy += d
+        v.wait += start - arrival
+        v.max_wait = max(v.max_wait, start - arrival)
+        while v.fifo and v.fifo[0] <= arrival:  # FIFO: starts grow with the arrivals
+            v.fifo.pop(0)
+        if start > arrival:
+            v.fifo.append(start)
+            v.max_backlog = max(v.max_backlog, len(v.fifo))
+        return self.respond(cookie, v.code if code is None else code, CALLER | BY_SERVICE, None, done)
+
+    def service_stats(self) -> dict[str, int]:
+        v = self.service
+        if v is None:
+            return {"servers": 0, "served": 0, "busy_ns": 0, "wait_ns": 0, "max_wait_ns": 0,
+                    "stale": 0, "max_backlog": 0}
+        return {"servers": v.servers, "served": v.served, "busy_ns": v.busy, "wait_ns": v.wait,
+                "max_wait_ns": v.max_wait, "stale": v.stale, "max_backlog": v.max_backlog}
+
+    def service_at(self, now: int) -> tuple[int, int]:
+        v = self.service
+        if v is None:
+            return 0, 0
+        return sum(f > now for f in v.free), sum(s > now for s in v.fifo)
+
+    def set_timeout_quantum(self, quantum: int) -> None:
+        self.tmo_quantum = quantum
 
     @property
     def has_responses(self) -> bool:
         return bool(self.outbox)
 
-    def take_responses(self) -> np.ndarray:
+    def take_responses(self, group_times: bool = False) -> Any:
         out = np.array(self.outbox, dtype=RESPONSE_DTYPE)
-        self.outbox = []
-        return out
+        gt = np.array(self.outbox_gtime, dtype=np.uint64)
+        self.outbox, self.outbox_gtime = [], []
+        return (out, gt) if group_times else out
 
     # -- flush, discard, remove, expire -------------------------------------------------
     def _drop_partials(self, doomed: Any, counter: str) -> None:
@@ -295,14 +458,7 @@ class PyGrouper:
         self.devices.discard(dev)
 
     def expire(self, now: int) -> None:
-        self.now = max(self.now, now)
-        timeout = self.policy.response_timeout
-        if timeout is None or now < timeout:
-            return
-        cutoff = now - timeout
-        for g in sorted(self.pending.values(), key=lambda g: (g.time, g.cookie)):
-            if g.time <= cutoff:
-                self._answer(g, self.policy.timeout_code, TIMEOUT, now)
+        self.advance(now, timeouts_only=True)
 
     # -- inspection ----------------------------------------------------------------------
     @property
