@@ -38,6 +38,13 @@ extensions = [
         extra_link_args=ldflags,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    # The prq_report text scanner (iopf.trace): no numpy C API needed.
+    Extension(
+        "iopf_core.textscan",
+        ["src/iopf_core/textscan.pyx"],
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives,

@@ -277,7 +277,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     else:
         source = trace.iter_chunks(args.trace, format=args.format, skip_bad=args.skip_bad,
                                    chunk_size=args.batch_size, stats=load)
-        total = _known_length(args.trace, load.format)
+        total = None if load.compression else _known_length(args.trace, load.format)
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
@@ -361,12 +361,16 @@ def _replay_distributed(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    if trace.same_file(args.input, args.output):
+        raise ValueError(f"{args.output}: is the input; write the output elsewhere")
+    out_format = trace._format_for_save(args.output, args.to_format)  # fail before reading
     load = LoadStats()
-    faults = trace.load(args.input, format=args.from_format, skip_bad=args.skip_bad, stats=load)
-    trace.save(args.output, faults, format=args.to_format)
-    out_fmt = args.to_format or trace.detect_format(args.output)
+    faults, meta = trace.load(args.input, format=args.from_format, skip_bad=args.skip_bad,
+                              stats=load, meta=True)
+    # Unit names and seq# go along, for prq_report output.
+    trace.save(args.output, faults, format=out_format, meta=meta, units=load.units or None)
     print(f"converted {len(faults):,} faults: {args.input} ({load.format}) -> "
-          f"{args.output} ({out_fmt})")
+          f"{args.output} ({out_format})")
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
               file=sys.stderr)
@@ -501,7 +505,10 @@ def _pyplot() -> Any:
 # -- helpers ---------------------------------------------------------------------------
 
 def _known_length(path: str, fmt: str | None) -> int | None:
-    """How many faults a trace holds, when that is cheap to know (for the bar)."""
+    """How many faults a trace holds, when that is cheap to know (for the bar).
+    Only for regular files: a pipe or FIFO must not be read a second time."""
+    if path == "-" or not os.path.isfile(path):
+        return None
     try:
         if fmt == "npy":
             return len(np.load(path, mmap_mode="r", allow_pickle=False))
