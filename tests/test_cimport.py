@@ -43,4 +43,19 @@ def test_cython_consumer_cimports_the_core(tmp_path):
         # A FAULT_DTYPE array passes as a typed memoryview of FaultRec.
         trace = iopf.trace.synthetic(5000, seed=4)
         twin = iopf.Queue(strategy="python")
-        assert consumer.feed(q.core, trace) == len(twin.report_batch(trace))
+        assert consumer.feed(q.core, trace) == (len(twin.report_batch(trace)), 0)
+        # The checked entry: a documented result, never "call a Python handler".
+        from iopf_core import grouper as G
+        q = iopf.Queue(strategy=strategy)
+        q.attach(1, 2, lambda g: 0)                       # a Python handler
+        q.attach(1, 3, iopf.Response.SUCCESS)             # a constant one
+        before = q.stats
+        assert consumer.report_one(q.core, 1, 1, 2, 600, 3, 1) == G.ReportResult.REPORT_REFUSED   # grpid > 9 bits
+        assert consumer.report_one(q.core, 1, 1, 2, 5, 0x13, 1) == G.ReportResult.REPORT_REFUSED  # flags > 4 bits
+        assert consumer.report_one(q.core, 1, 1, 1 << 20, 5, 3, 1) == G.ReportResult.REPORT_REFUSED
+        assert q.stats == before
+        assert consumer.report_one(q.core, 1, 1, 2, 5, 1, 1) == G.ReportResult.REPORT_HELD
+        assert consumer.report_one(q.core, 2, 1, 2, 5, 3, 1) == G.ReportResult.REPORT_GROUPED      # left pending
+        assert consumer.report_one(q.core, 3, 1, 3, 5, 3, 1) == G.ReportResult.REPORT_ANSWERED
+        assert [len(g) for g in q.pending()] == [2]
+        assert q.stats.conserved()

@@ -165,8 +165,8 @@ def test_vtd_attach_adds_the_device(make_queue: Callable[..., iopf.Queue], feed:
 
 @pytest.mark.parametrize("changes, error", [
     (dict(no_pasid=-1), ValueError), (dict(no_pasid=1 << 20), ValueError),
-    (dict(no_pasid=8, pasid_bits=3), ValueError), (dict(no_pasid=True), ValueError),
-    (dict(no_pasid="0"), ValueError),
+    (dict(no_pasid=8, pasid_bits=3), ValueError), (dict(no_pasid=True), TypeError),
+    (dict(no_pasid="0"), TypeError),
     (dict(require_device=1), TypeError), (dict(attach_adds_device=None), TypeError)])
 def test_new_policy_fields_are_validated(changes: dict[str, object], error: type) -> None:
     with pytest.raises(error):

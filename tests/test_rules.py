@@ -362,9 +362,9 @@ def test_G8_field_checks_report(make_queue, field, policy, bad):
     before = snapshot(q)
     fields = dict(dev=1, pasid=5, grpid=3, addr=0xD000, time=10**9)
     fields.update(bad)
-    fault = Fault(fields.pop("dev"), fields.pop("pasid"), fields.pop("grpid"),
-                  fields.pop("addr"), last=True, **fields)
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field):   # flags and perm: Fault itself refuses them
+        fault = Fault(fields.pop("dev"), fields.pop("pasid"), fields.pop("grpid"),
+                      fields.pop("addr"), last=True, **fields)
         q.report(fault)
     assert snapshot(q) == before
     [r] = take(q)

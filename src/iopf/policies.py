@@ -13,7 +13,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from .types import Response
+
+#: Bounds of the int fields that are not 0..2**64-1.
+_INT_RANGES = {
+    "pasid_bits": (1, 31),
+    "grpid_bits": (1, 16),   # 9 for PRI, 16 for a stall tag
+    "no_pasid": (0, 2**31 - 1),   # and below 2**pasid_bits, checked after the loop
+}
 
 __all__ = ["Policy", "PCIE", "LINUX", "VTD", "AMD", "SMMU_STALL", "PRESETS"]
 
@@ -62,27 +71,29 @@ class Policy:
     attach_adds_device: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.pasid_bits <= 31:
-            raise ValueError(f"pasid_bits must be in 1..31, got {self.pasid_bits}")
-        if not 1 <= self.grpid_bits <= 16:   # 9 for PRI, 16 for a stall tag
-            raise ValueError(f"grpid_bits must be in 1..16, got {self.grpid_bits}")
-        for name in ("no_handler_code", "handler_error_code", "timeout_code", "overflow_code"):
-            object.__setattr__(self, name, Response(getattr(self, name)))
-        if self.response_timeout is not None and self.response_timeout < 0:
-            raise ValueError("response_timeout must be >= 0 or None")
-        if self.queue_depth is not None and self.queue_depth < 0:
-            raise ValueError("queue_depth must be >= 0 or None")
-        self._check_device_fields()
-
-    def _check_device_fields(self) -> None:
-        """no_pasid, require_device, attach_adds_device."""
-        for name in ("require_device", "attach_adds_device"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        n = self.no_pasid
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool)
-                              or not 0 <= n < (1 << self.pasid_bits)):
-            raise ValueError(f"no_pasid must be None or a PASID below 2**pasid_bits, got {n!r}")
+        # Every field is checked by its declared type: "bool", "Response",
+        # "int" or "int | None" (a new field needs a line in _INT_RANGES only
+        # if it is an int with other bounds than 0..2**64-1).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if kind.endswith("| None"):
+                if value is None:
+                    continue
+                kind = kind[:-len("| None")].strip()
+            if kind == "bool":
+                if not isinstance(value, (bool, np.bool_)):
+                    raise TypeError(f"Policy.{f.name} must be a bool, not {type(value).__name__}")
+                object.__setattr__(self, f.name, bool(value))
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Policy.{f.name} must be an int, not {type(value).__name__}")
+            lo, hi = (0, len(Response) - 1) if kind == "Response" else _INT_RANGES.get(f.name, (0, 2**64 - 1))
+            if not lo <= value <= hi:
+                raise ValueError(f"Policy.{f.name} must be in {lo}..{hi}, got {value}")
+            object.__setattr__(self, f.name, Response(int(value)) if kind == "Response" else int(value))
+        if self.no_pasid is not None and self.no_pasid >= 1 << self.pasid_bits:
+            raise ValueError(f"Policy.no_pasid must be below 2**pasid_bits, got {self.no_pasid}")
 
     def replace(self, **changes: object) -> Policy:
         """A copy with some fields changed."""

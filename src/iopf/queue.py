@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -203,13 +204,17 @@ _PASID_VALID = int(Flag.PASID_VALID)   # a plain int: `int & Flag` goes through 
 
 
 def _check_code(code: Response | int) -> int:
+    """A response code (Response or int 0..2) as an int; one rule for every
+    code a caller or a handler gives (bool, float and complex are refused)."""
     if (code.__class__ is int or code.__class__ is Response) and code in _CODES:
         return int(code)
-    try:
-        return int(Response(code))
-    except ValueError:
+    if isinstance(code, (bool, np.bool_)) or not isinstance(code, (int, np.integer)):
+        raise TypeError(f"a response code is a Response or an int, not "
+                        f"{type(code).__name__} ({code!r})")
+    if int(code) not in _CODES:
         raise ValueError(f"response code {code!r} is not one of "
-                         f"{[int(r) for r in Response]} (SUCCESS, INVALID, FAILURE)") from None
+                         f"{[int(r) for r in Response]} (SUCCESS, INVALID, FAILURE)")
+    return int(code)
 
 
 class Queue:
@@ -245,6 +250,9 @@ class Queue:
         self.strategy = strategy
         self.core: Grouper | PyGrouper = core_cls(policy)
         self.on_response = on_response
+        # Responses taken from the core and not yet given to on_response, in
+        # send order: what a raising callback leaves is delivered next time.
+        self._undelivered: collections.deque[tuple[Any, ...]] = collections.deque()
         self._handlers: dict[tuple[int, int | None], Handler | Response | Service] = {}
         self._default: Handler | Response | Service | None = None
         self._lock = threading.RLock()
@@ -363,6 +371,8 @@ class Queue:
         The group is returned whether or not a handler took it (a handler's
         answer makes later responses to it stale, R4).
         """
+        if not isinstance(fault, Fault):
+            raise TypeError(f"report takes an iopf.Fault, not {type(fault).__name__}")
         with self._lock:
             self._check_reentry()
             cookie = self.core.report(tuple(fault))
@@ -460,6 +470,8 @@ class Queue:
         group has been answered by then (a flush, detach, removal, timeout or
         another answer): it is then stale. True means scheduled.
         """
+        if isinstance(group, Group) and group._queue is not self:
+            raise ValueError("this group belongs to another queue")
         cookie = group.cookie if isinstance(group, Group) else group
         if not isinstance(cookie, (int, np.integer)) or isinstance(cookie, bool):
             raise TypeError(f"respond takes a Group or an int cookie, not {type(cookie).__name__}")
@@ -561,15 +573,28 @@ class Queue:
     def take_responses(self) -> np.ndarray:
         """Empty the outbox: the responses sent so far, in order (RESPONSE_DTYPE)."""
         with self._lock:
-            return self.core.take_responses()
+            out = self.core.take_responses()
+            if self._undelivered:   # left by a raising on_response: they came first
+                out = np.array(list(self._undelivered) + out.tolist(), dtype=out.dtype)
+                self._undelivered.clear()
+            return out
 
     def _deliver(self) -> None:
-        """R6: hand responses to on_response if set (else they wait in the outbox)."""
-        if self.on_response is not None and self.core.has_responses:
-            for t, dev, pasid, grpid, code, flags, cookie, n, reason in \
-                    self.core.take_responses().tolist():
-                self.on_response(PageResponse(t, dev, pasid, grpid, _CODES[code], _FLAGS[flags],
-                                              cookie, n, _REASONS[reason]))
+        """R6: hand responses to on_response if set (else they wait in the outbox).
+
+        One at a time from a queue in send order: a callback that answers
+        another group (re-entering here) appends behind the rest, and one
+        that raises leaves the rest for the next delivery.
+        """
+        if self.on_response is None:
+            return
+        if self.core.has_responses:
+            self._undelivered.extend(self.core.take_responses().tolist())
+        pending = self._undelivered
+        while pending and self.on_response is not None:
+            t, dev, pasid, grpid, code, flags, cookie, n, reason = pending.popleft()
+            self.on_response(PageResponse(t, dev, pasid, grpid, _CODES[code], _FLAGS[flags],
+                                          cookie, n, _REASONS[reason]))
 
     # -- flush, discard, expire ----------------------------------------------------------
     def flush_pasid(self, dev: int, pasid: int | None, code: Response | int = Response.INVALID,

@@ -71,6 +71,22 @@ class _FaultFields(NamedTuple):
     private: tuple[int, int]
 
 
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+_FIELDS = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr", "private[0]", "private[1]")
+_FIELD_MAX = (2**64 - 1, 2**32 - 1, 2**32 - 1, 2**32 - 1, 0xF, 0xF, 2**64 - 1, 2**64 - 1, 2**64 - 1)
+
+
+def _checked(name: str, value: Any, hi: int) -> int:
+    """A Fault field as an int in 0..hi; the error names the field."""
+    if value.__class__ is not int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"Fault.{name} must be an int, not {type(value).__name__} ({value!r})")
+        value = int(value)
+    if not 0 <= value <= hi:
+        raise ValueError(f"Fault.{name} = {value} is out of range 0..{hi:#x}")
+    return value
+
+
 class Fault(_FaultFields):
     """One page request: an immutable record with the fields of FAULT_DTYPE.
 
@@ -91,9 +107,20 @@ class Fault(_FaultFields):
             flags = ((Flag.PASID_VALID if pasid_valid else 0)
                      | (Flag.LAST_PAGE if last else 0)
                      | (Flag.NEEDS_PASID if needs_pasid else 0))
+        if not isinstance(private, (tuple, list)) or len(private) != 2:
+            raise TypeError(f"Fault.private must be a pair of ints, not {private!r}")
         p0, p1 = private
-        return super().__new__(cls, int(time), int(dev), int(pasid), int(grpid),
-                               Flag(int(flags)), Perm(int(perm)), int(addr), (int(p0), int(p1)))
+        # Fast path: plain ints in range (one test each); otherwise field by field, naming it.
+        if not (time.__class__ is int and dev.__class__ is int and pasid.__class__ is int
+                and grpid.__class__ is int and addr.__class__ is int and p0.__class__ is int
+                and p1.__class__ is int and flags.__class__ in _FLAG_TYPES
+                and perm.__class__ in _FLAG_TYPES and 0 <= time <= _U64 and 0 <= dev <= _U32
+                and 0 <= pasid <= _U32 and 0 <= grpid <= _U32 and 0 <= addr <= _U64
+                and 0 <= p0 <= _U64 and 0 <= p1 <= _U64 and 0 <= flags <= 0xF and 0 <= perm <= 0xF):
+            time, dev, pasid, grpid, flags, perm, addr, p0, p1 = (
+                _checked(name, v, hi) for name, v, hi in zip(
+                    _FIELDS, (time, dev, pasid, grpid, flags, perm, addr, p0, p1), _FIELD_MAX))
+        return super().__new__(cls, time, dev, pasid, grpid, _FLAGS[flags], _PERMS[perm], addr, (p0, p1))
 
     @classmethod
     def from_record(cls, rec: Any) -> Fault:
@@ -114,6 +141,11 @@ class Fault(_FaultFields):
         return (f"Fault(dev={self.dev}, pasid={self.pasid}, grpid={self.grpid}, "
                 f"addr={self.addr:#x}, perm={self.perm!r}, flags={self.flags!r}, "
                 f"time={self.time})")
+
+
+_FLAGS = {i: Flag(i) for i in range(16)}
+_PERMS = {i: Perm(i) for i in range(16)}
+_FLAG_TYPES = (int, Flag, Perm)
 
 
 class PageResponse(NamedTuple):

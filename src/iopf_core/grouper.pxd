@@ -3,7 +3,14 @@
 
     from iopf_core.grouper cimport Grouper, FaultRec
     cdef Grouper g = queue.core
-    g.report_rec(&rec, False)   # no Python overhead per fault
+    if g.report_rec(&rec, False) == REPORT_REFUSED:   # no Python overhead per fault
+        ...
+
+``report_rec`` is the checked entry for C callers: it validates the record
+against the policy, copies it before use, and returns a ``ReportResult``
+(or -1 with an exception set: MemoryError, or RuntimeError when another
+thread is inside the same grouper).
+The other cdef methods are internals: they trust their arguments.
 
 A Grouper owns all its memory; every index below is into one of its pools.
 """
@@ -16,7 +23,16 @@ cdef enum:
     KEY_DEVICE = 0xFFFFFFFD   # Entry of a device (its limit and outstanding count)
     KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
     KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
-    DEAD = 0x80               # Node.flags mark: the node is being dropped
+    DEAD = 1                  # Node.mark: the node is being dropped
+
+# What report_rec did with one record (a C caller cannot call a Python handler:
+# a group whose handler is a Python callable is left pending, REPORT_GROUPED).
+cpdef enum ReportResult:
+    REPORT_HELD = 0           # held as a partial, waiting for its LPIG
+    REPORT_GROUPED = 1        # completed a group, now pending (cookie: last_cookie)
+    REPORT_ANSWERED = 2       # completed a group that a constant handler answered at once
+    REPORT_DROPPED = 3        # not held, no group: stop marker, overflow or no handler (any response is in the outbox)
+    REPORT_REFUSED = 4        # a field does not fit the policy: nothing changed
 
 # One record of FAULT_DTYPE (packed, 52 bytes): what batches are made of.
 cdef packed struct FaultRec:
@@ -34,9 +50,10 @@ cdef packed struct RespRec:
 
 # A held fault: a partial, or a member of a pending group. 52 bytes, packed:
 # the fields of FaultRec but the device (every list a node is on belongs to
-# one device, which the caller knows), the group id in 16 bits and flags and
-# perm in 8 (policies allow 16-bit group ids; flags and perm are 4-bit, both
-# checked on entry), the link of its group list and the two links of its
+# one device, which the caller knows), the group id in 16 bits (the policy
+# check keeps grpid_bits <= 16), flags and perm in one byte (4 bits each,
+# both checked on entry: flags | perm << 4), an internal mark byte of its
+# own (DEAD), the link of its group list and the two links of its
 # (dev, PASID) chain, so that a flush visits only that PASID's faults.
 # Packing (a node starts 4-byte aligned) is what keeps a held fault under 64
 # bytes with its share of the tables; x86 loads unaligned words at full speed.
@@ -46,15 +63,15 @@ cdef packed struct Node:
     uint32_t next
     uint32_t pnext, pprev
     uint16_t grpid
-    uint8_t flags, perm
+    uint8_t flags, mark
 
 # Per (dev, key PASID): chain of its partials, its pending groups and its
 # attachment. Per device (pasid == KEY_DEVICE): the PRI allocation.
 ctypedef struct Entry:
+    uint64_t handle           # 64 bits: never wraps back to 0 ("no handler")
     uint32_t dev, pasid
     uint32_t phead
     uint32_t qhead, qtail
-    uint32_t handle
     uint32_t auto_code        # 1 + code of a constant handler, 0 for a Python one
     uint32_t limit, outstanding
 
@@ -62,7 +79,7 @@ ctypedef struct Entry:
 ctypedef struct Slot:
     uint32_t dev, kpasid, grpid
     uint32_t head, tail
-    uint32_t epoch
+    uint32_t epoch            # see Grouper.bump_epoch: reset when it wraps
 
 # A node of TreeGrouper's AVL tree: a Slot plus its links.
 ctypedef struct TNode:
@@ -72,7 +89,8 @@ ctypedef struct TNode:
 
 ctypedef struct Pend:
     uint64_t cookie, time
-    uint32_t dev, kpasid, handle, nfaults
+    uint64_t handle
+    uint32_t dev, kpasid, nfaults
     uint32_t head, tail
     uint32_t qnext, qprev
 
@@ -123,7 +141,9 @@ ctypedef struct Buf:           # a growable byte buffer
 
 cdef class Grouper:
     cdef Rules rules
-    cdef public object policy
+    cdef readonly object policy
+    cdef bint inited
+    cdef int busy             # one call at a time: taken atomically, see enter()
     cdef Counters c
     cdef readonly uint64_t now
     cdef readonly uint64_t last_cookie
@@ -149,20 +169,32 @@ cdef class Grouper:
     cdef Service sv
     cdef Buf outbox_gtime      # per response: the time its group formed
     cdef uint64_t pending_faults, next_cookie
-    cdef uint32_t next_handle, epoch
+    cdef uint64_t next_handle
+    cdef uint32_t epoch
+    cdef readonly Py_ssize_t position   # run(): index of the record a failure stopped at
     # batch output and outbox
     cdef Buf out_faults, out_offsets, out_cookies, outbox
 
     # internals (see grouper.pyx)
     cdef Node* N(self, uint32_t i) noexcept nogil
+    cdef uint32_t list_len(self, uint32_t n) noexcept nogil
     cdef uint32_t slot_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t filter_dead(self, Slot* s) noexcept nogil
+    cdef void bump_epoch(self) noexcept nogil
+    cdef int enter(self) except -1 nogil
+    cdef void leave(self) noexcept nogil
+    cdef int reserve(self, uint32_t nodes, uint32_t groups, size_t sends, uint32_t out_faults) except -1 nogil
+    cdef bint bad_kpasid(self, uint32_t kpasid) noexcept nogil
+    cdef int check_kpasid(self, uint32_t kpasid) except -1
+    cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil
     cdef int table_append(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t n) except -1 nogil
     cdef void table_purge(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
     cdef int node_grow(self) except -1 nogil
     cdef uint32_t node_alloc(self) except NIL nogil
     cdef void node_release(self, uint32_t i) noexcept nogil
+    cdef int pend_grow(self) except -1 nogil
     cdef uint32_t pend_alloc(self) except NIL nogil
+    cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
@@ -171,6 +203,7 @@ cdef class Grouper:
     cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
     cdef int _cookies_init(self, uint32_t cap) except -1
     cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
+    cdef int cookie_room(self, uint64_t n) except -1 nogil
     cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
     cdef void cookie_delete(self, uint32_t i) noexcept nogil
     cdef int heap_push(self, HeapItem it) except -1 nogil
@@ -183,7 +216,7 @@ cdef class Grouper:
     cdef uint64_t sv_draw(self) noexcept nogil
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
-    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
     cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
@@ -200,9 +233,21 @@ cdef class Grouper:
     cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil
     cdef size_t s_sizeof(self) noexcept nogil
+    cdef void s_clear_epochs(self) noexcept nogil
+
+    cdef int s_reserve(self) except -1 nogil
+    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
 
     cdef uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef void count_in(self, const FaultRec* r) noexcept nogil
+    cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
+    cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
+    cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1
+    cdef int add_device_(self, uint32_t dev, uint32_t limit) except -1
+    cdef int refuse(self, Py_ssize_t i, const FaultRec* r) except -1
+    cdef void clock_to(self, uint64_t t) noexcept nogil
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 

@@ -1,12 +1,27 @@
 """Type stubs of the compiled grouping core (grouper.pyx)."""
+import enum
 from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
+class ReportResult(enum.IntEnum):
+    """What report_rec (the C entry of the .pxd) did with one record."""
+    REPORT_HELD = 0
+    REPORT_GROUPED = 1
+    REPORT_ANSWERED = 2
+    REPORT_DROPPED = 3
+    REPORT_REFUSED = 4
+
+def _fail_alloc_after(n: int) -> int: ...
+
 class Grouper:
     strategy: str
-    policy: Any
+    @property
+    def policy(self) -> Any: ...
+    @property
+    def position(self) -> int: ...
+    def _debug_counters(self, epoch: int, next_handle: int, next_cookie: int) -> None: ...
     @property
     def now(self) -> int: ...
     @property

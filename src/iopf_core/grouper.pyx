@@ -47,6 +47,8 @@ cdef enum:
     R_TIMEOUT = 9
     R_CALLER = 10
     C_INVALID = 1
+    C_MAX = 2                 # FAILURE, the largest response code
+    R_DISPATCH = 5            # report_one: the group waits for a Python handler
     AUTO_SERVE = 4            # Entry.auto_code of a group served by the service model
     SV_CONST = 0
     SV_EXP = 1
@@ -64,6 +66,78 @@ cdef enum:
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
 assert sizeof(Node) == 52
+assert <int>REPORT_REFUSED < <int>R_DISPATCH
+
+
+# --- debug switches ---------------------------------------------------------------
+# Every allocation of the core goes through xmalloc/xrealloc, so a test can make
+# the Nth one fail (_fail_alloc_after) and check that the call leaves the state
+# as it was. Module-wide and unsynchronised: for single-threaded tests only.
+cdef int64_t fail_after = -1          # allocations left before one fails; -1: never
+cdef uint64_t alloc_count = 0
+
+
+cdef inline bint alloc_fails() noexcept nogil:
+    global fail_after, alloc_count
+    alloc_count += 1
+    if fail_after < 0:
+        return False
+    if fail_after == 0:
+        fail_after = -1               # fail once
+        return True
+    fail_after -= 1
+    return False
+
+
+cdef void* xmalloc(size_t n) noexcept nogil:
+    return NULL if alloc_fails() else PyMem_RawMalloc(n)
+
+
+cdef void* xrealloc(void* p, size_t n) noexcept nogil:
+    return NULL if alloc_fails() else PyMem_RawRealloc(p, n)
+
+
+def _fail_alloc_after(int64_t n):
+    """Debug: let n more allocations of the core succeed, then fail one (MemoryError).
+
+    -1 turns it off. Returns the number of allocations made so far (all
+    groupers), so a test can count the allocations of a workload first.
+    """
+    global fail_after
+    fail_after = n
+    return alloc_count
+
+
+cdef extern from *:
+    """
+    /* The busy flag of a grouper: taken with an atomic exchange, so that two
+       threads, with or without the GIL, cannot both be inside one grouper. */
+    static inline int iopf_try_take(int* p) { return __atomic_exchange_n(p, 1, __ATOMIC_ACQUIRE) == 0; }
+    static inline void iopf_give(int* p) { __atomic_store_n(p, 0, __ATOMIC_RELEASE); }
+    """
+    bint iopf_try_take(int* p) noexcept nogil
+    void iopf_give(int* p) noexcept nogil
+
+
+cdef int raise_busy() except -1 with gil:
+    raise RuntimeError("iopf_core: this grouper is in use by another thread "
+                       "(share it through one iopf.Queue, which serialises calls)")
+
+
+cdef int check_code_reason(uint32_t code, uint32_t reason) except -1:
+    if code > C_MAX:
+        raise ValueError(f"response code {code} is not one of 0..{C_MAX} (SUCCESS, INVALID, FAILURE)")
+    if reason > R_CALLER:
+        raise ValueError(f"reason {reason} is not one of 0..{R_CALLER}")
+    return 0
+
+
+cdef int raise_corrupt() except -1 with gil:
+    raise SystemError("iopf_core: internal tables inconsistent (please report this)")
+
+
+cdef int raise_uninit() except -1 with gil:
+    raise RuntimeError("iopf_core: the grouper was not initialised (call __init__ with a policy)")
 
 cdef uint64_t U64_MAX = 0xFFFFFFFFFFFFFFFFULL
 
@@ -112,7 +186,7 @@ cdef void* grow(void* p, size_t* cap, size_t need, size_t item) except NULL nogi
     cdef size_t c = cap[0] if cap[0] else MIN_CAP
     while c < need:
         c *= 2
-    cdef void* q = PyMem_RawRealloc(p, c * item)
+    cdef void* q = xrealloc(p, c * item)
     if q == NULL:
         raise_nomem()
         return NULL
@@ -233,7 +307,7 @@ cdef inline int64_t slot_find(const SlotTable* t, uint32_t dev, uint32_t kp, uin
 cdef int slot_resize(SlotTable* t, uint32_t cap) except -1 nogil:
     cdef Slot* old = t.slots
     cdef uint32_t old_cap = t.cap, i, j, mask = cap - 1
-    cdef Slot* s = <Slot*>PyMem_RawMalloc(cap * sizeof(Slot))
+    cdef Slot* s = <Slot*>xmalloc(cap * sizeof(Slot))
     if s == NULL:
         return raise_nomem()
     for i in range(cap):
@@ -250,11 +324,17 @@ cdef int slot_resize(SlotTable* t, uint32_t cap) except -1 nogil:
     return 0
 
 
-cdef int64_t slot_insert(SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) except -1 nogil:
-    """Index of a new slot for a key that is not in the table."""
+cdef int slot_reserve(SlotTable* t) except -1 nogil:
+    """Room for one more key (so that slot_insert cannot fail)."""
     # Load at most 1/2: a probe then touches ~1.5 slots of one cache line.
     if 2 * (t.count + 1) > t.cap:
         slot_resize(t, t.cap * 2 if t.cap else MIN_CAP)
+    return 0
+
+
+cdef int64_t slot_insert(SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) except -1 nogil:
+    """Index of a new slot for a key that is not in the table."""
+    slot_reserve(t)
     cdef uint32_t mask = t.cap - 1
     cdef uint32_t i = slot_home(t, dev, kp, grp)
     while t.slots[i].kpasid != KEY_EMPTY:
@@ -282,6 +362,12 @@ cdef void slot_delete(SlotTable* t, uint32_t i) noexcept nogil:
             i = j
     t.slots[i].kpasid = KEY_EMPTY
     t.count -= 1
+
+
+cdef void slot_clear_epochs(SlotTable* t) noexcept nogil:
+    cdef uint32_t i
+    for i in range(t.cap):
+        t.slots[i].epoch = 0
 
 
 cdef void slot_free(SlotTable* t) noexcept nogil:
@@ -327,6 +413,25 @@ cdef class Grouper:
         self.out_offsets.len = sizeof(int64_t)
 
     def __init__(self, policy):
+        # Once only: a second __init__ would change the rules under live tables.
+        if self.inited:
+            raise RuntimeError("a grouper is initialised once; make a new one for another policy")
+        # The core checks what it relies on itself (it may be given any object).
+        for name, lo, hi in (("pasid_bits", 1, 31), ("grpid_bits", 1, 16)):
+            v = getattr(policy, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"policy.{name} must be an int in {lo}..{hi}, got {v!r}")
+        for name in ("no_handler_code", "handler_error_code", "timeout_code", "overflow_code"):
+            v = getattr(policy, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= C_MAX:
+                raise ValueError(f"policy.{name} must be a response code 0..{C_MAX}, got {v!r}")
+        v = policy.no_pasid
+        if v is not None and (type(v) is not int or not 0 <= v < 1 << policy.pasid_bits):
+            raise ValueError(f"policy.no_pasid must be None or a PASID below 2**pasid_bits, got {v!r}")
+        for name in ("response_timeout", "queue_depth"):
+            v = getattr(policy, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64):
+                raise ValueError(f"policy.{name} must be None or an int in 0..2**64-1, got {v!r}")
         cdef Rules* r = &self.rules
         r.match_pasid = policy.match_pasid
         r.stall = policy.stall
@@ -349,6 +454,32 @@ cdef class Grouper:
         r.has_depth = policy.queue_depth is not None
         r.depth = policy.queue_depth or 0
         self.policy = policy
+        self.inited = True
+
+    cdef int enter(self) except -1 nogil:
+        """Take the grouper for one call (RuntimeError if another thread has it)."""
+        if not iopf_try_take(&self.busy):
+            return raise_busy()
+        if not self.inited:
+            iopf_give(&self.busy)
+            return raise_uninit()
+        return 0
+
+    cdef inline void leave(self) noexcept nogil:
+        iopf_give(&self.busy)
+
+    def _debug_counters(self, uint32_t epoch, uint64_t next_handle, uint64_t next_cookie):
+        """Debug: start the internal epoch, handle and cookie counters near a limit
+        (a test crosses 2**32 with them)."""
+        self.enter()
+        try:
+            if self.c.pending_now or self.entry_count or self.c.partial_now:
+                raise RuntimeError("only on an empty grouper")
+            self.epoch = epoch
+            self.next_handle = next_handle or 1
+            self.next_cookie = next_cookie or 1
+        finally:
+            self.leave()
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -382,8 +513,27 @@ cdef class Grouper:
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
 
+    cdef int s_reserve(self) except -1 nogil:
+        """Room for one more s_add, so that it cannot fail."""
+        return 0
+
+    cdef void s_clear_epochs(self) noexcept nogil:
+        pass
+
+    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        """How many partials s_take would return (nothing changes)."""
+        return 0
+
     cdef inline Node* N(self, uint32_t i) noexcept nogil:
         return &self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK]
+
+    cdef uint32_t list_len(self, uint32_t n) noexcept nogil:
+        """Length of a group list (linked by next)."""
+        cdef uint32_t k = 0
+        while n != NIL:
+            k += 1
+            n = self.N(n).next
+        return k
 
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
         """The PASID part of the grouping key of a held fault (G3)."""
@@ -391,12 +541,21 @@ cdef class Grouper:
             return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
 
+    cdef void bump_epoch(self) noexcept nogil:
+        """A new drop: slots filtered in it take this epoch (filter_dead).
+        After 2**32 drops it wraps: every slot's mark is cleared then, or a
+        slot last filtered 2**32 drops ago would look filtered already."""
+        self.epoch += 1
+        if self.epoch == 0:
+            self.s_clear_epochs()
+            self.epoch = 1
+
     cdef uint32_t filter_dead(self, Slot* s) noexcept nogil:
         """Unlink the DEAD nodes of a slot's list; return how many remain."""
         cdef uint32_t n = s.head, prev = NIL, kept = 0
         s.head = NIL
         while n != NIL:
-            if not self.N(n).flags & DEAD:
+            if not self.N(n).mark & DEAD:
                 if prev == NIL:
                     s.head = n
                 else:
@@ -440,7 +599,7 @@ cdef class Grouper:
         if self.n_chunks == self.chunks_cap:
             self.chunks = <Node**>grow(self.chunks, &cap, cap + 1, sizeof(Node*))
             self.chunks_cap = <uint32_t>cap
-        chunk = <Node*>PyMem_RawMalloc(CHUNK * sizeof(Node))
+        chunk = <Node*>xmalloc(CHUNK * sizeof(Node))
         if chunk == NULL:
             return raise_nomem()
         self.chunks[self.n_chunks] = chunk
@@ -466,17 +625,24 @@ cdef class Grouper:
         self.node_free = i
         self.node_used -= 1
 
+    cdef int pend_grow(self) except -1 nogil:
+        """Add free pending-group slots (the pool may move: no Pend* across this)."""
+        cdef uint32_t i
+        cdef size_t cap = self.pend_cap
+        if self.pend_cap >= 0x7FFFFFFFu:
+            return raise_nomem()
+        self.pends = <Pend*>grow(self.pends, &cap, cap + 1, sizeof(Pend))
+        for i in range(self.pend_cap, <uint32_t>cap):
+            self.pends[i].qnext = i + 1
+        self.pends[cap - 1].qnext = self.pend_free
+        self.pend_free = self.pend_cap
+        self.pend_cap = <uint32_t>cap
+        return 0
+
     cdef uint32_t pend_alloc(self) except NIL nogil:
         cdef uint32_t i
-        cdef size_t cap
         if self.pend_free == NIL:
-            cap = self.pend_cap
-            self.pends = <Pend*>grow(self.pends, &cap, cap + 1, sizeof(Pend))
-            for i in range(self.pend_cap, <uint32_t>cap):
-                self.pends[i].qnext = i + 1
-            self.pends[cap - 1].qnext = NIL
-            self.pend_free = self.pend_cap
-            self.pend_cap = <uint32_t>cap
+            self.pend_grow()
         i = self.pend_free
         self.pend_free = self.pends[i].qnext
         return i
@@ -484,7 +650,7 @@ cdef class Grouper:
     # -- entries: (dev, key PASID) -> chains, attachment; (dev, KEY_DEVICE) -> limit -----
     cdef int _entries_init(self, uint32_t cap) except -1:
         cdef uint32_t i
-        self.entries = <Entry*>PyMem_RawMalloc(cap * sizeof(Entry))
+        self.entries = <Entry*>xmalloc(cap * sizeof(Entry))
         if self.entries == NULL:
             raise MemoryError()
         for i in range(cap):
@@ -507,27 +673,9 @@ cdef class Grouper:
         cdef int64_t f = self.entry_find(dev, pasid)
         if f >= 0:
             return f
-        cdef uint32_t i, j, mask, old_cap = self.entry_cap
-        cdef Entry* old
-        if 2 * (self.entry_count + 1) > self.entry_cap:
-            old = self.entries
-            mask = 2 * old_cap - 1
-            self.entries = <Entry*>PyMem_RawMalloc(2 * old_cap * sizeof(Entry))
-            if self.entries == NULL:
-                self.entries = old
-                return raise_nomem()
-            for i in range(2 * old_cap):
-                self.entries[i].pasid = KEY_EMPTY
-            for i in range(old_cap):
-                if old[i].pasid != KEY_EMPTY:
-                    j = <uint32_t>(mix3(old[i].dev, old[i].pasid, 0) & mask)
-                    while self.entries[j].pasid != KEY_EMPTY:
-                        j = (j + 1) & mask
-                    self.entries[j] = old[i]
-            self.entry_cap = 2 * old_cap
-            PyMem_RawFree(old)
-        mask = self.entry_cap - 1
-        i = <uint32_t>(mix3(dev, pasid, 0) & mask)
+        self.entry_room()
+        cdef uint32_t mask = self.entry_cap - 1
+        cdef uint32_t i = <uint32_t>(mix3(dev, pasid, 0) & mask)
         while self.entries[i].pasid != KEY_EMPTY:
             i = (i + 1) & mask
         memset(&self.entries[i], 0, sizeof(Entry))
@@ -538,6 +686,34 @@ cdef class Grouper:
         self.entries[i].qtail = NIL
         self.entry_count += 1
         return i
+
+    cdef int entry_room(self, uint32_t more=1) except -1 nogil:
+        """Room for `more` more entries at load 1/2 (x2 per step, in one move:
+        every entry moves)."""
+        cdef uint32_t i, j, mask, old_cap = self.entry_cap, cap = self.entry_cap
+        cdef Entry* old
+        if 2 * (<uint64_t>self.entry_count + more) > cap:
+            while 2 * (<uint64_t>self.entry_count + more) > cap:
+                if cap >= 0x80000000u:
+                    return raise_nomem()
+                cap *= 2
+            old = self.entries
+            mask = cap - 1
+            self.entries = <Entry*>xmalloc(cap * sizeof(Entry))
+            if self.entries == NULL:
+                self.entries = old
+                return raise_nomem()
+            for i in range(cap):
+                self.entries[i].pasid = KEY_EMPTY
+            for i in range(old_cap):
+                if old[i].pasid != KEY_EMPTY:
+                    j = <uint32_t>(mix3(old[i].dev, old[i].pasid, 0) & mask)
+                    while self.entries[j].pasid != KEY_EMPTY:
+                        j = (j + 1) & mask
+                    self.entries[j] = old[i]
+            self.entry_cap = cap
+            PyMem_RawFree(old)
+        return 0
 
     cdef void entry_delete(self, uint32_t i) noexcept nogil:
         cdef uint32_t mask = self.entry_cap - 1, j = i, k
@@ -574,7 +750,7 @@ cdef class Grouper:
     # in consecutive slots (one cache miss per 4 groups instead of one per
     # group: cookie_insert went from 28% of a batch to noise).
     cdef int _cookies_init(self, uint32_t cap) except -1:
-        self.cookies = <CookieSlot*>PyMem_RawMalloc(cap * sizeof(CookieSlot))
+        self.cookies = <CookieSlot*>xmalloc(cap * sizeof(CookieSlot))
         if self.cookies == NULL:
             raise MemoryError()
         memset(self.cookies, 0, cap * sizeof(CookieSlot))
@@ -593,13 +769,15 @@ cdef class Grouper:
                 return i
             i = (i + 1) & mask
 
-    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
+    cdef int cookie_room(self, uint64_t n) except -1 nogil:
+        """Grow the table (x2) if it cannot hold n cookies at load 1/2."""
         cdef uint32_t i, old_cap = self.cookie_cap
         cdef CookieSlot* old
-        cdef CookieSlot item
-        if 2 * (self.c.pending_now + 1) > old_cap:
+        if 2 * n > old_cap:
+            if old_cap >= 0x80000000u:
+                return raise_nomem()
             old = self.cookies
-            self.cookies = <CookieSlot*>PyMem_RawMalloc(2 * old_cap * sizeof(CookieSlot))
+            self.cookies = <CookieSlot*>xmalloc(2 * old_cap * sizeof(CookieSlot))
             if self.cookies == NULL:
                 self.cookies = old
                 return raise_nomem()
@@ -609,6 +787,11 @@ cdef class Grouper:
                 if old[i].cookie:
                     cookie_place(self.cookies, self.cookie_cap - 1, old[i])
             PyMem_RawFree(old)
+        return 0
+
+    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
+        cdef CookieSlot item
+        self.cookie_room(self.c.pending_now + 1)
         item.cookie = cookie
         item.idx = idx
         cookie_place(self.cookies, self.cookie_cap - 1, item)
@@ -831,8 +1014,8 @@ cdef class Grouper:
         f.dev = dev
         f.pasid = n.pasid
         f.grpid = n.grpid
-        f.flags = n.flags
-        f.perm = n.perm
+        f.flags = n.flags & 0xF
+        f.perm = n.flags >> 4
         f.addr = n.addr
         f.priv[0] = n.priv0
         f.priv[1] = n.priv1
@@ -882,65 +1065,164 @@ cdef class Grouper:
         return out
 
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil:
-        """Apply one checked request: 0, or 1 if it completed a group (self.last_cookie),
-        2 if that group waits for a Python handler (self.dispatch)."""
-        cdef Rules* p = &self.rules
-        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q
-        cdef int64_t ei, di
-        cdef uint32_t handle = 0
-        cdef bint last
-        cdef Node lpig
-        cdef HeapItem tmo
-        if self.auto_advance and self.heap_len and self.heap[0].time <= r.time:
-            self.advance_to(r.time, False)    # what falls due before this request comes first
+        """The checked entry for C callers: a ReportResult (see grouper.pxd).
+
+        The record is copied, then checked, then applied: the caller's memory
+        is not read again. A group that waits for a Python handler stays
+        pending (REPORT_GROUPED); a C caller answers it or leaves it to the queue.
+        """
+        cdef FaultRec rec = r[0]
+        cdef int res
+        if self.bad_rec(&rec):
+            return REPORT_REFUSED
+        self.enter()
+        try:
+            res = self.report_one(&rec, collect)
+        finally:
+            self.leave()
+        if res == R_DISPATCH:
+            self.dispatch = False
+            return REPORT_GROUPED
+        return res
+
+    cdef int reserve(self, uint32_t nodes, uint32_t groups, size_t sends, uint32_t out_faults) except -1 nogil:
+        """Grow the pools a call will take from before it changes anything, so
+        that a MemoryError leaves the state as it was (all or nothing). Each
+        pool grows exactly when the allocation itself would have.
+
+        nodes: new held faults (0 or 1); groups: new pending groups (0 or 1);
+        sends: responses; out_faults: faults of a group to collect (0: none).
+        """
+        cdef size_t cap
+        if nodes and self.node_free == NIL:
+            self.node_grow()
+        if groups:
+            if self.pend_free == NIL:
+                self.pend_grow()
+            self.cookie_room(self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
+            if self.rules.has_timeout and self.heap_len == self.heap_cap:
+                if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
+                    self.heap_rebuild()   # as heap_push: drop answered groups instead of growing
+                if self.heap_len == self.heap_cap:
+                    cap = self.heap_cap
+                    self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
+                    self.heap_cap = <uint32_t>cap
+            if out_faults:
+                buf_reserve(&self.out_faults, out_faults * sizeof(FaultRec))
+                buf_reserve(&self.out_offsets, sizeof(int64_t))
+                buf_reserve(&self.out_cookies, sizeof(uint64_t))
+        if sends:
+            buf_reserve(&self.outbox, sends * sizeof(RespRec))
+            buf_reserve(&self.outbox_gtime, sends * sizeof(uint64_t))
+        return 0
+
+    cdef inline void count_in(self, const FaultRec* r) noexcept nogil:
+        """A request is taken (it can no longer fail): count it, advance the clock."""
         self.c.faults_reported += 1
         if r.time > self.now:
             self.now = r.time
         self.last_cookie = 0
         self.dispatch = False
+
+    cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
+        """Apply one request that bad_rec() accepted, from memory the caller cannot
+        change: a ReportResult, or R_DISPATCH if the group it completed waits for a
+        Python handler (self.dispatch; the cookie is self.last_cookie).
+
+        Everything that can fail (allocations) comes before count_in(): a
+        MemoryError leaves the grouper as it was before the call.
+        """
+        cdef Rules* p = &self.rules
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q, auto, out
+        cdef int64_t ei, di
+        cdef uint64_t handle = 0
+        cdef bint last, linked
+        cdef Node lpig
+        cdef Node* node
+        cdef HeapItem tmo
+        if self.auto_advance and self.heap_len and self.heap[0].time <= r.time:
+            self.advance_to(r.time, False)    # what falls due before this request comes first
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
         if self.last_kind == KIND_STOP:                                          # G6
+            self.count_in(r)
             self.c.stop_markers += 1
-            return 0
+            return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # R2
+            self.reserve(0, 0, 1, 0)
+            self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
-            return 0
+            return REPORT_DROPPED
         if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # R2: no iopf_param
+            self.reserve(0, 0, 1, 0)
+            self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
-            return 0
+            return REPORT_DROPPED
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
             return self.overflow(r, last)
         if self.n_limited:
             di = self.entry_find(dev, KEY_DEVICE)
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
+        # R1: a constant handler answers the group it completes in C (one response).
+        auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
+        out = 0
+        if last and collect:
+            # The group's faults go to the batch output. Counting them walks
+            # the group (the whole device list for ListGrouper: twice the cost
+            # of an LPIG), so only when the room left might not hold them all.
+            out = 1
+            if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
+                out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+        # Most requests need nothing new: the cheap tests first, reserve() when one fails.
+        if (self.node_free == NIL or (last and (
+                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
+                or (p.has_timeout and self.heap_len == self.heap_cap)
+                or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
+                or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
+                or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
+                or (auto and (self.outbox.len + sizeof(RespRec) > self.outbox.cap
+                             or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))))):
+            self.reserve(1, last, 1 if last and auto else 0, out)
+        if ei < 0:
+            self.entry_room()       # entry_get below then cannot fail
         n = self.node_alloc()
-        self.hold(dev, 1)
-        cdef Node* node = self.N(n)
+        node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>flags; node.perm = <uint8_t>r.perm
+        node.flags = <uint8_t>(flags | r.perm << 4); node.mark = 0
         node.next = NIL
         if not last:                                                            # G1
+            # The strategy may allocate (a new key): first, and undone if it fails.
+            linked = False
+            try:
+                self.s_add(n, dev)
+                linked = True
+            finally:
+                if not linked:
+                    self.node_release(n)
+            self.count_in(r)
+            self.hold(dev, 1)
             if ei < 0:
                 ei = self.entry_get(dev, kp)
+            node = self.N(n)
             node.pprev = NIL
             node.pnext = self.entries[ei].phead
             if node.pnext != NIL:
                 self.N(node.pnext).pprev = n
             self.entries[ei].phead = n
-            self.s_add(n, dev)
             self.c.partial_now += 1
-            return 0
+            return REPORT_HELD
+        self.count_in(r)
+        self.hold(dev, 1)
         # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
         head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
         nf = 1
@@ -994,30 +1276,29 @@ cdef class Grouper:
         self.last_cookie = g.cookie
         if collect:
             self.collect(head, nf, g.cookie, dev)
-        # R1: a constant handler answers here, in C; a Python one is called by the queue.
-        cdef uint32_t auto = self.entries[ei].auto_code if handle else (
-            self.default_auto if self.default_handler else 0)
         if auto == AUTO_SERVE:
             self.serve_cookie(self.last_cookie, r.time, False, 0, self.sv.code)
-            return 1
+            return REPORT_GROUPED
         if auto:
             self.respond_cookie(self.last_cookie, auto - 1, R_HANDLER, r.time)
-            return 1
+            return REPORT_ANSWERED
         if handle or self.default_handler:
             self.dispatch = True
-            return 2
-        return 1
+            return R_DISPATCH
+        return REPORT_GROUPED
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
         """F5: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
+        self.reserve(0, 0, 1 if last else 0, 0)
+        self.count_in(r)
         self.c.overflowed += 1
         if last:
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
             self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW, r.time)
         if self.rules.discard_on_overflow:
             self.drop_where(0, 0, 0, &self.c.discarded)
-        return 0
+        return REPORT_DROPPED
 
     cdef void unchain(self, uint32_t m, uint32_t dev) noexcept nogil:
         """Take a partial off its (dev, key PASID) chain as it joins a group."""
@@ -1031,6 +1312,8 @@ cdef class Grouper:
         else:
             kp = key_pasid(x.pasid, x.flags, self.rules.no_pasid)
             ei = self.entry_find(dev, kp)
+            if ei < 0:      # cannot happen: a partial's chain has an entry
+                return
             self.entries[ei].phead = x.pnext
             if x.pnext == NIL:
                 self.entry_tidy(dev, kp)
@@ -1049,10 +1332,10 @@ cdef class Grouper:
             e = self.entry_find(dev, kp)
             if e < 0 or self.entries[e].phead == NIL:
                 return 0
-            self.epoch += 1
+            self.bump_epoch()
             n = self.entries[e].phead
             while n != NIL:
-                self.N(n).flags |= DEAD
+                self.N(n).mark = DEAD
                 n = self.N(n).pnext
             n = self.entries[e].phead
             while n != NIL:
@@ -1061,13 +1344,13 @@ cdef class Grouper:
             dropped = self.free_chain(<uint32_t>e)
             self.entry_tidy(dev, kp)
         else:
-            self.epoch += 1
+            self.bump_epoch()
             for i in range(self.entry_cap):
                 if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
                     if mode == 0 or self.entries[i].dev == dev:
                         n = self.entries[i].phead
                         while n != NIL:
-                            self.N(n).flags |= DEAD
+                            self.N(n).mark = DEAD
                             n = self.N(n).pnext
             for i in range(self.entry_cap):
                 if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
@@ -1117,8 +1400,10 @@ cdef class Grouper:
             return 0
         cdef uint32_t q = self.cookies[ci].idx, n, nx
         cdef Pend* g = &self.pends[q]
-        self.cookie_delete(<uint32_t>ci)
         ei = self.entry_find(g.dev, g.kpasid)
+        if ei < 0:          # cannot happen: a pending group's chain has an entry
+            return raise_corrupt()
+        self.cookie_delete(<uint32_t>ci)
         if g.qprev == NIL:
             self.entries[ei].qhead = g.qnext
         else:
@@ -1142,7 +1427,7 @@ cdef class Grouper:
         self.pend_free = q
         return 1
 
-    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint32_t handle,
+    cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle,
                           uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
         """Answer the pending groups of (dev, kp) in cookie order (optionally one attachment's)."""
         cdef int64_t e = self.entry_find(dev, kp)
@@ -1158,13 +1443,14 @@ cdef class Grouper:
 
     # -- Python interface --------------------------------------------------------------------
     cdef uint64_t _time(self, object time) except? 0:
-        cdef uint64_t t
+        """A call's time argument (None: now), checked; clock_to() makes it the clock."""
         if time is None:
             return self.now
-        t = time
+        return <uint64_t>time
+
+    cdef inline void clock_to(self, uint64_t t) noexcept nogil:
         if t > self.now:
             self.now = t
-        return t
 
     cdef inline const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL:
         # The array's own pointer: a typed memoryview cost a microsecond a
@@ -1178,12 +1464,42 @@ cdef class Grouper:
         n[0] = cnp.PyArray_DIM(a, 0)
         return <const FaultRec*>cnp.PyArray_DATA(a) if n[0] else NULL
 
+    cdef bint bad_kpasid(self, uint32_t kpasid) noexcept nogil:
+        """A key PASID no request can have: wider than the policy allows and not
+        NO_PASID (so never one of the core's internal markers)."""
+        return kpasid != KEY_NO_PASID and (kpasid >> self.rules.pasid_bits) != 0
+
+    cdef int check_kpasid(self, uint32_t kpasid) except -1:
+        if self.bad_kpasid(kpasid):
+            raise ValueError(f"pasid {kpasid:#x} does not fit in {self.rules.pasid_bits} bits "
+                             f"(and is not NO_PASID, {KEY_NO_PASID:#x})")
+        return 0
+
+    cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil:
+        """Number of pending groups of (dev, kp): the responses a flush or detach may send."""
+        cdef int64_t e = self.entry_find(dev, kp)
+        cdef uint32_t q, k = 0
+        if e >= 0:
+            q = self.entries[e].qhead
+            while q != NIL:
+                k += 1
+                q = self.pends[q].qnext
+        return k
+
     def add_device(self, uint32_t dev, uint32_t limit):
         """Add dev to the queue with a PRI allocation (F5); 0 means unlimited.
 
         The device's entry (KEY_DEVICE) says it is in the queue (require_device)
         and holds its limit; n_limited counts the entries with a limit.
         """
+        self.enter()
+        try:
+            self.add_device_(dev, limit)
+        finally:
+            self.leave()
+
+    cdef int add_device_(self, uint32_t dev, uint32_t limit) except -1:
+        # entry_get is the only step that can fail, and it comes before any change.
         cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
         cdef uint32_t i, n, count = 0
         if limit == 0:
@@ -1192,7 +1508,7 @@ cdef class Grouper:
             elif self.entries[e].limit:
                 self.entries[e].limit = 0
                 self.n_limited -= 1
-            return
+            return 0
         if e < 0 or self.entries[e].limit == 0:
             # Count what the device holds now: partials and faults of pending groups
             # (an unlimited device's count is not kept up to date).
@@ -1211,13 +1527,19 @@ cdef class Grouper:
             self.entries[e].outstanding = count
             self.n_limited += 1
         self.entries[e].limit = limit
+        return 0
 
     def set_default_handler(self, bint present, int auto=-1):
         """A default handler exists; auto >= 0 makes it the constant code auto."""
-        self.default_handler = present
+        if not -1 <= auto <= AUTO_SERVE - 1:
+            raise ValueError(f"auto must be -1 (a Python handler), a code 0..{C_MAX} or "
+                             f"{AUTO_SERVE - 1} (the service model), got {auto}")
         if auto == AUTO_SERVE - 1 and not self.has_service:
             raise ValueError("no service model")
+        self.enter()
+        self.default_handler = present
         self.default_auto = <uint32_t>(auto + 1) if present and auto >= 0 else 0
+        self.leave()
 
     def attach(self, uint32_t dev, uint32_t kpasid, time=None, int auto=-1):
         """Attach a handler to (dev, kpasid); a replace answers the old one's groups.
@@ -1225,38 +1547,69 @@ cdef class Grouper:
         auto >= 0: a constant handler that answers every group with code auto
         as it forms, without leaving C.
         """
+        if not -1 <= auto <= AUTO_SERVE - 1:
+            raise ValueError(f"auto must be -1 (a Python handler), a code 0..{C_MAX} or "
+                             f"{AUTO_SERVE - 1} (the service model), got {auto}")
         if auto == AUTO_SERVE - 1 and not self.has_service:
             raise ValueError("no service model")
-        if (self.rules.attach_adds_device and attachments(self, dev) == 0
-                and self.entry_find(dev, KEY_DEVICE) < 0):
-            self.entry_get(dev, KEY_DEVICE)   # F7: the first handler enables IOPF
-        self._detach(dev, kpasid, time)
-        cdef int64_t e = self.entry_get(dev, kpasid)
-        self.entries[e].handle = self.next_handle
-        self.entries[e].auto_code = <uint32_t>(auto + 1) if auto >= 0 else 0
-        self.next_handle += 1
+        self.check_kpasid(kpasid)
+        cdef uint64_t t = self._time(time)
+        cdef int64_t e
+        cdef bint adds
+        self.enter()
+        try:
+            # F7: the first handler enables IOPF (adds the device); a replace never
+            # adds or removes it (iopf_for_domain_replace).
+            adds = (self.rules.attach_adds_device and attachments(self, dev) == 0
+                    and self.entry_find(dev, KEY_DEVICE) < 0)
+            self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
+            self.entry_room(2 if adds else 1)   # the entry_get calls below cannot fail
+            if adds:
+                self.entry_get(dev, KEY_DEVICE)
+            self.detach_one_(dev, kpasid, t)
+            e = self.entry_get(dev, kpasid)
+            self.entries[e].handle = self.next_handle
+            self.entries[e].auto_code = <uint32_t>(auto + 1) if auto >= 0 else 0
+            self.next_handle += 1
+        finally:
+            self.leave()
 
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
         """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
+        self.check_kpasid(kpasid)
+        cdef uint64_t t = self._time(time)
+        self.enter()
+        try:
+            return self.detach_(dev, kpasid, t)
+        finally:
+            self.leave()
+
+    cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1:
         cdef int64_t e = self.entry_find(dev, kpasid)
         if (self.rules.attach_adds_device and e >= 0 and self.entries[e].handle
                 and attachments(self, dev) == 1):
             # F7: the last handler goes, so the driver removes the device
             # (intel_iommu_disable_iopf), which answers all its groups before
             # iommufd_auto_response_faults would answer the attachment's.
+            # remove_device_ reserves its responses before it changes anything,
+            # and the handle is cleared after it (all or nothing).
+            self.remove_device_(dev, t)
+            e = self.entry_find(dev, kpasid)     # a handle keeps the entry; it may have moved
             self.entries[e].handle = 0
             self.entries[e].auto_code = 0
             self.entry_tidy(dev, kpasid)
-            self.remove_device(dev, time)
             return True
-        return self._detach(dev, kpasid, time)
+        self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
+        return self.detach_one_(dev, kpasid, t)
 
-    def _detach(self, uint32_t dev, uint32_t kpasid, time):
+    cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1:
+        """Detach one handler (its outbox space reserved by the caller): answer its
+        pending groups, leave the device in the queue."""
         cdef int64_t e = self.entry_find(dev, kpasid)
         if e < 0 or self.entries[e].handle == 0:
             return False
-        cdef uint32_t handle = self.entries[e].handle
-        cdef uint64_t t = self._time(time)
+        cdef uint64_t handle = self.entries[e].handle
+        self.clock_to(t)
         self.entries[e].handle = 0
         self.entries[e].auto_code = 0
         # R8: newest first, as iommufd_auto_response_faults answers the groups not
@@ -1282,13 +1635,21 @@ cdef class Grouper:
                     bad = i
                     break
         if bad >= 0:
-            check_record(bad, arr[bad].tolist(), self.rules.pasid_bits, self.rules.grpid_bits)
-            raise ValueError(f"record {bad}: bad field")  # pragma: no cover
+            self.refuse(bad, &recs[bad])
+
+    cdef int refuse(self, Py_ssize_t i, const FaultRec* r) except -1:
+        """Raise the ValueError of check_record for a record bad_rec() refused."""
+        rec = (r.time, r.dev, r.pasid, r.grpid, r.flags, r.perm, r.addr, (r.priv[0], r.priv[1]))
+        check_record(None if i < 0 else i, rec, self.rules.pasid_bits, self.rules.grpid_bits)
+        raise ValueError(f"bad field in {rec!r}")  # pragma: no cover
 
     def report(self, tuple rec):
         """Report one request (a tuple in FAULT_DTYPE order); the cookie of the
         group it completed, or 0. take_groups() then gives that group."""
         cdef FaultRec r
+        if len(rec) != 8 or not isinstance(rec[7], (tuple, list)) or len(rec[7]) != 2:
+            raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
+                            f"(priv0, priv1)), not {rec!r}")
         try:
             r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
             r.flags = rec[4]; r.perm = rec[5]; r.addr = rec[6]
@@ -1297,27 +1658,55 @@ cdef class Grouper:
             check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
             raise ValueError(f"field out of range in {rec!r}")
         if self.bad_rec(&r):
-            check_record(None, rec, self.rules.pasid_bits, self.rules.grpid_bits)
-        self.out_faults.len = 0     # the group, if any, is all take_groups() will give
-        self.out_cookies.len = 0
-        self.out_offsets.len = sizeof(int64_t)
-        self.report_rec(&r, True)
+            self.refuse(-1, &r)
+        self.enter()
+        try:
+            self.out_faults.len = 0     # the group, if any, is all take_groups() will give
+            self.out_cookies.len = 0
+            self.out_offsets.len = sizeof(int64_t)
+            self.report_one(&r, True)
+        finally:
+            self.leave()
         return self.last_cookie
 
     def run(self, arr, Py_ssize_t start=0):
-        """Report arr[start:] (checked already) without the GIL; stop after a
-        group that has a handler to call. Returns the index to resume from."""
-        cdef Py_ssize_t n, i
+        """Report arr[start:] without the GIL; stop after a group that has a
+        handler to call. Returns the index to resume from.
+
+        Each record is copied, checked and applied in one step: a record
+        changed after check() (by a handler, by another thread) is checked
+        again, never trusted. A refused record raises ValueError naming it;
+        any failure leaves the records before it applied and the rest not,
+        and ``position`` is its index.
+        """
+        cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
+        cdef FaultRec rec
+        cdef int res
+        if not 0 <= start <= n:
+            raise IndexError(f"start {start} is outside the array (0..{n})")
         i = start
-        # One allocation for the worst case (every fault in a group) instead of
-        # doubling and copying as the output grows.
-        buf_reserve(&self.out_faults, (n - start) * sizeof(FaultRec))
-        with nogil:
-            while i < n:
-                i += 1
-                if self.report_rec(&recs[i - 1], True) == 2:
-                    break
+        self.enter()
+        self.position = start
+        try:
+            # One allocation for the worst case (every fault in a group) instead of
+            # doubling and copying as the output grows.
+            buf_reserve(&self.out_faults, (n - start) * sizeof(FaultRec))
+            with nogil:
+                while i < n:
+                    rec = recs[i]
+                    if self.bad_rec(&rec):
+                        bad = i
+                        break
+                    res = self.report_one(&rec, True)
+                    i += 1
+                    if res == R_DISPATCH:
+                        break
+        finally:
+            self.position = i     # the record that failed, or where to resume
+            self.leave()
+        if bad >= 0:
+            self.refuse(bad, &rec)
         return i
 
     def take_groups(self):
@@ -1326,43 +1715,84 @@ cdef class Grouper:
         A large output is handed to numpy as it is, not copied: copying the
         52 bytes of every fault again cost as much as grouping them.
         """
-        cdef Py_ssize_t nf = self.out_faults.len // sizeof(FaultRec)
-        faults = buf_take(&self.out_faults, FAULT_DTYPE)
-        cookies = buf_take(&self.out_cookies, U64)
-        offsets = buf_take(&self.out_offsets, I64)
-        buf_reserve(&self.out_offsets, sizeof(int64_t))
-        (<int64_t*>self.out_offsets.data)[0] = 0
-        self.out_offsets.len = sizeof(int64_t)
+        self.enter()
+        try:
+            faults = buf_take(&self.out_faults, FAULT_DTYPE)
+            cookies = buf_take(&self.out_cookies, U64)
+            offsets = buf_take(&self.out_offsets, I64)
+            buf_reserve(&self.out_offsets, sizeof(int64_t))
+            (<int64_t*>self.out_offsets.data)[0] = 0
+            self.out_offsets.len = sizeof(int64_t)
+        finally:
+            self.leave()
         return faults, offsets, cookies
 
     def respond(self, uint64_t cookie, uint32_t code, uint32_t reason=R_CALLER, time=None, at=None):
         """Answer a pending group (or, with `at`, schedule its answer); False (and
         counted stale) if it is not pending."""
+        check_code_reason(code, reason)
         cdef uint64_t t
+        cdef int sent
         if at is not None:
             t = at
-            return self.schedule(cookie, code, reason, t) == 1
+            self.enter()
+            try:
+                return self.schedule(cookie, code, reason, t) == 1
+            finally:
+                self.leave()
         t = self._time(time)
-        return self.respond_cookie(cookie, code, reason, t) == 1
+        self.enter()
+        try:
+            self.reserve(0, 0, 1, 0)
+            sent = self.respond_cookie(cookie, code, reason, t)
+            self.clock_to(t)
+        finally:
+            self.leave()
+        return sent == 1
 
     def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None, at=None):
-        cdef const uint64_t[::1] kv = np.ascontiguousarray(cookies, dtype=np.uint64)
-        cdef const uint32_t[::1] cv = np.ascontiguousarray(codes, dtype=np.uint32)
-        cdef const uint64_t[::1] av
+        """Answer many groups, in order; a bool array of which were sent.
+        Everything is checked first: a bad argument answers nothing."""
+        kv_a = np.asarray(cookies)
+        cv_a = np.asarray(codes)
+        if kv_a.ndim != 1 or cv_a.ndim != 1 or kv_a.shape[0] != cv_a.shape[0]:
+            raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
+                             f"{kv_a.shape} and {cv_a.shape}")
+        for name, a in (("cookies", kv_a), ("codes", cv_a)):
+            if a.size and a.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be integers, not {a.dtype}")
+            if a.size and a.min() < 0:
+                raise ValueError(f"{name} must not be negative")
+        if cv_a.size and cv_a.max() > C_MAX:
+            raise ValueError(f"codes must be response codes 0..{C_MAX}, got {cv_a.max()}")
+        check_code_reason(0, reason)
+        cdef const uint64_t[::1] kv = np.ascontiguousarray(kv_a, dtype=np.uint64)
+        cdef const uint32_t[::1] cv = np.ascontiguousarray(cv_a, dtype=np.uint32)
         cdef Py_ssize_t i, n = kv.shape[0]
         sent = np.zeros(n, dtype=np.bool_)
         cdef uint8_t[::1] sv = sent.view(np.uint8)
+        cdef const uint64_t[::1] av
         cdef uint64_t t
         if at is not None:
             av = np.ascontiguousarray(np.broadcast_to(np.asarray(at, dtype=np.uint64), (n,)))
-            with nogil:
-                for i in range(n):
-                    sv[i] = <uint8_t>self.schedule(kv[i], cv[i], reason, av[i])
+            self.enter()
+            try:
+                with nogil:
+                    for i in range(n):
+                        sv[i] = <uint8_t>self.schedule(kv[i], cv[i], reason, av[i])
+            finally:
+                self.leave()
             return sent
         t = self._time(time)
-        with nogil:
-            for i in range(n):
-                sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
+        self.enter()
+        try:
+            self.reserve(0, 0, n, 0)
+            with nogil:
+                for i in range(n):
+                    sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
+            self.clock_to(t)
+        finally:
+            self.leave()
         return sent
 
     def advance(self, uint64_t now):
@@ -1442,56 +1872,88 @@ cdef class Grouper:
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
         """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
+        check_code_reason(code, R_FLUSHED)
+        self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
-        self.drop_where(2, dev, kpasid, &self.c.flushed)
-        self.answer_chain(dev, kpasid, False, 0, code, R_FLUSHED, t)
+        self.enter()
+        try:
+            self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
+            self.clock_to(t)
+            self.drop_where(2, dev, kpasid, &self.c.flushed)
+            self.answer_chain(dev, kpasid, False, 0, code, R_FLUSHED, t)
+        finally:
+            self.leave()
 
     def discard_partial(self):
         """F3: drop every partial, no responses."""
-        self.drop_where(0, 0, 0, &self.c.discarded)
+        self.enter()
+        try:
+            self.drop_where(0, 0, 0, &self.c.discarded)
+        finally:
+            self.leave()
 
     def remove_device(self, uint32_t dev, time=None):
         """F4: drop dev's partials, answer its pending groups INVALID, newest first."""
         cdef uint64_t t = self._time(time)
+        self.enter()
+        try:
+            self.remove_device_(dev, t)
+        finally:
+            self.leave()
+
+    cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1:
         cdef uint32_t i
         cdef int64_t e
-        self.drop_where(1, dev, 0, &self.c.removed)
         found = []
         for i in range(self.cookie_cap):
             if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
                 found.append(self.cookies[i].cookie)
         # R8: newest first, as iopf_queue_remove_device walks fault_param->faults,
         # where iopf_group_alloc adds each group at the head.
-        for cookie in sorted(found, reverse=True):
+        found.sort(reverse=True)
+        self.reserve(0, 0, len(found), 0)     # before any change: all or nothing
+        self.clock_to(t)
+        self.drop_where(1, dev, 0, &self.c.removed)
+        for cookie in found:
             self.respond_cookie(cookie, C_INVALID, R_REMOVED, t)
         e = self.entry_find(dev, KEY_DEVICE)
         if e >= 0:
-            if self.entries[e].limit:
+            if self.entries[e].limit:        # n_limited counts only limited entries
                 self.n_limited -= 1
             self.entry_delete(<uint32_t>e)
+        return 0
 
     def expire(self, uint64_t now):
         """R7: answer every pending group formed at or before now - response_timeout
         (advance for the timeouts alone)."""
-        with nogil:
-            self.advance_to(now, True)
+        self.enter()
+        try:
+            with nogil:
+                self.advance_to(now, True)
+        finally:
+            self.leave()
 
     def take_responses(self, bint group_times=False):
         """The responses sent since the last call, as a RESPONSE_DTYPE array (and,
         with group_times, the time each one's group formed, as uint64)."""
-        cdef Py_ssize_t n = self.outbox.len // sizeof(RespRec)
-        cdef cnp.ndarray out = np.empty(n, dtype=RESPONSE_DTYPE)
-        cdef cnp.ndarray gt
-        if n:
-            memcpy(cnp.PyArray_DATA(out), self.outbox.data, self.outbox.len)
-        self.outbox.len = 0
-        if group_times:
-            gt = np.empty(n, dtype=np.uint64)
+        cdef Py_ssize_t n
+        cdef cnp.ndarray out, gt
+        self.enter()
+        try:
+            n = self.outbox.len // sizeof(RespRec)
+            out = np.empty(n, dtype=RESPONSE_DTYPE)
             if n:
-                memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
+                memcpy(cnp.PyArray_DATA(out), self.outbox.data, self.outbox.len)
+            self.outbox.len = 0
+            if group_times:
+                gt = np.empty(n, dtype=np.uint64)
+                if n:
+                    memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
+                self.outbox_gtime.len = 0
+                return out, gt
             self.outbox_gtime.len = 0
-            return out, gt
-        self.outbox_gtime.len = 0
+        finally:
+            self.leave()
         return out
 
     @property
@@ -1504,31 +1966,46 @@ cdef class Grouper:
 
     def pending_cookies(self):
         """Cookies of the pending groups, ascending."""
-        out = np.empty(self.c.pending_now, dtype=np.uint64)
-        cdef uint64_t[::1] v = out
+        cdef uint64_t[::1] v
         cdef uint32_t i, k = 0
-        for i in range(self.cookie_cap):
-            if self.cookies[i].cookie:
-                v[k] = self.cookies[i].cookie
-                k += 1
-        if k:
-            qsort(&v[0], k, sizeof(uint64_t), cmp_u64)
+        self.enter()
+        try:
+            out = np.empty(self.c.pending_now, dtype=np.uint64)
+            v = out
+            for i in range(self.cookie_cap):
+                if self.cookies[i].cookie:
+                    v[k] = self.cookies[i].cookie
+                    k += 1
+            if k:
+                qsort(&v[0], k, sizeof(uint64_t), cmp_u64)
+        finally:
+            self.leave()
         return out
 
     def group_faults(self, uint64_t cookie):
         """The faults of a pending group (FAULT_DTYPE, LPIG last), or None."""
-        cdef int64_t ci = self.cookie_find(cookie)
-        if ci < 0:
-            return None
-        cdef Pend* g = &self.pends[self.cookies[ci].idx]
-        cdef cnp.ndarray out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
-        cdef FaultRec* f = <FaultRec*>cnp.PyArray_DATA(out)
-        cdef uint32_t n = g.head
-        while n != NIL:
-            self.node_to_rec(self.N(n), g.dev, f)
-            f += 1
-            n = self.N(n).next
-        return out
+        cdef int64_t ci
+        cdef Pend* g
+        cdef cnp.ndarray out
+        cdef FaultRec* f
+        cdef uint32_t n
+        self.enter()
+        try:
+            ci = self.cookie_find(cookie)
+            if ci < 0:
+                return None
+            g = &self.pends[self.cookies[ci].idx]
+            out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
+            g = &self.pends[self.cookies[ci].idx]
+            f = <FaultRec*>cnp.PyArray_DATA(out)
+            n = g.head
+            while n != NIL:
+                self.node_to_rec(self.N(n), g.dev, f)
+                f += 1
+                n = self.N(n).next
+            return out
+        finally:
+            self.leave()
 
     def stats(self):
         """The counters of SPEC F6, as a dict."""
@@ -1576,6 +2053,16 @@ cdef class HashGrouper(Grouper):
 
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
         self.table_purge(&self.table, dev, self.slot_kpasid(self.N(n)), self.N(n).grpid)
+
+    cdef int s_reserve(self) except -1 nogil:
+        return slot_reserve(&self.table)
+
+    cdef void s_clear_epochs(self) noexcept nogil:
+        slot_clear_epochs(&self.table)
+
+    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        cdef int64_t i = slot_find(&self.table, dev, kpasid, grpid)
+        return 0 if i < 0 else self.list_len(self.table.slots[i].head)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.table.cap * sizeof(Slot)
@@ -1625,6 +2112,24 @@ cdef class ListGrouper(Grouper):
 
     cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
         self.table_purge(&self.lists, dev, KEY_LIST, KEY_LIST)
+
+    cdef int s_reserve(self) except -1 nogil:
+        return slot_reserve(&self.lists)
+
+    cdef void s_clear_epochs(self) noexcept nogil:
+        slot_clear_epochs(&self.lists)
+
+    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        cdef int64_t i = slot_find(&self.lists, dev, KEY_LIST, KEY_LIST)
+        cdef uint32_t n, k = 0
+        if i < 0:
+            return 0
+        n = self.lists.slots[i].head
+        while n != NIL:
+            if self.N(n).grpid == grpid and self.slot_kpasid(self.N(n)) == kpasid:
+                k += 1
+            n = self.N(n).next
+        return k
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.lists.cap * sizeof(Slot)
@@ -1747,16 +2252,8 @@ cdef class TreeGrouper(Grouper):
     cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
         cdef Node* x = self.N(n)
         cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(dev, kp, x.grpid)
-        cdef size_t cap
         if i == NIL:
-            if self.t_free == NIL:    # grow before linking: the pool may move
-                cap = self.t_cap
-                self.t = <TNode*>grow(self.t, &cap, cap + 1, sizeof(TNode))
-                for i in range(self.t_cap, <uint32_t>cap):
-                    self.t[i].left = i + 1
-                self.t[cap - 1].left = NIL
-                self.t_free = self.t_cap
-                self.t_cap = <uint32_t>cap
+            self.s_reserve()          # grow before linking: the pool may move
             i = self.t_free
             self.t_free = self.t[i].left
             self.t[i].s.dev = dev
@@ -1788,6 +2285,30 @@ cdef class TreeGrouper(Grouper):
         if i != NIL and self.t[i].s.epoch != self.epoch:
             if self.filter_dead(&self.t[i].s) == 0:
                 self.s_take(dev, kp, x.grpid)
+
+    cdef int s_reserve(self) except -1 nogil:
+        cdef size_t cap
+        cdef uint32_t i
+        if self.t_free == NIL:
+            if self.t_cap >= 0x7FFFFFFFu:
+                return raise_nomem()
+            cap = self.t_cap
+            self.t = <TNode*>grow(self.t, &cap, cap + 1, sizeof(TNode))
+            for i in range(self.t_cap, <uint32_t>cap):
+                self.t[i].left = i + 1
+            self.t[cap - 1].left = NIL
+            self.t_free = self.t_cap
+            self.t_cap = <uint32_t>cap
+        return 0
+
+    cdef void s_clear_epochs(self) noexcept nogil:
+        cdef uint32_t i
+        for i in range(self.t_cap):
+            self.t[i].s.epoch = 0
+
+    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+        cdef uint32_t i = self.t_find(dev, kpasid, grpid)
+        return 0 if i == NIL else self.list_len(self.t[i].s.head)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.t_cap * sizeof(TNode)

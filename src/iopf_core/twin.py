@@ -8,9 +8,12 @@ The rules are those of SPEC §3-§5; the numbers in comments name them.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import math
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -65,6 +68,33 @@ class _Service:
         return U64 if x >= 1.8446744073709552e19 else int(x)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _exclusive(method: _F) -> _F:
+    """One thread at a time in a grouper, as the compiled core's busy flag:
+    another thread gets RuntimeError (the same thread may nest calls)."""
+    @functools.wraps(method)
+    def call(self: PyGrouper, *args: Any, **kwargs: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("iopf_core: this grouper is in use by another thread "
+                               "(share it through one iopf.Queue, which serialises calls)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return call  # type: ignore[return-value]
+
+
+def _u(bits: int, *values: Any) -> None:
+    """Arguments the compiled core takes as C unsigned ints: the same errors."""
+    for v in values:
+        if not isinstance(v, (int, np.integer)):
+            raise TypeError(f"an integer is required, not {type(v).__name__}")
+        if not 0 <= v < (1 << bits):
+            raise OverflowError(f"{v} does not fit in an unsigned {bits}-bit int")
+
+
 class _Pending:
     __slots__ = ("cookie", "time", "dev", "kpasid", "faults", "handle")
 
@@ -79,7 +109,16 @@ class PyGrouper:
     strategy = "python"
 
     def __init__(self, policy: Any) -> None:
-        self.policy = policy
+        if getattr(self, "_policy", None) is not None:
+            raise RuntimeError("a grouper is initialised once; make a new one for another policy")
+        for name, lo, hi in (("pasid_bits", 1, 31), ("grpid_bits", 1, 16)):
+            v = getattr(policy, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"policy.{name} must be an int in {lo}..{hi}, got {v!r}")
+        self._policy = policy
+        # One call at a time, as the compiled core's busy flag.
+        self._busy = threading.RLock()
+        self.position = 0
         self.pasid_bits = policy.pasid_bits
         self.grpid_bits = policy.grpid_bits
         self.partials: dict[tuple[int, int, int], list[tuple]] = {}
@@ -113,6 +152,37 @@ class PyGrouper:
         self.outbox_gtime: list[int] = []
         self.tmo_quantum = 0
 
+    @property
+    def policy(self) -> Any:
+        """The policy (read-only: the rules do not change under live tables)."""
+        return self._policy
+
+    def _check_kpasid(self, kpasid: int) -> None:
+        if kpasid != NO_PASID and not 0 <= kpasid < (1 << self.pasid_bits):
+            raise ValueError(f"pasid {kpasid:#x} does not fit in {self.pasid_bits} bits "
+                             f"(and is not NO_PASID, {NO_PASID:#x})")
+
+    @staticmethod
+    def _check_code(code: int, reason: int = CALLER) -> None:
+        if not 0 <= code <= FAILURE:
+            raise ValueError(f"response code {code} is not one of 0..{FAILURE} (SUCCESS, INVALID, FAILURE)")
+        if not 0 <= reason & ~BY_SERVICE <= CALLER:    # (the service model marks its answers)
+            raise ValueError(f"reason {reason} is not one of 0..{CALLER}")
+
+    @staticmethod
+    def _check_auto(auto: int) -> None:
+        if not -1 <= auto <= SERVE:
+            raise ValueError(f"auto must be -1 (a Python handler), a code 0..{FAILURE} or {SERVE} "
+                             f"(the service model), got {auto}")
+
+    def _debug_counters(self, epoch: int, next_handle: int, next_cookie: int) -> None:
+        """Debug: start the handle and cookie counters near a limit (the twin has
+        no epoch; Python ints do not wrap)."""
+        if self.pending or self.partials or self.handles:
+            raise RuntimeError("only on an empty grouper")
+        self.next_handle = next_handle or 1
+        self.next_cookie = next_cookie or 1
+
     # -- helpers -----------------------------------------------------------------
     def kpasid(self, rec: tuple) -> int:
         return rec[2] if rec[4] & PASID_VALID and rec[2] != self.no_pasid else NO_PASID
@@ -142,22 +212,32 @@ class PyGrouper:
         return time
 
     # -- configuration --------------------------------------------------------------
+    @_exclusive
     def add_device(self, dev: int, limit: int) -> None:
+        _u(32, dev, limit)
         self.devices.add(dev)
         if limit:
             self.limits[dev] = limit
         else:
             self.limits.pop(dev, None)
 
+    @_exclusive
     def set_default_handler(self, present: bool, auto: int = -1) -> None:
+        self._check_auto(auto)
         if auto == SERVE and self.service is None:
             raise ValueError("no service model")
         self.default_handler = bool(present)
         self.default_auto = auto if present and auto >= 0 else None
 
+    @_exclusive
     def attach(self, dev: int, kpasid: int, time: int | None = None, auto: int = -1) -> None:
+        self._check_auto(auto)
+        _u(32, dev, kpasid)
         if auto == SERVE and self.service is None:
             raise ValueError("no service model")
+        self._check_kpasid(kpasid)
+        if time is not None:
+            _u(64, time)
         if self.policy.attach_adds_device and not self._attached(dev):
             self.devices.add(dev)  # F7: the first handler enables IOPF for the device
         self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
@@ -168,7 +248,12 @@ class PyGrouper:
     def _attached(self, dev: int) -> bool:
         return any(d == dev for d, _ in self.handles)
 
+    @_exclusive
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
+        _u(32, dev, kpasid)
+        self._check_kpasid(kpasid)
+        if time is not None:
+            _u(64, time)
         if self.policy.attach_adds_device and (dev, kpasid) in self.handles \
                 and sum(d == dev for d, _ in self.handles) == 1:
             # F7: the last handler goes, so the driver removes the device, which
@@ -180,6 +265,7 @@ class PyGrouper:
         return self._detach(dev, kpasid, time)
 
     def _detach(self, dev: int, kpasid: int, time: int | None) -> bool:
+        """Detach one handler (arguments checked by the caller); the device stays."""
         handle = self.handles.pop((dev, kpasid), 0)
         self.autos.pop((dev, kpasid), None)
         if not handle:
@@ -194,25 +280,38 @@ class PyGrouper:
         return True
 
     # -- reporting -------------------------------------------------------------------
+    @_exclusive
     def check(self, arr: np.ndarray) -> None:
         for i, rec in enumerate(arr.tolist()):
             check_record(i, rec, self.pasid_bits, self.grpid_bits)
 
+    @_exclusive
     def report(self, rec: tuple) -> int:
+        if (not isinstance(rec, tuple) or len(rec) != 8 or not isinstance(rec[7], (tuple, list))
+                or len(rec[7]) != 2):
+            raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
+                            f"(priv0, priv1)), not {rec!r}")
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
         self.take_groups()
         self._report(tuple(rec), collect=True)
         return self.last_cookie
 
+    @_exclusive
     def run(self, arr: np.ndarray, start: int = 0) -> int:
-        """Report arr[start:] (already checked); stop after a group to dispatch."""
-        records = arr.tolist()
-        for i in range(start, len(records)):
-            rec = records[i]
+        """Report arr[start:], each record checked as it is read; stop after a
+        group to dispatch. A refused record raises ValueError (position: its index)."""
+        if not 0 <= start <= len(arr):
+            raise IndexError(f"start {start} is outside the array (0..{len(arr)})")
+        records = arr[start:].tolist()
+        for i, rec in enumerate(records, start):
+            self.position = i
             rec = rec[:7] + (tuple(rec[7]),)
+            check_record(i, rec, self.pasid_bits, self.grpid_bits)
             if self._report(rec, collect=True) == 2:
+                self.position = i + 1
                 return i + 1
-        return len(records)
+        self.position = len(arr)
+        return len(arr)
 
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
@@ -299,6 +398,7 @@ class PyGrouper:
         return np.array([self._kind(int(f), int(p)) for f, p in zip(arr["flags"], arr["perm"])],
                         dtype=np.uint8)
 
+    @_exclusive
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
         offsets = np.array(self._out_offsets, dtype=np.int64)
@@ -316,6 +416,12 @@ class PyGrouper:
 
     def respond(self, cookie: int, code: int, reason: int = CALLER, time: int | None = None,
                 at: int | None = None) -> bool:
+        _u(64, cookie)
+        _u(32, code, reason)
+        for t in (time, at):
+            if t is not None:
+                _u(64, t)
+        self._check_code(code, reason)
         g = self.pending.get(cookie)
         if g is None:  # R4
             self.counters["stale_responses"] += 1
@@ -326,9 +432,22 @@ class PyGrouper:
             self._answer(g, code, reason, self._time(time))
         return True
 
+    @_exclusive
     def respond_batch(self, cookies: np.ndarray, codes: np.ndarray, reason: int = CALLER,
                       time: int | None = None, at: Any = None) -> np.ndarray:
-        k, c = cookies.tolist(), codes.tolist()
+        k, c = np.asarray(cookies), np.asarray(codes)
+        if k.ndim != 1 or c.ndim != 1 or k.shape[0] != c.shape[0]:
+            raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
+                             f"{k.shape} and {c.shape}")
+        for name, a in (("cookies", k), ("codes", c)):
+            if a.size and a.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be integers, not {a.dtype}")
+            if a.size and a.min() < 0:
+                raise ValueError(f"{name} must not be negative")
+        if c.size and c.max() > FAILURE:
+            raise ValueError(f"codes must be response codes 0..{FAILURE}, got {c.max()}")
+        self._check_code(0, reason)
+        k, c = k.tolist(), c.tolist()
         ats = [None] * len(k) if at is None else np.broadcast_to(
             np.asarray(at, dtype=np.uint64), (len(k),)).tolist()
         return np.array([self.respond(int(a), int(b), reason, time, t)
@@ -413,6 +532,7 @@ class PyGrouper:
     def has_responses(self) -> bool:
         return bool(self.outbox)
 
+    @_exclusive
     def take_responses(self, group_times: bool = False) -> Any:
         out = np.array(self.outbox, dtype=RESPONSE_DTYPE)
         gt = np.array(self.outbox_gtime, dtype=np.uint64)
@@ -441,15 +561,26 @@ class PyGrouper:
             if which(g):
                 self._answer(g, code, reason, time)
 
+    @_exclusive
     def flush_pasid(self, dev: int, kpasid: int, code: int = INVALID, time: int | None = None) -> None:
+        _u(32, dev, kpasid, code)
+        if time is not None:
+            _u(64, time)
+        self._check_code(code)
+        self._check_kpasid(kpasid)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev and self.kpasid(f) == kpasid, "flushed")
         self._answer_all(lambda g: g.dev == dev and g.kpasid == kpasid, code, FLUSHED, t)
 
+    @_exclusive
     def discard_partial(self) -> None:
         self._drop_partials(lambda f: True, "discarded")
 
+    @_exclusive
     def remove_device(self, dev: int, time: int | None = None) -> None:
+        _u(32, dev)
+        if time is not None:
+            _u(64, time)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
         # R8: newest first, as iopf_queue_remove_device walks fault_param->faults.
@@ -457,7 +588,9 @@ class PyGrouper:
         self.limits.pop(dev, None)
         self.devices.discard(dev)
 
+    @_exclusive
     def expire(self, now: int) -> None:
+        _u(64, now)
         self.advance(now, timeouts_only=True)
 
     # -- inspection ----------------------------------------------------------------------
@@ -465,9 +598,11 @@ class PyGrouper:
     def partial_count(self) -> int:
         return self.counters["partial_now"]
 
+    @_exclusive
     def pending_cookies(self) -> np.ndarray:
         return np.array(sorted(self.pending), dtype=np.uint64)
 
+    @_exclusive
     def group_faults(self, cookie: int) -> np.ndarray | None:
         g = self.pending.get(cookie)
         return None if g is None else np.array(g.faults, dtype=FAULT_DTYPE)

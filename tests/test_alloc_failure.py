@@ -1,0 +1,204 @@
+"""All or nothing: a MemoryError leaves the core as it was before the call (or,
+in a batch, after the last whole record, at ``position``), and it goes on working.
+
+``iopf_core.grouper._fail_alloc_after(n)`` lets n more allocations of the core
+succeed and fails the next one. The test counts the allocations of a mixed
+workload, then for every N fails the Nth: the state after the failed call must
+equal that of a core that ran the same calls without it (a batch: up to the
+record it stopped at), and the workload finished afterwards must end where an
+undisturbed run ends. The twin has no C allocations, so only the compiled
+strategies take part.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import iopf
+from iopf import FAULT_DTYPE
+from iopf_core import STRATEGIES
+from iopf_core.grouper import _fail_alloc_after
+
+C_STRATEGIES = ["hash", "tree", "list"]
+SANITIZE = os.environ.get("HYPOTHESIS_PROFILE") == "sanitize"
+POLICY = iopf.policies.PCIE.replace(response_timeout=1000)
+# The same workload where attaching adds a device and the last detach removes it
+# (its extra responses reserved first), and requests of other devices are refused.
+VTD_LIKE = POLICY.replace(attach_adds_device=True, require_device=True)
+
+
+def batch(n: int, seed: int, keys: int) -> np.ndarray:
+    """n requests over many (dev, pasid, grpid) keys, a third of them LPIGs."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros(n, FAULT_DTYPE)
+    a["time"] = np.arange(n) + seed * 10_000
+    a["dev"] = rng.integers(1, 4, n)
+    a["pasid"] = rng.integers(5, 9, n)
+    a["grpid"] = rng.integers(0, keys, n)
+    a["flags"] = 1 | np.where(rng.random(n) < 0.3, 2, 0)
+    a["perm"] = 1
+    a["addr"] = np.arange(n) << 12
+    return a
+
+
+N1 = 1500 if SANITIZE else 6000     # more than one 4096-node chunk
+A, B = batch(N1, 1, 500), batch(600, 2, 20)
+
+Call = tuple[str, tuple[Any, ...]]
+WORKLOAD: list[Call] = [
+    ("add_device", (1, 100_000)),
+    ("attach", (2, 7, None, -1)),          # a "Python" handler: run stops at its groups
+    ("attach", (3, 8, None, 0)),           # a constant one: answered in C
+    ("run", (A,)),
+    ("report", ((N1 * 2, 1, 5, 3, 1, 1, 0, (0, 0)),)),
+    ("report", ((N1 * 2 + 1, 1, 5, 3, 3, 1, 0, (0, 0)),)),
+    ("respond_half", ()),
+    ("flush_pasid", (1, 6, 0, None)),
+    ("detach", (2, 7, None)),
+    ("run", (B,)),
+    ("expire", (N1 + 700,)),
+    ("remove_device", (2, None)),
+    ("attach", (1, 5, None, 2)),
+    ("run", (batch(300, 3, 4),)),
+    ("discard_partial", ()),
+]
+# Enough (dev, PASID) and device entries for the entry table to grow several times.
+WORKLOAD[1:1] = [("add_device", (d, 50)) for d in range(10, 30)]
+WORKLOAD[1:1] = [("attach", (4, p, None, p % 3)) for p in range(30)]
+
+
+def apply(core: Any, name: str, args: tuple[Any, ...], start: int = 0) -> None:
+    if name == "run":
+        arr = args[0]
+        i = start
+        while i < len(arr):
+            i = core.run(arr, i)
+        core.take_groups()
+    elif name == "respond_half":
+        cookies = core.pending_cookies()[::2]
+        core.respond_batch(cookies, np.ones(len(cookies), np.uint32))
+    else:
+        getattr(core, name)(*args)
+
+
+def state(core: Any) -> tuple[Any, ...]:
+    st = core.get_state()
+    return (core.stats(), core.partial_count, core.now, st["nodes_used"], st["entries"],
+            [(int(k), core.group_faults(int(k)).tobytes()) for k in core.pending_cookies()],
+            core.take_responses().tobytes())
+
+
+def reference(strategy: str, upto: int, position: int | None = None,
+              policy: iopf.Policy = POLICY) -> Any:
+    """A core that ran WORKLOAD[:upto] (and the batch of WORKLOAD[upto] up to position)."""
+    core = STRATEGIES[strategy](policy)
+    for name, args in WORKLOAD[:upto]:
+        apply(core, name, args)
+    if position is not None:
+        apply(core, "run", (WORKLOAD[upto][1][0][:position],))
+    return core
+
+
+def count_allocations(strategy: str, policy: iopf.Policy = POLICY) -> int:
+    """Allocations of the workload, after the core is made."""
+    core = STRATEGIES[strategy](policy)
+    before = _fail_alloc_after(-1)
+    for name, args in WORKLOAD:
+        apply(core, name, args)
+    return _fail_alloc_after(-1) - before
+
+
+@pytest.mark.parametrize("policy", [POLICY, VTD_LIKE], ids=["pcie", "vtd_like"])
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, policy: iopf.Policy) -> None:
+    total = count_allocations(strategy, policy)
+    assert total > 30            # the workload grows every pool several times
+    final = state(reference(strategy, len(WORKLOAD), policy=policy))
+    failed_at: set[str] = set()
+    try:
+        for n in range(total):
+            core = STRATEGIES[strategy](policy)
+            _fail_alloc_after(n)
+            k = 0
+            for k, (name, args) in enumerate(WORKLOAD):
+                try:
+                    apply(core, name, args)
+                except MemoryError:
+                    break
+            else:
+                pytest.fail(f"allocation {n} of {total} did not fail")
+            _fail_alloc_after(-1)
+            failed_at.add(name)
+            position = core.position if name == "run" else None
+            # after the failure: exactly as a core that never made the call
+            # (a batch: that ran its records before `position`)
+            assert state(core) == state(reference(strategy, k, position, policy)), (n, name, position)
+            # and it goes on: the call again (a batch: from where it stopped), then the rest
+            apply(core, name, args, position or 0)
+            for name2, args2 in WORKLOAD[k + 1:]:
+                apply(core, name2, args2)
+            got = state(core)
+            # the responses of the first part were taken by the comparison above
+            assert got[:6] == final[:6], (n, name)
+            assert iopf.Stats(got[0]).conserved()
+    finally:
+        _fail_alloc_after(-1)
+    assert {"run", "attach", "add_device", "report"} <= failed_at, failed_at
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_allocation_in_the_queue_keeps_it_usable(strategy: str) -> None:
+    q = iopf.Queue(POLICY, strategy=strategy, default_handler=iopf.Response.SUCCESS)
+    arr = batch(5000, 9, 300)
+    before = q.stats
+    try:
+        _fail_alloc_after(3)
+        with pytest.raises(MemoryError):
+            q.report_batch(arr)
+    finally:
+        _fail_alloc_after(-1)
+    pos = q.core.position
+    s = q.stats
+    assert s.conserved() and s.faults_reported - before.faults_reported == pos
+    q.report_batch(arr[pos:])
+    ref = iopf.Queue(POLICY, strategy="python", default_handler=iopf.Response.SUCCESS)
+    ref.report_batch(arr)
+    assert q.stats == ref.stats
+
+
+def test_fail_alloc_after_counts_and_turns_off() -> None:
+    a = _fail_alloc_after(-1)
+    core: Callable[..., Any] = STRATEGIES["hash"]
+    core(POLICY)
+    assert _fail_alloc_after(-1) > a
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_last_detach_leaves_the_device_and_its_groups(strategy: str) -> None:
+    """The last detach under attach_adds_device removes the device: its responses
+    (every group of the device) are reserved before anything changes."""
+    def make() -> Any:
+        core = STRATEGIES[strategy](VTD_LIKE)
+        core.attach(2, 7, None, -1)
+        for g in range(300):        # more responses than the outbox holds yet
+            core.report((g, 2, 7, g % 512, 3, 1, 0, (0, 0)))
+        core.take_groups()
+        return core
+    core, ref = make(), make()
+    assert len(core.pending_cookies()) == 300
+    try:
+        _fail_alloc_after(0)
+        with pytest.raises(MemoryError):
+            core.detach(2, 7, None)
+    finally:
+        _fail_alloc_after(-1)
+    assert state(core) == state(ref)
+    assert core.detach(2, 7, None) and ref.detach(2, 7, None)
+    got = core.take_responses()
+    assert got.tobytes() == ref.take_responses().tobytes()
+    assert got["cookie"].tolist() == sorted(got["cookie"].tolist(), reverse=True)   # newest first
+    assert len(got) == 300 and len(core.pending_cookies()) == 0
