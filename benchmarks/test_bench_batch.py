@@ -1,5 +1,5 @@
 """Batch and single-call grouping, hash and the other strategies against the twin
-(SPEC §9: batch at least 30x the twin, one report() per fault at least 2x;
+(goals: batch at least 30x the twin, one report() per fault at least 2x;
 policies LINUX and VTD within 1.5x of the default on the same trace)."""
 from __future__ import annotations
 

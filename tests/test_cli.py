@@ -138,7 +138,7 @@ def test_bench_plot_without_matplotlib(tmp_path: Path) -> None:
     p = run("bench", "--faults", "1000", "--plot", tmp_path / "b.png",
             env={"PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent),
                                                             os.environ.get("PYTHONPATH")]))})
-    assert_user_error(p, "pip install iopf[plot]")
+    assert_user_error(p, 'pip install "iopf[plot]"')
     assert not (tmp_path / "b.png").exists()
 
 

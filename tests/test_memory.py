@@ -57,7 +57,7 @@ def test_sizeof_tracks_growth_and_state(strategy):
 
 
 def test_hash_bytes_per_held_partial():
-    """SPEC §9: at most 64 bytes of C memory per held partial, in groups of 8 or more.
+    """The memory goal: at most 64 bytes of C memory per held partial, in groups of 8 or more.
 
     A node is 52 bytes; each open group adds a hash slot (24 bytes at a load
     of 1/4 to 1/2), so groups of 4 cost 64 to 69 bytes a fault.

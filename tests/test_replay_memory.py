@@ -1,5 +1,5 @@
 """Replaying a trace from a file streams it: peak memory follows the chunk size,
-not the trace size (issue: traces, replay; SPEC §8)."""
+not the trace size (traces and replay)."""
 from __future__ import annotations
 
 import tracemalloc

@@ -1,10 +1,11 @@
-"""One focused test per rule of SPEC §3-§6 (G1-G8, R1-R7, F1-F6, presets).
+"""One focused test per rule of docs/behaviour.md (grouping G1-G8, answers R1-R7,
+flush/discard/remove/capacity/conservation F1-F6, presets).
 
 Every test runs over the four strategies (``strategy`` fixture in
 conftest.py) and, where faults are reported, through both ``Queue.report``
-and ``Queue.report_batch`` (``feed`` fixture). "ref §x" names a section of
-``/work/shared/reference/linux-iopf.md``, the account of what the Linux
-kernel does.
+and ``Queue.report_batch`` (``feed`` fixture). "ref §x" names the section of the
+developers' notes on the Linux kernel that the test follows; each test's
+docstring says the kernel behaviour in words.
 """
 from __future__ import annotations
 

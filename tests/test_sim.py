@@ -42,7 +42,7 @@ def at(env: simpy.Environment, t: int, fn: Any) -> None:
 def test_import_without_simpy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "simpy", None)
     monkeypatch.delitem(sys.modules, "iopf.sim")
-    with pytest.raises(ImportError, match=r"pip install iopf\[sim\]"):
+    with pytest.raises(ImportError, match=r'pip install "iopf\[sim\]"'):
         importlib.import_module("iopf.sim")
 
 

@@ -446,7 +446,7 @@ def test_npy_other_byte_order_is_accepted(tmp_path):
 
 def test_parquet_without_pyarrow(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail
-    with pytest.raises(ImportError, match=r"pip install iopf\[parquet\]") as info:
+    with pytest.raises(ImportError, match=r'pip install "iopf\[parquet\]"') as info:
         trace.save(tmp_path / "t.parquet", trace.synthetic(5))
     assert isinstance(info.value, trace.OptionalDependencyError)
     write(tmp_path / "u.parquet", b"PAR1")

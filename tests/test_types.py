@@ -1,4 +1,4 @@
-"""The data model of SPEC §2 and the values the core shares with it."""
+"""The data model (flags, permissions, codes, dtypes) and the values the core shares with it."""
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@
 True
 """
 from . import policies, trace
+from ._display import describe_responses
 from ._replay import ReplayReport, replay
 from .policies import Policy
 from .queue import Group, GroupBatch, Handler, Queue, Stats
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "FAULT_DTYPE", "RESPONSE_DTYPE", "NO_PASID", "Fault", "Flag", "Perm", "Response", "Reason",
     "PageResponse", "Policy", "policies", "Queue", "Group", "GroupBatch", "Stats", "Handler",
-    "trace", "replay", "ReplayReport", "Service",
+    "trace", "replay", "ReplayReport", "Service", "describe_responses",
 ]
 

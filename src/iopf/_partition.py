@@ -7,10 +7,15 @@ the whole host (``by="host"``, one shard per input file). ``by="device"`` is
 finer and exact only for a policy without queue-wide coupling (no
 ``queue_depth``, no ``discard_on_overflow``).
 
-The IOMMU unit of a request: a device sits behind exactly one unit, so the
-unit is given as a mapping from device id to unit number (``units=``, a
-``dict`` or a function of the device array returning the unit array). Without
-one, a host has a single unit, 0: the trace formats read today carry no unit.
+The IOMMU unit of a request: a ``prq_report`` trace records it (``dmar1``),
+and that unit is used, so a capture from two units shards into two (named
+``unit=dmar0``, ``unit=dmar1``). A mapping from device id to unit number
+(``units=``, a ``dict`` or a function of the device array returning the unit
+array; a device sits behind exactly one unit) overrides it, and gives the
+unit of traces that record none; without either, a host has a single unit, 0.
+A device is known by its unit too: in a trace that names its units, the
+shards by device are ``unit=dmar0/dev=D``, and the same device number on two
+units makes two shards.
 
 The output is a Parquet dataset, one directory per shard in the Hive style
 (``host=NAME/unit=K/part-0.parquet``; the ``host=`` level only when there are
@@ -34,7 +39,8 @@ import numpy as np
 
 from .types import FAULT_DTYPE
 
-__all__ = ["partition", "Shard", "shards_of", "read_shard", "MANIFEST", "SHARD_KEYS"]
+__all__ = ["partition", "Shard", "shards_of", "read_shard", "read_shard_meta", "MANIFEST",
+           "SHARD_KEYS"]
 
 #: The ways to shard, coarsest first.
 SHARD_KEYS = ("host", "iommu", "device")
@@ -73,8 +79,9 @@ def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
     glob (several files are several hosts). One streaming pass: each input
     is read ``chunk_size`` records at a time and at most about one chunk is
     held before it is written, whatever the trace's size. ``by`` is
-    ``"iommu"``, ``"device"`` or ``"host"``; ``units`` maps a device id to
-    its IOMMU unit (see the module's docstring). ``out_dir`` must not exist
+    ``"iommu"``, ``"device"`` or ``"host"``; the IOMMU unit is the one a
+    ``prq_report`` trace records, unless ``units`` maps device ids to units
+    (see the module's docstring). ``out_dir`` must not exist
     or be empty. Returns the shards written (also listed in ``_shards.json``).
 
     >>> import tempfile, iopf
@@ -113,17 +120,23 @@ def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Unit
     schema = pa.schema([(n, pa.uint32() if n in _U32 else pa.uint64()) for n in _COLUMNS])
     written: list[Shard] = []
     records: list[dict[str, Any]] = []
+    # The units a trace records: the shard of a unit, unless a mapping
+    # overrides them, and part of a device's identity (two units may report
+    # the same device number).
+    recorded = (by == "iommu" and units is None) or by == "device"
     for host, chunks in hosts:
         prefix = f"host={host}" if len(hosts) > 1 or by == "host" else ""
         writers: dict[int, Any] = {}
         counts: dict[int, int] = {}
         held: dict[int, list[np.ndarray]] = {}
         n_held = 0
+        names: list[str] = []   # the units the trace names (filled as it is read)
 
         def flush() -> None:
             for key, parts in held.items():
                 if key not in writers:
-                    path = os.path.join(out, _shard_dir(prefix, by, key), "part-0.parquet")
+                    path = os.path.join(out, _shard_dir(prefix, by, key, names),
+                                        "part-0.parquet")
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     writers[key] = pq.ParquetWriter(path, schema)
                 arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -131,8 +144,8 @@ def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Unit
             held.clear()
 
         try:
-            for chunk in chunks(chunk_size, format):
-                for key, part in _split(chunk, by, units):
+            for chunk, meta in chunks(chunk_size, format, names if recorded else None):
+                for key, part in _split(chunk, by, units, meta):
                     held.setdefault(key, []).append(part)
                     counts[key] = counts.get(key, 0) + len(part)
                     n_held += len(part)
@@ -144,7 +157,7 @@ def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Unit
             for w in writers.values():
                 w.close()
         for key in sorted(counts):
-            name = _shard_dir(prefix, by, key)
+            name = _shard_dir(prefix, by, key, names)
             rel = name + "/part-0.parquet"
             written.append(Shard(name, (os.path.join(out, rel),), "parquet",
                                  faults=counts[key]))
@@ -164,8 +177,11 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
     """The shards of ``source`` for sharding ``by``: the shards of a dataset
     written by ``partition`` (which must have been partitioned the same way),
     or, for trace files, one shard per file (``by="host"``, or ``"iommu"``
-    without ``units``) or one per (file, unit or device), each read from the
-    whole file and filtered."""
+    for a file of one unit) or one per (file, unit or device), each read
+    from the whole file and filtered. The units are those of ``units``, else
+    those a ``prq_report`` trace records."""
+    from . import trace
+
     if by not in SHARD_KEYS:
         raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {by!r}")
     if isinstance(source, np.ndarray):
@@ -178,12 +194,16 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
     shards = []
     for host, path in zip(_host_names(files), files):
         prefix = f"host={host}" if len(files) > 1 else ""
-        if by == "host" or (by == "iommu" and units is None):
+        if by == "host" or (by == "iommu" and units is None
+                            and trace.detect_format(path, format) != "prq_report"):
             shards.append(Shard(prefix or host, (path,), format))
             continue
-        keys = _keys_of(path, by, units, format)
+        keys, names = _keys_of(path, by, units, format)
+        if by == "iommu" and units is None and len(keys) <= 1:
+            shards.append(Shard(prefix or host, (path,), format))   # one unit: the whole file
+            continue
         for key in keys:
-            name = _shard_dir(prefix, by, key)
+            name = _shard_dir(prefix, by, key, names)
             column = "unit" if by == "iommu" else "dev"
             shards.append(Shard(name, (path,), format, (column, key),
                                 None if units is None else dict(units)))
@@ -192,16 +212,31 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
 
 def read_shard(shard: Shard, chunk_size: int = 1 << 20) -> Iterator[np.ndarray]:
     """The shard's records as ``FAULT_DTYPE`` chunks, in trace order."""
+    return (chunk for chunk, _ in read_shard_meta(shard, chunk_size))
+
+
+def read_shard_meta(shard: Shard, chunk_size: int = 1 << 20, *,
+                    units: list[str] | None = None
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The shard's records with their metadata (``META_DTYPE``: the units a
+    trace records), as ``(faults, meta)`` chunks in trace order; ``units``,
+    a list, gets the names of those units (``LoadStats.units``)."""
     from . import trace
 
+    names = [] if units is None else units
+
+    column, key = shard.select if shard.select is not None else ("", 0)
+    recorded = column == "unit" and shard.units is None   # the unit the trace records
     for path in shard.paths:
-        for chunk in trace.iter_chunks(path, format=shard.format, chunk_size=chunk_size):
+        for chunk, meta in trace.iter_chunks(path, format=shard.format, chunk_size=chunk_size,
+                                             stats=trace.LoadStats(units=names), meta=True):
             if shard.select is not None:
-                column, key = shard.select
-                ids = chunk["dev"] if column == "dev" else _unit_of(chunk["dev"], shard.units)
-                chunk = chunk[ids == key]
+                ids = (_device_key(chunk, meta) if column == "dev" else meta["unit"] if recorded
+                       else _unit_of(chunk["dev"], shard.units))
+                keep = ids == key
+                chunk, meta = chunk[keep], meta[keep]
             if len(chunk):
-                yield chunk
+                yield chunk, meta
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -211,8 +246,8 @@ def _pyarrow() -> tuple[Any, Any]:
         import pyarrow
         import pyarrow.parquet
     except ImportError as e:
-        raise ImportError("partitioning writes Parquet, which needs pyarrow: "
-                          "pip install iopf[parquet]") from e
+        raise ImportError('partitioning writes Parquet, which needs pyarrow: '
+                          'pip install "iopf[parquet]"') from e
     return pyarrow, pyarrow.parquet
 
 
@@ -223,12 +258,32 @@ def _table(pa: Any, schema: Any, arr: np.ndarray) -> Any:
     return pa.Table.from_arrays([pa.array(c) for c in cols], schema=schema)
 
 
-def _leaf(by: str, key: int) -> str:
-    return {"host": "", "iommu": f"unit={key}", "device": f"dev={key}"}[by]
+def _leaf(by: str, key: int, names: Sequence[str] | None) -> str:
+    if by == "device":
+        # A trace that names its units: the device within its unit.
+        dev = f"dev={key & 0xFFFF_FFFF}"
+        return f"{_unit_label(key >> 32, names)}/{dev}" if names else dev
+    return {"host": "", "iommu": _unit_label(key, names)}[by]
 
 
-def _shard_dir(host: str, by: str, key: int) -> str:
-    return "/".join(p for p in (host, _leaf(by, key)) if p)
+def _device_key(chunk: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+    """A device's shard key: its id, and above it its recorded unit (so the
+    same device number on two units is two devices)."""
+    dev = chunk["dev"].astype(np.int64)
+    return dev if meta is None else dev | (meta["unit"].astype(np.int64) << 32)
+
+
+def _unit_label(unit: int, names: Sequence[str] | None) -> str:
+    """``unit=NAME`` (``unit=dmar1``) when the trace names the unit, else
+    ``unit=K``: a name starting with a letter cannot be taken for a number."""
+    name = names[unit] if names is not None and 0 <= unit < len(names) else None
+    if name is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
+        return f"unit={name}"
+    return f"unit={unit}"
+
+
+def _shard_dir(host: str, by: str, key: int, names: Sequence[str] | None = None) -> str:
+    return "/".join(p for p in (host, _leaf(by, key, names)) if p)
 
 
 def _unit_of(dev: np.ndarray, units: Units | None) -> np.ndarray:
@@ -249,10 +304,13 @@ def _unit_of(dev: np.ndarray, units: Units | None) -> np.ndarray:
     return table[inverse]
 
 
-def _split(chunk: np.ndarray, by: str, units: Units | None) -> list[tuple[int, np.ndarray]]:
+def _split(chunk: np.ndarray, by: str, units: Units | None,
+           meta: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
     if by == "host":
         return [(0, chunk)] if len(chunk) else []
-    key = chunk["dev"].astype(np.int64) if by == "device" else _unit_of(chunk["dev"], units)
+    key = (_device_key(chunk, meta) if by == "device"
+           else meta["unit"].astype(np.int64) if units is None and meta is not None
+           else _unit_of(chunk["dev"], units))
     order = np.argsort(key, kind="stable")   # stable: trace order within a shard
     keys, starts = np.unique(key[order], return_index=True)
     bounds = [*starts.tolist(), len(chunk)]
@@ -291,7 +349,10 @@ def _host_names(files: list[str]) -> list[str]:
     return names
 
 
-_ChunkSource = Callable[[int, Union[str, None]], Iterator[np.ndarray]]
+#: ``source(chunk_size, format, names)``: the chunks and, when ``names`` is a
+#: list (filled with the units the trace names), their metadata.
+_ChunkSource = Callable[[int, Union[str, None], Union[list[str], None]],
+                        Iterator[tuple[np.ndarray, Union[np.ndarray, None]]]]
 
 
 def _hosts(source: Any) -> list[tuple[str, _ChunkSource]]:
@@ -303,28 +364,40 @@ def _hosts(source: Any) -> list[tuple[str, _ChunkSource]]:
                             f"{source.shape}")
         arr = source
 
-        def from_array(chunk_size: int, _: str | None) -> Iterator[np.ndarray]:
+        def from_array(chunk_size: int, _: str | None, __: list[str] | None
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
             for i in range(0, len(arr), chunk_size):
-                yield arr[i:i + chunk_size]
+                yield arr[i:i + chunk_size], None     # an array records no unit
         return [("trace", from_array)]
     files = _files(source)
 
     def reader(path: str) -> _ChunkSource:
-        return lambda chunk_size, fmt: trace.iter_chunks(path, format=fmt,
-                                                         chunk_size=chunk_size)
+        def read(chunk_size: int, fmt: str | None, names: list[str] | None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+            if names is None:
+                yield from ((c, None) for c in trace.iter_chunks(path, format=fmt,
+                                                                 chunk_size=chunk_size))
+                return
+            stats = trace.LoadStats(units=names)   # the reader adds the units it meets
+            yield from trace.iter_chunks(path, format=fmt, chunk_size=chunk_size,
+                                         stats=stats, meta=True)
+        return read
     return [(host, reader(path)) for host, path in zip(_host_names(files), files)]
 
 
 def _keys_of(path: str, by: str, units: Mapping[int, int] | None,
-             format: str | None) -> list[int]:
-    """The units or devices present in a raw trace (one read of the file)."""
+             format: str | None) -> tuple[list[int], list[str]]:
+    """The units or devices present in a raw trace (one read of the file),
+    and the names of the units it records."""
     from . import trace
 
     seen: set[int] = set()
-    for chunk in trace.iter_chunks(path, format=format):
-        ids = chunk["dev"] if by == "device" else _unit_of(chunk["dev"], units)
+    stats = trace.LoadStats()
+    for chunk, meta in trace.iter_chunks(path, format=format, stats=stats, meta=True):
+        ids = (_device_key(chunk, meta) if by == "device" else meta["unit"] if units is None
+               else _unit_of(chunk["dev"], units))
         seen.update(np.unique(ids).tolist())
-    return sorted(seen)
+    return sorted(seen), stats.units
 
 
 def _dataset_shards(root: str, by: str) -> list[Shard]:

@@ -40,7 +40,7 @@ DEFAULT_FAULTS = 1_000_000
 #: at most this many faults and compares time per fault.
 PYTHON_CAP = 200_000
 STRATEGIES = ("hash", "tree", "list", "python")
-#: ``struct iommu_hwpt_pgfault`` (SPEC §8).
+#: The size of one iommufd ``struct iommu_hwpt_pgfault`` record.
 IOMMUFD_RECORD_BYTES = 40
 EXIT_USAGE = 2
 EXIT_INTERRUPT = 130
@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 1
     except (TraceError, ValueError, OSError, ImportError) as e:
-        print(f"iopf: error: {_one_line(e)}", file=sys.stderr)
+        # Trace errors speak the API's words (format=); here the option is --format.
+        print(f"iopf: error: {_printable(_flag_words(_one_line(e), '--format'))}",
+              file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -90,10 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=_positive, default=4, metavar="D",
                    help="number of devices (default 4)")
     g.add_argument("--lost-lpig", type=_fraction, default=0.0, metavar="F",
-                   help="fraction of groups whose last request never comes")
+                   help="fraction of groups whose last request never comes (default 0)")
     g.add_argument("--stop-markers", type=_fraction, default=0.0, metavar="F",
-                   help="probability that a group is followed by a stop marker")
-    g.add_argument("--format", choices=trace.FORMATS, help="output format")
+                   help="probability that a group is followed by a stop marker (default 0)")
+    g.add_argument("--format", choices=trace.FORMATS,
+                   help="output format (default: from the extension of OUT)")
+    _output_options(g)
     g.set_defaults(run=_generate)
 
     r = sub.add_parser("replay", help="replay a trace and summarise it",
@@ -138,14 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a trace to another format",
                        description="Read a trace in one format and write it in another. "
                        "Some formats cannot hold every field (see iopf.trace).")
-    c.add_argument("input", metavar="IN")
-    c.add_argument("output", metavar="OUT")
-    c.add_argument("--from", dest="from_format", choices=trace.FORMATS, metavar="F",
-                   help="input format")
-    c.add_argument("--to", dest="to_format", choices=trace.FORMATS, metavar="F",
-                   help="output format")
+    c.add_argument("input", metavar="IN", help="trace to read")
+    c.add_argument("output", metavar="OUT", help="file to write")
+    c.add_argument("--from", dest="from_format", choices=trace.FORMATS,
+                   help="format of IN (default: from the extension, else the content)")
+    c.add_argument("--to", dest="to_format", choices=trace.FORMATS,
+                   help="format of OUT (default: from the extension)")
     c.add_argument("--skip-bad", action="store_true",
                    help="drop malformed lines or records instead of stopping")
+    _output_options(c)
     c.set_defaults(run=_convert)
 
     b = sub.add_parser("bench", help="compare the grouping strategies on a trace",
@@ -153,19 +158,46 @@ def _parser() -> argparse.ArgumentParser:
                        "per fault. The pure-Python twin replays at most "
                        f"{PYTHON_CAP:,} faults (a prefix of the trace).")
     b.add_argument("trace", nargs="?", metavar="TRACE", help="trace file (default: synthetic)")
-    b.add_argument("--faults", type=_count, default=DEFAULT_FAULTS, metavar="N",
-                   help=f"size of the synthetic trace (default {DEFAULT_FAULTS:,})")
-    b.add_argument("--seed", type=int, default=0, metavar="S")
+    b.add_argument("--faults", type=_count, default=None, metavar="N",
+                   help=f"size of the synthetic trace (default {DEFAULT_FAULTS:,}; no TRACE only)")
+    b.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seed of the synthetic trace (default 0; no TRACE only)")
     b.add_argument("--strategies", type=_strategies, default=STRATEGIES, metavar="LIST",
                    help="comma-separated, from " + ",".join(STRATEGIES) + " (default: all)")
     b.add_argument("--repeat", type=_positive, default=3, metavar="R",
                    help="runs per strategy; the best counts (default 3)")
-    b.add_argument("--policy", choices=list(policies.PRESETS), default="pcie")
-    b.add_argument("--batch-size", type=_positive, default=65536, metavar="N")
+    b.add_argument("--policy", choices=list(policies.PRESETS), default="pcie",
+                   help="policy preset")
+    b.add_argument("--batch-size", type=_positive, default=65536, metavar="N",
+                   help="faults per report_batch call")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
     _input_options(b)
+    _output_options(b)
     b.set_defaults(run=_bench)
+    # Every option's help shows its default (where it has one worth showing).
+    p.formatter_class = _HelpFormatter
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return p
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless it says its default
+    already or has none to show (None, or off for a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    """--json and --no-progress, on every command that does not have them yet."""
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-': "
+                   "stdout only, no table)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _queue_options(p: argparse.ArgumentParser) -> None:
@@ -178,7 +210,8 @@ def _queue_options(p: argparse.ArgumentParser) -> None:
 
 
 def _input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=trace.FORMATS, help="format of TRACE")
+    p.add_argument("--format", choices=trace.FORMATS,
+                   help="format of TRACE (default: from the extension, else the content)")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop malformed lines or records instead of stopping")
 
@@ -246,23 +279,30 @@ def _strategies(text: str) -> tuple[str, ...]:
 # -- subcommands -----------------------------------------------------------------------
 
 def _generate(args: argparse.Namespace) -> int:
-    faults = trace.synthetic(args.faults, seed=args.seed, devices=args.devices,
-                             lost_lpig=args.lost_lpig, stop_markers=args.stop_markers)
-    trace.save(args.out, faults, format=args.format)
-    fmt = args.format or trace.detect_format(args.out)
-    print(f"wrote {len(faults):,} faults to {args.out} ({fmt})")
-    return 0
+    # Everything that can fail without doing the work fails first.
+    fmt = _output_format(args.out, args.format, "--format")
+    _check_json(args)
+    with _progress(args, total=2, unit="step", desc="generating") as bar:
+        faults = trace.synthetic(args.faults, seed=args.seed, devices=args.devices,
+                                 lost_lpig=args.lost_lpig, stop_markers=args.stop_markers)
+        bar.update()
+        bar.set_description(f"writing {args.out}")
+        _save(args.out, faults, fmt)
+        bar.update()
+    result = {"output": args.out, "format": fmt, "faults": len(faults), "seed": args.seed}
+    return _result(args, result, f"wrote {len(faults):,} faults to {args.out} ({fmt})")
 
 
 def _replay_cmd(args: argparse.Namespace) -> int:
+    _check_json(args)   # before any work, on either path
     if _sharded(args):
         return _replay_distributed(args)
     args.trace = args.trace[0] if args.trace else None
-    if args.trace is not None and (args.faults is not None or args.seed is not None):
-        raise ValueError("--faults and --seed describe the synthetic trace; "
-                         "they do not apply with TRACE")
+    _synthetic_only(args)
     if args.servers is not None and args.service_time is None:
         raise ValueError("--servers needs --service-time (how long each group is served)")
+    if args.plot is not None:
+        _check_output(args.plot, "--plot")
     plt = _pyplot() if args.plot is not None else None   # fail before the long part
     policy = policies.PRESETS[args.policy]
     if args.timeout is not None:
@@ -275,8 +315,10 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         total: int | None = n
         name = f"synthetic ({n:,} faults, seed {seed})"
     else:
+        # With its metadata: a trace from several IOMMU units replays with
+        # one queue per unit.
         source = trace.iter_chunks(args.trace, format=args.format, skip_bad=args.skip_bad,
-                                   chunk_size=args.batch_size, stats=load)
+                                   chunk_size=args.batch_size, stats=load, meta=True)
         total = None if load.compression else _known_length(args.trace, load.format)
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
@@ -285,7 +327,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
             Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
                         service_time=service, batch_size=args.batch_size,
-                        progress=progress, total=total)
+                        progress=progress, total=total, unit_names=load.units)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
             raise
@@ -295,7 +337,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         report.extra["skipped_records"] = load.skipped
     if load.skipped:
         print(f"iopf: skipped {load.skipped:,} malformed records of {args.trace} "
-              f"(first: {load.errors[0]})", file=sys.stderr)
+              f"(first: {_printable(load.errors[0])})", file=sys.stderr)
     if plt is not None:
         _plot_latency(plt, report, args.plot, name)
     if args.json == "-":
@@ -338,8 +380,8 @@ def _replay_distributed(args: argparse.Namespace) -> int:
         try:
             from distributed import Client
         except ImportError:
-            raise ImportError("--scheduler needs dask and distributed: "
-                              "pip install iopf[dask]") from None
+            raise ImportError('--scheduler needs dask and distributed: pip install '
+                              '"iopf[dask]" (from a clone: pip install ".[dask]")') from None
         client = Client(args.scheduler)
     try:
         report = distributed.replay(source, policy=policy, client=client, shard_by=shard_by,
@@ -363,56 +405,87 @@ def _replay_distributed(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     if trace.same_file(args.input, args.output):
         raise ValueError(f"{args.output}: is the input; write the output elsewhere")
-    out_format = trace._format_for_save(args.output, args.to_format)  # fail before reading
+    out_fmt = _output_format(args.output, args.to_format, "--to")   # fail before reading
+    _check_json(args)
     load = LoadStats()
-    faults, meta = trace.load(args.input, format=args.from_format, skip_bad=args.skip_bad,
-                              stats=load, meta=True)
-    # Unit names and seq# go along, for prq_report output.
-    trace.save(args.output, faults, format=out_format, meta=meta, units=load.units or None)
-    print(f"converted {len(faults):,} faults: {args.input} ({load.format}) -> "
-          f"{args.output} ({out_format})")
+    with _progress(args, total=2, unit="step", desc=f"reading {args.input}") as bar:
+        try:
+            faults, meta = trace.load(args.input, format=args.from_format,
+                                      skip_bad=args.skip_bad, stats=load, meta=True)
+        except TraceError as e:   # the API says format=, this command --from
+            raise TraceError(_flag_words(str(e), "--from")) from None
+        bar.update()
+        bar.set_description(f"writing {args.output}")
+        # Unit names and seq# go along, for prq_report output.
+        _save(args.output, faults, out_fmt, meta=meta, units=load.units or None)
+        bar.update()
+    in_fmt = load.format
     if load.skipped:
-        print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
-              file=sys.stderr)
-    return 0
+        print(f"iopf: skipped {load.skipped:,} malformed records (first: "
+              f"{_printable(load.errors[0])})", file=sys.stderr)
+    result = {"input": args.input, "input_format": in_fmt, "output": args.output,
+              "output_format": out_fmt, "faults": len(faults), "skipped_records": load.skipped}
+    return _result(args, result, f"converted {len(faults):,} faults: {args.input} ({in_fmt}) "
+                   f"-> {args.output} ({out_fmt})")
 
 
 def _bench(args: argparse.Namespace) -> int:
+    # Fail before the long part: options, output paths, optional packages.
+    _synthetic_only(args)
+    _check_json(args)
     if args.plot is not None:
-        plt = _pyplot()   # fail before the long part
+        _check_output(args.plot, "--plot")
+        plt = _pyplot()
     if args.trace is None:
-        faults = trace.synthetic(args.faults, seed=args.seed)
-        name = f"synthetic, seed {args.seed}"
+        n = DEFAULT_FAULTS if args.faults is None else args.faults
+        seed = 0 if args.seed is None else args.seed
+        faults = trace.synthetic(n, seed=seed)
+        name = f"synthetic, seed {seed}"
     else:
         load = LoadStats()
         faults = trace.load(args.trace, format=args.format, skip_bad=args.skip_bad, stats=load)
         name = args.trace
         if load.skipped:
-            print(f"iopf: skipped {load.skipped:,} malformed records (first: {load.errors[0]})",
-                  file=sys.stderr)
+            print(f"iopf: skipped {load.skipped:,} malformed records (first: "
+                  f"{_printable(load.errors[0])})", file=sys.stderr)
     if not len(faults):
         raise ValueError(f"{name}: the trace holds no faults")
     rows = []
-    for strategy in args.strategies:
-        subset = faults[:PYTHON_CAP] if strategy == "python" else faults
-        best: ReplayReport | None = None
-        for _ in range(args.repeat):
-            try:
-                rep = replay(subset, policy=args.policy, strategy=strategy,
-                             batch_size=args.batch_size)
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from e
-            if best is None or rep.engine_seconds < best.engine_seconds:
-                best = rep
-        assert best is not None
-        rows.append((strategy, len(subset), 1e9 * best.engine_seconds / len(subset),
-                     1e9 * best.wall_seconds / len(subset), best))
+    with _progress(args, total=len(args.strategies) * args.repeat, unit="run",
+                   desc="bench") as bar:
+        for strategy in args.strategies:
+            subset = faults[:PYTHON_CAP] if strategy == "python" else faults
+            best: ReplayReport | None = None
+            bar.set_description(f"bench {strategy}")
+            for _ in range(args.repeat):
+                try:
+                    rep = replay(subset, policy=args.policy, strategy=strategy,
+                                 batch_size=args.batch_size)
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e}") from e
+                if best is None or rep.engine_seconds < best.engine_seconds:
+                    best = rep
+                bar.update()
+            assert best is not None
+            rows.append((strategy, len(subset), 1e9 * best.engine_seconds / len(subset),
+                         1e9 * best.wall_seconds / len(subset), best))
     _check_agreement(rows, len(faults))
-    print(_bench_table(rows, len(faults), name, args))
+    text = _bench_table(rows, len(faults), name, args)
     if args.plot is not None:
         _plot(plt, rows, args.plot, name)
-        print(f"wrote {args.plot}")
-    return 0
+        text += f"\nwrote {args.plot}"
+    return _result(args, _bench_dict(rows, len(faults), name, args), text)
+
+
+def _bench_dict(rows: list[tuple[Any, ...]], n: int, name: str,
+                args: argparse.Namespace) -> dict[str, Any]:
+    return {"trace": name, "faults": n, "policy": args.policy, "batch_size": args.batch_size,
+            "repeat": args.repeat,
+            "strategies": [{"strategy": s, "faults": k, "ns_per_fault": ns,
+                            "faults_per_second": 1e9 / ns, "replay_ns_per_fault": wall_ns,
+                            "stats": rep.stats}
+                           for s, k, ns, wall_ns, rep in rows],
+            "plot": args.plot}
 
 
 def _check_agreement(rows: list[tuple[Any, ...]], n: int) -> None:
@@ -496,7 +569,8 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install iopf[plot]") from None
+        raise ImportError('--plot needs matplotlib: pip install "iopf[plot]" '
+                          '(from a clone: pip install ".[plot]")') from None
     matplotlib.use("Agg")   # files only: no display needed
     import matplotlib.pyplot as plt
     return plt
@@ -519,9 +593,111 @@ def _known_length(path: str, fmt: str | None) -> int | None:
     return None
 
 
-def _write_json(f: Any, report: ReplayReport) -> None:
-    json.dump(report.to_dict(), f, indent=2)
+def _write_json(f: Any, report: ReplayReport | dict[str, Any]) -> None:
+    json.dump(report.to_dict() if isinstance(report, ReplayReport) else report, f, indent=2)
     f.write("\n")
+
+
+def _result(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+    """Print a command's result: the text, or with ``--json -`` the JSON alone;
+    ``--json FILE`` writes the JSON there too."""
+    if args.json == "-":
+        _write_json(sys.stdout, result)
+        return 0
+    print(text)
+    if args.json is not None:
+        with open(args.json, "w", encoding="utf-8") as f:
+            _write_json(f, result)
+    return 0
+
+
+# -- checks made before any work -------------------------------------------------------
+
+def _synthetic_only(args: argparse.Namespace) -> None:
+    """One rule for options that do not apply: --faults and --seed describe the
+    synthetic trace, so with TRACE they are an error, never silently ignored."""
+    given = [flag for flag, value in (("--faults", args.faults), ("--seed", args.seed))
+             if value is not None]
+    if args.trace is not None and given:
+        raise ValueError(f"{' and '.join(given)} describe{'s' if len(given) == 1 else ''} the "
+                         "synthetic trace; do not give them with TRACE")
+
+
+def _check_json(args: argparse.Namespace) -> None:
+    if args.json is not None and args.json != "-":
+        _check_output(args.json, "--json")
+
+
+def _check_output(path: str, flag: str | None = None) -> None:
+    """Fail now, naming the option (if any), when ``path`` cannot be written."""
+    where = f"{flag} {path}" if flag else f"cannot write {path}"
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{where}: is a directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{where}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path)
+                                             and not os.access(path, os.W_OK)):
+        raise ValueError(f"{where}: permission denied")
+
+
+def _output_format(path: str, given: str | None, flag: str) -> str:
+    """The format an output will be written in, and its optional package, checked
+    with its directory before any work."""
+    _check_output(path)
+    try:
+        fmt = trace._format_for_save(path, given)
+    except TraceError as e:
+        raise TraceError(_flag_words(str(e), flag)) from None
+    if fmt == "parquet":
+        trace.parquet.pyarrow()   # OptionalDependencyError with the install hint
+    return fmt
+
+
+def _flag_words(message: str, flag: str) -> str:
+    return message.replace("pass format=", f"give {flag}")
+
+
+def _save(path: str, faults: np.ndarray, fmt: str, **options: Any) -> None:
+    """trace.save, with errors naming the file the user gave (not the temporary
+    file the save writes first)."""
+    try:
+        trace.save(path, faults, format=fmt, **options)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, desc: str) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(args: argparse.Namespace, *, total: int | None, unit: str, desc: str) -> Any:
+    """A tqdm bar on stderr, only when stderr is a terminal and --no-progress is
+    not given (so pipes, files and tests see no bar)."""
+    if args.no_progress or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False,
+                unit_scale=unit == "fault", dynamic_ncols=True)
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Text safe for a terminal: control and other unprintable characters (binary
+    junk from a file) shown escaped, and at most ``limit`` characters."""
+    if not text.isprintable() or "\ufffd" in text:   # U+FFFD: bytes that were not text
+        text = "".join(c if c.isprintable() and c != "\ufffd"
+                       else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _one_line(e: BaseException) -> str:

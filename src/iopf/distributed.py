@@ -7,7 +7,7 @@ returns a ``ReplayReport``; the reports are merged with
 ``ReplayReport.merge``, which is exact for disjoint shards, so the result
 equals a single-process replay of the same shards.
 
-Needs ``dask`` and ``distributed`` (``pip install iopf[dask]``). The files
+Needs ``dask`` and ``distributed`` (``pip install "iopf[dask]"``). The files
 must be readable at the same path on every worker (a shared file system).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import policies
-from ._partition import SHARD_KEYS, Shard, read_shard, shards_of
+from ._partition import SHARD_KEYS, Shard, read_shard, read_shard_meta, shards_of
 from ._replay import ReplayReport, ServiceTime
 from ._replay import replay as _replay_one
 from .policies import Policy
@@ -56,11 +56,12 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
 
     ``source``: a dataset directory written by ``iopf.trace.partition``
     (partitioned ``by=shard_by``), or trace files: a path, a glob or a list
-    (a fleet; each file is a host). With files, ``shard_by="host"`` (or
-    ``"iommu"`` without ``units``) makes one shard per file; ``"iommu"``
-    with ``units`` or ``"device"`` make one per unit or device of each file,
-    every such task reading the whole file and keeping its records
-    (partition large traces first).
+    (a fleet; each file is a host). With files, ``shard_by="host"`` makes
+    one shard per file; ``"iommu"`` one per IOMMU unit of each file (the
+    units a ``prq_report`` trace records, or those ``units`` maps devices
+    to, which override them; a file of one unit is one shard) and
+    ``"device"`` one per device, every such task reading the whole file and
+    keeping its records (partition large traces first).
 
     ``shard_by="device"`` is refused for a policy whose queue couples
     devices (``queue_depth`` or ``discard_on_overflow``): a device's
@@ -116,7 +117,13 @@ def replay_shard(shard: Shard, options: dict[str, Any]) -> ReplayReport:
     """Replay one shard in this process (what a worker runs)."""
     path = ", ".join(shard.paths)
     try:
-        report = _replay_one(read_shard(shard), **options)
+        # A shard that holds several of the units its trace records (a host)
+        # replays them with a queue each, as iopf.replay does; a units=
+        # mapping decided the shard's unit instead.
+        names: list[str] = []
+        records = read_shard_meta(shard, units=names) if shard.units is None \
+            else read_shard(shard)
+        report = _replay_one(records, unit_names=names, **options)
     except (ValueError, OSError, ImportError) as e:
         # Messages of the trace readers name the file already; replay's
         # record errors do not.
@@ -165,8 +172,8 @@ def _client(given: Any, workers: int | None) -> Iterator[Any]:
         import dask
         from distributed import Client, LocalCluster
     except ImportError as e:
-        raise ImportError("iopf.distributed needs dask and distributed: "
-                          "pip install iopf[dask]") from e
+        raise ImportError('iopf.distributed needs dask and distributed: '
+                          'pip install "iopf[dask]"') from e
     if given is not None:
         yield given
         return

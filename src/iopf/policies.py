@@ -29,36 +29,102 @@ __all__ = ["Policy", "PCIE", "LINUX", "VTD", "AMD", "SMMU_STALL", "PRESETS"]
 
 @dataclass(frozen=True)
 class Policy:
-    """How a queue groups page requests and answers them (SPEC §3-§6)."""
+    """How a queue groups page requests and answers them.
 
-    #: Key partials on (dev, pasid, grpid); False keys on (dev, grpid) as Linux (G3).
+    A frozen dataclass: every preset in :mod:`iopf.policies` is one, and
+    ``policy.replace(field=value)`` derives another. Times are simulated
+    nanoseconds; codes are :class:`iopf.Response` values.
+
+    Attributes:
+        match_pasid: Key partial faults on (device, PASID, group index).
+            False keys them on (device, group index) only, as Linux does
+            (``iopf_group_alloc`` never compares the PASID): partials of
+            another PASID with the same index join the group, whose PASID and
+            handler are those of its last request.
+        stall: The ARM SMMUv3 stall model: every request is a group of one,
+            whatever its LAST_PAGE bit, and ``grpid`` is the stall tag.
+        stop_markers: Drop a LAST_PAGE request with neither READ nor WRITE (a
+            PCIe stop marker) without a group or a response, as the VT-d
+            driver does since Linux 5.18; counted in ``stop_markers``.
+        priv_data_is_last: Treat a request with PRIV_DATA as the last of its
+            group, as the VT-d driver did before Linux 6.10.
+        pasid_bits: Width of the PASID field (1 to 31; 20 for PCIe). A request
+            with a larger PASID is refused with ``ValueError``.
+        grpid_bits: Width of the group index (1 to 16; 9 for a PCIe page
+            request group, 16 for an SMMUv3 stall tag). Larger values are
+            refused with ``ValueError``.
+        require_handler: Answer a request whose (device, PASID) has no handler
+            at once with ``no_handler_code``, even when it is not the last of
+            its group, and do not store it (Linux 6.11 and later,
+            ``iopf_error_response``). False: the group is returned to the
+            caller of ``report``, who answers it.
+        no_handler_code: The code of those answers (INVALID since Linux 6.11;
+            FAILURE before).
+        handler_error_code: The code sent when a handler raises (FAILURE, as
+            the kernel's ``err_abort`` path sends); the exception then reaches
+            the caller.
+        response_timeout: Simulated ns after which ``Queue.expire`` (or
+            ``advance``) answers a pending group with ``timeout_code``; None:
+            groups wait for ever, as in the kernel.
+        timeout_code: The code of those answers (INVALID).
+        queue_depth: Bound on the requests outstanding in the whole queue
+            (partials plus the faults of pending groups); None: unbounded.
+            A request beyond it, or beyond its device's allocation
+            (``add_device(dev, outstanding=N)``), overflows: it is dropped,
+            and answered with ``overflow_code`` if it is the last of its
+            group. VT-d's page request queue holds 2048 entries since Linux
+            5.19, AMD's PPR log 512.
+        overflow_code: The code sent to an overflowing last request (SUCCESS:
+            the device retries the whole group).
+        discard_on_overflow: On overflow, also drop every partial fault of the
+            queue without responses, as VT-d calls
+            ``iopf_queue_discard_partial``.
+        flush_partial_on_detach: ``detach`` also drops the PASID's partial
+            faults. Linux keeps them: they wait for a later group with the
+            same index, or for a discard or a device removal.
+        no_pasid: A PASID value that means "no PASID" (LINUX: 0, the kernel's
+            ``IOMMU_NO_PASID``): a request with that PASID, and an attachment
+            at it, are treated as requests without PASID, routed to the
+            device's own (RID) attachment. None: every PASID is a real one.
+        require_device: Answer INVALID at once, and do not store, a request
+            from a device that is not in the queue (never added with
+            ``add_device``, or removed), last or not, as
+            ``iommu_report_device_fault`` does for a device without fault
+            parameters; counted in ``rejected``.
+        attach_adds_device: Attaching a device's first handler adds the device
+            to the queue, and detaching its last handler removes it (answering
+            its pending groups INVALID), as VT-d does since Linux 6.16, where
+            attaching a fault-capable domain enables page requests.
+    """
+
+    #: Key partials on (dev, pasid, grpid); False keys on (dev, grpid) as Linux.
     match_pasid: bool = True
-    #: SMMUv3 stall model: every request is a group of one (G5).
+    #: SMMUv3 stall model: every request is a group of one.
     stall: bool = False
     #: Drop a LAST_PAGE request with neither READ nor WRITE, unanswered:
     #: PCIe never answers a Stop Marker.
     stop_markers: bool = True
-    #: Treat PRIV_DATA as last page in group, as VT-d before Linux 6.10 (G7).
+    #: Treat PRIV_DATA as last page in group, as VT-d before Linux 6.10.
     priv_data_is_last: bool = False
-    #: Width of the PASID field; larger values are refused (G8).
+    #: Width of the PASID field; larger values are refused.
     pasid_bits: int = 20
-    #: Width of the group index (9 for PRI, 16 for a stall tag) (G8).
+    #: Width of the group index (9 for PRI, 16 for a stall tag).
     grpid_bits: int = 9
-    #: Answer every request whose (dev, pasid) has no handler at once (R2, Linux 6.11+).
+    #: Answer every request whose (dev, pasid) has no handler at once (Linux 6.11+).
     require_handler: bool = False
     no_handler_code: Response = Response.INVALID
-    #: Code sent when a handler raises (R3); Linux's err_abort path sends FAILURE.
+    #: Code sent when a handler raises; Linux's err_abort path sends FAILURE.
     handler_error_code: Response = Response.FAILURE
-    #: Simulated ns after which ``Queue.expire`` answers a pending group (R7).
+    #: Simulated ns after which ``Queue.expire`` answers a pending group.
     response_timeout: int | None = None
     timeout_code: Response = Response.INVALID
-    #: Bound on outstanding requests of the whole queue (F5); None: unbounded.
+    #: Bound on outstanding requests of the whole queue; None: unbounded.
     queue_depth: int | None = None
     #: Code sent to an overflowing LPIG (SUCCESS: the device retries).
     overflow_code: Response = Response.SUCCESS
-    #: On overflow, drop every partial of the queue (VT-d, F5).
+    #: On overflow, drop every partial of the queue (VT-d).
     discard_on_overflow: bool = False
-    #: detach() also drops the PASID's partials (F2); Linux keeps them.
+    #: detach() also drops the PASID's partials; Linux keeps them.
     flush_partial_on_detach: bool = False
     #: A PASID value that means "no PASID" (Linux: 0, the kernel's IOMMU_NO_PASID): a
     #: PASID_VALID request with it, and an attachment at it, are the RID's.
@@ -108,7 +174,8 @@ PCIE = Policy()
 #: PASID 0 is the RID (IOMMU_NO_PASID), stop markers dropped.
 LINUX = Policy(match_pasid=False, require_handler=True, require_device=True, no_pasid=0)
 #: Intel VT-d under Linux: a 2048-entry page request queue, partials
-#: discarded on overflow, IOPF enabled by attaching a handler (Linux 6.16+).
+#: discarded on overflow (``iopf_queue_discard_partial``), IOPF enabled by
+#: attaching a handler (Linux 6.16+).
 VTD = LINUX.replace(queue_depth=2048, discard_on_overflow=True, attach_adds_device=True)
 #: AMD: a 512-entry PPR log.
 AMD = Policy(queue_depth=512)

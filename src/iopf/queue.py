@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from iopf_core import STRATEGIES, Grouper, PyGrouper
+from iopf_core import COMPILED, STRATEGIES, Grouper, PyGrouper
 
 from . import policies
 from .policies import Policy
@@ -76,7 +76,7 @@ class Group:
     def respond(self, code: Response | int, *, time: int | None = None,
                 at: int | None = None) -> bool:
         """Answer the group (or schedule the answer for ``at``); False if it was
-        answered already (R4)."""
+        answered already (one answer per group)."""
         return self._queue.respond(self.cookie, code, time=time, at=at)
 
     def __repr__(self) -> str:
@@ -125,9 +125,13 @@ class GroupBatch:
     def __repr__(self) -> str:
         return f"GroupBatch({len(self)} groups, {len(self.faults)} faults)"
 
+    def _repr_html_(self) -> str:
+        from ._display import batch_html   # notebooks only
+        return batch_html(self)
+
 
 class Stats:
-    """A snapshot of the counters of SPEC F6."""
+    """A snapshot of the queue's counters (the conservation law: see :meth:`conserved`)."""
 
     __slots__ = ("faults_reported", "partial_now", "grouped", "stop_markers", "rejected",
                  "overflowed", "discarded", "flushed", "removed", "groups", "answered",
@@ -155,7 +159,7 @@ class Stats:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def conserved(self) -> bool:
-        """The conservation law of F6: no fault or group unaccounted for."""
+        """The conservation law: no fault or group unaccounted for."""
         return (self.faults_reported == self.partial_now + self.grouped + self.stop_markers
                 + self.rejected + self.overflowed + self.discarded + self.flushed + self.removed
                 and self.groups == self.answered + self.pending_now)
@@ -174,7 +178,7 @@ def _check_time(t: object, name: str) -> int:
 
 
 def _key_pasid(pasid: int | None, no_pasid: int | None = None) -> int:
-    if pasid is None or pasid == no_pasid:  # the policy's "no PASID" value is the RID's (G3)
+    if pasid is None or pasid == no_pasid:  # the policy's "no PASID" value is the RID's
         return NO_PASID
     if not 0 <= pasid < NO_PASID:
         raise ValueError(f"pasid {pasid} out of range")
@@ -218,7 +222,7 @@ def _check_code(code: Response | int) -> int:
 
 
 class Queue:
-    """An IOMMU's page request queue (SPEC §7).
+    """An IOMMU's page request queue.
 
     ``strategy`` picks where partial faults wait: ``"hash"`` (default),
     ``"tree"``, ``"list"`` (the kernel's) or ``"python"`` (the reference
@@ -239,8 +243,8 @@ class Queue:
                  auto_advance: bool = False) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an iopf.Policy, not {type(policy).__name__}")
-        if os.environ.get("IOPF_PURE_PYTHON") == "1":
-            strategy = "python"
+        if os.environ.get("IOPF_PURE_PYTHON") == "1" or not COMPILED:
+            strategy = "python"   # the twin, on purpose or for want of the compiled core
         try:
             core_cls = STRATEGIES[strategy]
         except KeyError:
@@ -314,7 +318,7 @@ class Queue:
             self._deliver()
 
     def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
-        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (F2).
+        """Remove the handler of (dev, pasid) and answer its pending groups INVALID.
 
         Newest first, as iommufd's ``iommufd_auto_response_faults`` answers the
         groups userspace has not read (a group a handler left pending counts as
@@ -369,7 +373,7 @@ class Queue:
         """Report one page request; the group it completed, if any.
 
         The group is returned whether or not a handler took it (a handler's
-        answer makes later responses to it stale, R4).
+        answer makes later responses to it stale).
         """
         if not isinstance(fault, Fault):
             raise TypeError(f"report takes an iopf.Fault, not {type(fault).__name__}")
@@ -390,7 +394,7 @@ class Queue:
         """Report a FAULT_DTYPE array; the groups it completed.
 
         Every record is checked first: a bad one raises ValueError naming its
-        index and nothing of the batch is applied (G8). The loop runs in C
+        index and nothing of the batch is applied. The loop runs in C
         without the GIL; it returns to Python only to call a handler, once per
         group that has one, so the result equals reporting one by one.
         """
@@ -445,7 +449,7 @@ class Queue:
         return None if pasid == self.policy.no_pasid else pasid
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
-        """R1/R3: call the handler; answer with its code, or FAILURE if it raises
+        """Call the handler; answer with its code, or FAILURE if it raises
         (or returns something that is not a response code)."""
         self._dispatching = True
         try:
@@ -463,7 +467,8 @@ class Queue:
     # -- responses ---------------------------------------------------------------------
     def respond(self, group: Group | int, code: Response | int, *, time: int | None = None,
                 at: int | None = None) -> bool:
-        """Answer a pending group (a Group or its cookie); False if not pending (R4).
+        """Answer a pending group (a Group or its cookie); False if not pending (one answer
+        per group).
 
         With ``at`` (simulated ns) the answer is scheduled instead: it is sent
         by the ``advance`` that reaches ``at``, stamped ``at``, unless the
@@ -580,7 +585,7 @@ class Queue:
             return out
 
     def _deliver(self) -> None:
-        """R6: hand responses to on_response if set (else they wait in the outbox).
+        """Hand responses to on_response if set (else they wait in the outbox).
 
         One at a time from a queue in send order: a callback that answers
         another group (re-entering here) appends behind the rest, and one
@@ -599,19 +604,19 @@ class Queue:
     # -- flush, discard, expire ----------------------------------------------------------
     def flush_pasid(self, dev: int, pasid: int | None, code: Response | int = Response.INVALID,
                     *, time: int | None = None) -> None:
-        """F1: drop the partials of (dev, pasid) and answer its pending groups with code."""
+        """Drop the partials of (dev, pasid) and answer its pending groups with code."""
         code = _check_code(code)
         with self._lock:
             self.core.flush_pasid(dev, _key_pasid(pasid, self.policy.no_pasid), code, time)
             self._deliver()
 
     def discard_partial(self) -> None:
-        """F3: drop every partial fault of every device, without responses."""
+        """Drop every partial fault of every device, without responses."""
         with self._lock:
             self.core.discard_partial()
 
     def expire(self, now: int) -> None:
-        """R7: answer the pending groups older than policy.response_timeout at ``now``:
+        """Answer the pending groups older than policy.response_timeout at ``now``:
         :meth:`advance` for timeouts alone (scheduled answers wait)."""
         if now < 0:
             raise ValueError("now must be >= 0")

@@ -1,7 +1,7 @@
 """The data model: flags, permissions, response codes, record dtypes, Fault, PageResponse.
 
 Values follow the Linux uapi (``include/linux/iommu.h``) of v5.13-v6.8, where
-PRIV_DATA still existed (reference §1.3-1.5).
+PRIV_DATA still existed.
 """
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ cdef object buf_take(Buf* b, cnp.dtype dtype):
 
 
 cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags, uint32_t no_pasid) noexcept nogil:
-    # G3: policy.no_pasid (Linux: IOMMU_NO_PASID, 0) is the RID's, as no PASID is.
+    # policy.no_pasid (Linux: IOMMU_NO_PASID, 0) is the RID's, as no PASID is.
     return pasid if flags & PASID_VALID and pasid != no_pasid else KEY_NO_PASID
 
 
@@ -377,7 +377,7 @@ cdef void slot_free(SlotTable* t) noexcept nogil:
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
-    """How many handlers dev has attached (the VT-d driver's iopf_refcount, F7)."""
+    """How many handlers dev has attached (the VT-d driver's iopf_refcount)."""
     cdef uint32_t i, k = 0
     for i in range(g.entry_cap):
         if (g.entries[i].dev == dev and g.entries[i].handle and g.entries[i].pasid != KEY_EMPTY
@@ -536,7 +536,7 @@ cdef class Grouper:
         return k
 
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
-        """The PASID part of the grouping key of a held fault (G3)."""
+        """The PASID part of the grouping key of a held fault."""
         if self.rules.match_pasid:
             return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
@@ -737,7 +737,7 @@ cdef class Grouper:
                 self.entry_delete(<uint32_t>i)
 
     cdef inline void hold(self, uint32_t dev, int64_t n) noexcept nogil:
-        """Count n more (or fewer) outstanding requests for dev's allocation (F5)."""
+        """Count n more (or fewer) outstanding requests for dev's allocation (capacity)."""
         cdef int64_t i
         if self.n_limited:
             i = self.entry_find(dev, KEY_DEVICE)
@@ -811,7 +811,7 @@ cdef class Grouper:
 
     # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
     # A timeout of a group answered meanwhile is skipped when it comes up; a
-    # scheduled answer stays until it is due (it then counts as stale, R4).
+    # scheduled answer stays until it is due (it then counts as stale: one answer per group).
     cdef int heap_push(self, HeapItem it) except -1 nogil:
         cdef size_t cap = self.heap_cap
         cdef uint32_t i, p
@@ -1001,7 +1001,7 @@ cdef class Grouper:
         r.pasid = last.pasid
         r.grpid = last.grpid
         r.code = code
-        # R5: the PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
+        # The PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
         r.flags = PASID_VALID if (last.flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
         r.cookie = cookie
         r.nfaults = nfaults
@@ -1047,10 +1047,10 @@ cdef class Grouper:
     cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
         """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
         cdef Rules* p = &self.rules
-        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # G6
+        if p.stop_markers and (flags & LAST_PAGE) and not (perm & PERM_RW):    # stop marker
             return KIND_STOP
         if p.stall or (flags & LAST_PAGE) or (p.priv_data_is_last and (flags & PRIV_DATA)):
-            return KIND_LAST                                                    # G5, G7
+            return KIND_LAST                                                    # stall, PRIV_DATA
         return KIND_PARTIAL
 
     def kinds(self, arr):
@@ -1144,7 +1144,7 @@ cdef class Grouper:
             self.advance_to(r.time, False)    # what falls due before this request comes first
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
-        if self.last_kind == KIND_STOP:                                          # G6
+        if self.last_kind == KIND_STOP:                                          # stop marker
             self.count_in(r)
             self.c.stop_markers += 1
             return REPORT_DROPPED
@@ -1152,14 +1152,14 @@ cdef class Grouper:
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
-        if p.require_handler and not self.default_handler and handle == 0:    # R2
+        if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
             self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
-        if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # R2: no iopf_param
+        if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # no iopf_param: iommu_report_device_fault
             self.reserve(0, 0, 1, 0)
             self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
@@ -1172,7 +1172,7 @@ cdef class Grouper:
             di = self.entry_find(dev, KEY_DEVICE)
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
-        # R1: a constant handler answers the group it completes in C (one response).
+        # A constant handler answers the group it completes in C (one response).
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
         out = 0
         if last and collect:
@@ -1200,7 +1200,7 @@ cdef class Grouper:
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
         node.flags = <uint8_t>(flags | r.perm << 4); node.mark = 0
         node.next = NIL
-        if not last:                                                            # G1
+        if not last:                                                            # partial
             # The strategy may allocate (a new key): first, and undone if it fails.
             linked = False
             try:
@@ -1223,7 +1223,7 @@ cdef class Grouper:
             return REPORT_HELD
         self.count_in(r)
         self.hold(dev, 1)
-        # G2-G4: every partial with the key, stale or of another PASID, then the LPIG.
+        # Every partial with the key, stale or of another PASID, then the LPIG.
         head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
         nf = 1
         tail = NIL
@@ -1288,7 +1288,7 @@ cdef class Grouper:
         return REPORT_GROUPED
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
-        """F5: drop the request; answer it if it is an LPIG; maybe discard all partials."""
+        """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
         self.reserve(0, 0, 1 if last else 0, 0)
         self.count_in(r)
@@ -1393,7 +1393,7 @@ cdef class Grouper:
 
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
-        """Answer a pending group (R4): 1 if sent, 0 if stale."""
+        """Answer a pending group (once only): 1 if sent, 0 if stale."""
         cdef int64_t ci = self.cookie_find(cookie), ei
         if ci < 0:
             self.c.stale_responses += 1
@@ -1487,7 +1487,7 @@ cdef class Grouper:
         return k
 
     def add_device(self, uint32_t dev, uint32_t limit):
-        """Add dev to the queue with a PRI allocation (F5); 0 means unlimited.
+        """Add dev to the queue with a PRI allocation; 0 means unlimited.
 
         The device's entry (KEY_DEVICE) says it is in the queue (require_device)
         and holds its limit; n_limited counts the entries with a limit.
@@ -1558,7 +1558,7 @@ cdef class Grouper:
         cdef bint adds
         self.enter()
         try:
-            # F7: the first handler enables IOPF (adds the device); a replace never
+            # The first handler enables IOPF (adds the device); a replace never
             # adds or removes it (iopf_for_domain_replace).
             adds = (self.rules.attach_adds_device and attachments(self, dev) == 0
                     and self.entry_find(dev, KEY_DEVICE) < 0)
@@ -1575,7 +1575,7 @@ cdef class Grouper:
             self.leave()
 
     def detach(self, uint32_t dev, uint32_t kpasid, time=None):
-        """Answer the attachment's pending groups INVALID (F2); False if none was attached."""
+        """Answer the attachment's pending groups INVALID; False if none was attached."""
         self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
         self.enter()
@@ -1588,7 +1588,7 @@ cdef class Grouper:
         cdef int64_t e = self.entry_find(dev, kpasid)
         if (self.rules.attach_adds_device and e >= 0 and self.entries[e].handle
                 and attachments(self, dev) == 1):
-            # F7: the last handler goes, so the driver removes the device
+            # The last handler goes, so the driver removes the device
             # (intel_iommu_disable_iopf), which answers all its groups before
             # iommufd_auto_response_faults would answer the attachment's.
             # remove_device_ reserves its responses before it changes anything,
@@ -1612,7 +1612,7 @@ cdef class Grouper:
         self.clock_to(t)
         self.entries[e].handle = 0
         self.entries[e].auto_code = 0
-        # R8: newest first, as iommufd_auto_response_faults answers the groups not
+        # Newest first, as iommufd_auto_response_faults answers the groups not
         # yet read (it moves them to a private list, reversing them).
         cdef uint32_t q = self.entries[e].qtail, pv
         while q != NIL:
@@ -1626,7 +1626,7 @@ cdef class Grouper:
         return True
 
     def check(self, arr):
-        """Raise ValueError naming the first record a field check refuses (G8)."""
+        """Raise ValueError naming the first record a field check refuses."""
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
         with nogil:
@@ -1871,7 +1871,7 @@ cdef class Grouper:
         self.tmo_quantum = quantum
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
-        """F1: drop the partials of (dev, kpasid) and answer its pending groups."""
+        """Drop the partials of (dev, kpasid) and answer its pending groups."""
         check_code_reason(code, R_FLUSHED)
         self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
@@ -1885,7 +1885,7 @@ cdef class Grouper:
             self.leave()
 
     def discard_partial(self):
-        """F3: drop every partial, no responses."""
+        """Drop every partial, no responses."""
         self.enter()
         try:
             self.drop_where(0, 0, 0, &self.c.discarded)
@@ -1893,7 +1893,7 @@ cdef class Grouper:
             self.leave()
 
     def remove_device(self, uint32_t dev, time=None):
-        """F4: drop dev's partials, answer its pending groups INVALID, newest first."""
+        """Drop dev's partials, answer its pending groups INVALID, newest first."""
         cdef uint64_t t = self._time(time)
         self.enter()
         try:
@@ -1908,7 +1908,7 @@ cdef class Grouper:
         for i in range(self.cookie_cap):
             if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
                 found.append(self.cookies[i].cookie)
-        # R8: newest first, as iopf_queue_remove_device walks fault_param->faults,
+        # Newest first, as iopf_queue_remove_device walks fault_param->faults,
         # where iopf_group_alloc adds each group at the head.
         found.sort(reverse=True)
         self.reserve(0, 0, len(found), 0)     # before any change: all or nothing
@@ -1924,7 +1924,7 @@ cdef class Grouper:
         return 0
 
     def expire(self, uint64_t now):
-        """R7: answer every pending group formed at or before now - response_timeout
+        """Answer every pending group formed at or before now - response_timeout
         (advance for the timeouts alone)."""
         self.enter()
         try:
@@ -2008,7 +2008,7 @@ cdef class Grouper:
             self.leave()
 
     def stats(self):
-        """The counters of SPEC F6, as a dict."""
+        """The conservation counters, as a dict."""
         cdef Counters* c = &self.c
         return dict(zip(COUNTERS, (
             c.faults_reported, c.partial_now, c.grouped, c.stop_markers, c.rejected,

@@ -1,4 +1,4 @@
-"""The record layouts the core reads and writes, and the field checks (G8).
+"""The record layouts the core reads and writes, and the field checks.
 
 ``iopf.types`` re-exports the dtypes; they live here so that the compiled
 core and the twin share one definition.
@@ -31,7 +31,7 @@ U64 = (1 << 64) - 1
 
 
 def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) -> None:
-    """Raise ValueError naming the record when a field does not fit (G8)."""
+    """Raise ValueError naming the record when a field does not fit."""
     time, dev, pasid, grpid, flags, perm = rec[:6]
     where = "" if i is None else f"record {i}: "
     if not 0 <= pasid < (1 << pasid_bits):

@@ -4,7 +4,7 @@ Small and dict based, written to be obviously correct rather than fast: every
 compiled strategy must give exactly the results this class gives, and the
 tests drive them side by side. It is also the baseline of the benchmarks.
 
-The rules are those of SPEC §3-§5; the numbers in comments name them.
+The comments name the rule each line follows (see docs/behaviour.md).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ class PyGrouper:
         self.pending: dict[int, _Pending] = {}
         self.limits: dict[int, int] = {}
         self.devices: set[int] = set()   # added and not removed (require_device)
-        # PASID_VALID requests with this PASID are the RID's (G3); -1: none.
+        # PASID_VALID requests with this PASID are the RID's; -1: none.
         self.no_pasid = -1 if policy.no_pasid is None else policy.no_pasid
         self.dev_out: dict[int, int] = {}
         self.total_out = 0
@@ -193,7 +193,7 @@ class PyGrouper:
     def _send(self, time: int, rec: tuple, code: int, cookie: int, nfaults: int, reason: int,
               gtime: int | None = None) -> None:
         flags = rec[4]
-        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # R5
+        out_flags = PASID_VALID if flags & PASID_VALID and flags & NEEDS_PASID else 0  # PASID only if asked
         self.outbox.append((time, rec[1], rec[2], rec[3], code, out_flags, cookie, nfaults, reason))
         self.outbox_gtime.append(rec[0] if gtime is None else gtime)
 
@@ -239,7 +239,7 @@ class PyGrouper:
         if time is not None:
             _u(64, time)
         if self.policy.attach_adds_device and not self._attached(dev):
-            self.devices.add(dev)  # F7: the first handler enables IOPF for the device
+            self.devices.add(dev)  # The first handler enables IOPF for the device
         self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
         self.autos[(dev, kpasid)] = auto if auto >= 0 else None
@@ -256,7 +256,7 @@ class PyGrouper:
             _u(64, time)
         if self.policy.attach_adds_device and (dev, kpasid) in self.handles \
                 and sum(d == dev for d, _ in self.handles) == 1:
-            # F7: the last handler goes, so the driver removes the device, which
+            # The last handler goes, so the driver removes the device, which
             # answers all its groups (iommufd then finds none left to answer).
             del self.handles[(dev, kpasid)]
             self.autos.pop((dev, kpasid), None)
@@ -271,7 +271,7 @@ class PyGrouper:
         if not handle:
             return False
         t = self._time(time)
-        # R8: newest first, as iommufd_auto_response_faults answers unread groups.
+        # Newest first, as iommufd_auto_response_faults answers unread groups.
         for g in sorted(self.pending.values(), key=lambda g: -g.cookie):
             if g.dev == dev and g.kpasid == kpasid and g.handle == handle:
                 self._answer(g, INVALID, DETACHED, t)
@@ -302,16 +302,22 @@ class PyGrouper:
         group to dispatch. A refused record raises ValueError (position: its index)."""
         if not 0 <= start <= len(arr):
             raise IndexError(f"start {start} is outside the array (0..{len(arr)})")
-        records = arr[start:].tolist()
-        for i, rec in enumerate(records, start):
-            self.position = i
-            rec = rec[:7] + (tuple(rec[7]),)
-            check_record(i, rec, self.pasid_bits, self.grpid_bits)
-            if self._report(rec, collect=True) == 2:
-                self.position = i + 1
-                return i + 1
-        self.position = len(arr)
-        return len(arr)
+        # In growing slices: the queue calls again after each group it
+        # dispatches, and converting the whole rest of the array each time
+        # would be quadratic.
+        n, lo, size = len(arr), start, 256
+        while lo < n:
+            for j, rec in enumerate(arr[lo:lo + size].tolist()):
+                i = lo + j
+                self.position = i
+                rec = rec[:7] + (tuple(rec[7]),)
+                check_record(i, rec, self.pasid_bits, self.grpid_bits)
+                if self._report(rec, collect=True) == 2:
+                    self.position = i + 1
+                    return i + 1
+            lo, size = lo + size, min(2 * size, 65536)
+        self.position = n
+        return n
 
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
@@ -326,21 +332,21 @@ class PyGrouper:
         self.dispatch = False
         self.last_kind = self._kind(flags, perm)
         last = self.last_kind == 1
-        if self.last_kind == 2:  # G6
+        if self.last_kind == 2:  # stop marker
             c["stop_markers"] += 1
             return 0
         kpasid = self.kpasid(rec)
         if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
-            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # R2, even non-last
+            self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # no handler: even non-last
             c["rejected"] += 1
             return 0
         if p.require_device and dev not in self.devices:
-            self._send(time, rec, INVALID, 0, 1, NO_HANDLER)  # R2: no iopf_param, even non-last
+            self._send(time, rec, INVALID, 0, 1, NO_HANDLER)  # no iopf_param, even non-last
             c["rejected"] += 1
             return 0
         limit = self.limits.get(dev, 0)
         if (limit and self.dev_out.get(dev, 0) + 1 > limit) or (
-                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # F5
+                p.queue_depth is not None and self.total_out + 1 > p.queue_depth):  # capacity
             c["overflowed"] += 1
             if last:
                 self._send(time, rec, p.overflow_code, 0, 1, OVERFLOW)
@@ -349,11 +355,11 @@ class PyGrouper:
             return 0
         self._hold(dev, 1)
         key = self._key(rec)
-        if not last:  # G1
+        if not last:  # partial
             self.partials.setdefault(key, []).append(rec)
             c["partial_now"] += 1
             return 0
-        faults = self.partials.pop(key, [])  # G2-G4: stale and other-PASID partials too
+        faults = self.partials.pop(key, [])  # stale and other-PASID partials too
         c["partial_now"] -= len(faults)
         faults.append(rec)
         cookie = self.next_cookie
@@ -373,7 +379,7 @@ class PyGrouper:
             self._out_faults.extend(faults)
             self._out_offsets.append(len(self._out_faults))
             self._out_cookies.append(cookie)
-        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # R1
+        auto = self.autos.get((dev, kpasid)) if g.handle else self.default_auto  # handler lookup
         if auto == SERVE:
             self.serve(cookie, time)
             return 1
@@ -386,7 +392,8 @@ class PyGrouper:
         return 1
 
     def _kind(self, flags: int, perm: int) -> int:
-        """0: held as a partial; 1: completes a group (G5, G7); 2: a dropped stop marker (G6)."""
+        """0: held as a partial; 1: completes a group (a last request, any
+        request under stall, PRIV_DATA when it counts as last); 2: a dropped stop marker."""
         p = self.policy
         if p.stop_markers and flags & LAST_PAGE and not perm & (READ | WRITE):
             return 2
@@ -423,7 +430,7 @@ class PyGrouper:
                 _u(64, t)
         self._check_code(code, reason)
         g = self.pending.get(cookie)
-        if g is None:  # R4
+        if g is None:  # answered already: stale
             self.counters["stale_responses"] += 1
             return False
         if at is not None:
@@ -470,7 +477,7 @@ class PyGrouper:
             elif timeouts_only:
                 kept.append(item)
             elif not self.respond(cookie, code, reason & 0xFF, time) and reason & BY_SERVICE:
-                assert self.service is not None  # stale if answered meanwhile (R4)
+                assert self.service is not None  # stale if answered meanwhile
                 self.service.stale += 1
         for item in kept:
             heapq.heappush(self.heap, item)
@@ -583,7 +590,7 @@ class PyGrouper:
             _u(64, time)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
-        # R8: newest first, as iopf_queue_remove_device walks fault_param->faults.
+        # Newest first, as iopf_queue_remove_device walks fault_param->faults.
         self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t, newest_first=True)
         self.limits.pop(dev, None)
         self.devices.discard(dev)

@@ -1,6 +1,6 @@
 """Discrete-event models on top of a queue: a SimPy adapter, devices and handlers.
 
-SimPy is an optional dependency (``pip install iopf[sim]``). Three pieces:
+SimPy is an optional dependency (``pip install "iopf[sim]"``). Three pieces:
 
 - :class:`SimQueue` puts an :class:`iopf.Queue` inside a
   :class:`simpy.Environment`. The environment's clock (``env.now``, an int in
@@ -41,7 +41,7 @@ from __future__ import annotations
 try:
     import simpy  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised with simpy hidden
-    raise ImportError("pip install iopf[sim]") from exc
+    raise ImportError('iopf.sim needs SimPy: pip install "iopf[sim]"') from exc
 
 from ._common import Duration
 from .device import RESULT_DTYPE, Device

@@ -45,7 +45,7 @@ class Device:
       (PCIe's outstanding page request allocation; None: no limit). When a
       group does not fit, the device stalls until responses return credit.
       With ``register`` (default) the same allocation is given to the queue
-      with ``add_device`` (F5).
+      with ``add_device``.
     - **Group index**: the next free index modulo ``2**grpid_bits`` (9 bits);
       an index in use by an unanswered group is skipped.
     - **Responses**: SUCCESS completes the group. An overflow (SUCCESS to an
@@ -60,7 +60,7 @@ class Device:
       for it: its credit and index stay held for ``give_up_after`` ns, then
       come back (``abandoned``); with None they are lost for good and the
       device runs on a smaller allocation. The IOMMU keeps the partials until
-      a later group with the same key sweeps them in (G4), an overflow
+      a later group with the same key sweeps them in, an overflow
       discards them or a flush drops them. (The model knows which groups it
       lost; a real device would need a timer on every group.)
     - **Stop markers**: with ``stop_markers``, once its groups are all

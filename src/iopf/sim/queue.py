@@ -192,7 +192,7 @@ class SimQueue:
     def stop_marker(self, dev: int, pasid: int, grpid: int = 0) -> None:
         """Send a stop marker (LAST_PAGE, neither READ nor WRITE) for ``pasid``.
 
-        Policies with ``stop_markers`` drop it (G6); others make it a group of
+        Policies with ``stop_markers`` drop it; others make it a group of
         one whose response nobody waits for (counted in ``unmatched``).
         """
         ev = self.send(dev, pasid, grpid, 1, perm=0)

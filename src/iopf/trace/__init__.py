@@ -32,7 +32,7 @@ Formats (``format=`` names; one module each):
     before v6.14 leaked stack bytes there), ``length`` and ``cookie``.
 ``"parquet"``
     One column per field (``private0``, ``private1``), unsigned integers.
-    Lossless. Needs pyarrow (``pip install iopf[parquet]``).
+    Lossless. Needs pyarrow (``pip install "iopf[parquet]"``).
 
 Inputs: a path, ``-`` for standard input, a pipe, FIFO or character
 device (read once, as a stream), optionally gzip-, bz2- or xz-compressed

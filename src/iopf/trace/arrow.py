@@ -87,7 +87,7 @@ def to_arrow(records: np.ndarray, meta: np.ndarray | None = None,
     try:
         import pyarrow as pa
     except ImportError as e:
-        raise OptionalDependencyError("to_arrow needs pyarrow: pip install iopf[parquet]") from e
+        raise OptionalDependencyError('to_arrow needs pyarrow: pip install "iopf[parquet]"') from e
     arrays, names = [], []
     for name, col in _columns(records, meta, units):
         if isinstance(col, tuple):
@@ -106,7 +106,7 @@ def to_pandas(records: np.ndarray, meta: np.ndarray | None = None,
     try:
         import pandas as pd
     except ImportError as e:
-        raise OptionalDependencyError("to_pandas needs pandas: pip install iopf[pandas]") from e
+        raise OptionalDependencyError('to_pandas needs pandas: pip install "iopf[pandas]"') from e
     data = {}
     for name, col in _columns(records, meta, units):
         if isinstance(col, tuple):

@@ -1,5 +1,5 @@
 """Parquet: one column per field (``private0``, ``private1``), unsigned
-integers. Lossless. Needs pyarrow (``pip install iopf[parquet]``)."""
+integers. Lossless. Needs pyarrow (``pip install "iopf[parquet]"``)."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,8 @@ from ._common import (CSV_COLUMNS, CSV_OPTIONAL, SCALAR_FIELDS, U32_COLUMNS, U32
                       LoadStats, OptionalDependencyError, TraceError)
 from ._io import Input
 
-HINT = "pip install iopf[parquet]"
+# Quoted, so that zsh does not take the brackets for a glob.
+HINT = 'pip install "iopf[parquet]" (from a clone: pip install ".[parquet]")'
 
 
 def pyarrow() -> tuple[Any, Any]:
