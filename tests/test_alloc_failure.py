@@ -26,6 +26,9 @@ from iopf_core.grouper import _fail_alloc_after
 C_STRATEGIES = ["hash", "tree", "list"]
 SANITIZE = os.environ.get("HYPOTHESIS_PROFILE") == "sanitize"
 POLICY = iopf.policies.PCIE.replace(response_timeout=1000)
+# The same workload where attaching adds a device and the last detach removes it
+# (its extra responses reserved first), and requests of other devices are refused.
+VTD_LIKE = POLICY.replace(attach_adds_device=True, require_device=True)
 
 
 def batch(n: int, seed: int, keys: int) -> np.ndarray:
@@ -93,9 +96,10 @@ def state(core: Any) -> tuple[Any, ...]:
             core.take_responses().tobytes())
 
 
-def reference(strategy: str, upto: int, position: int | None = None) -> Any:
+def reference(strategy: str, upto: int, position: int | None = None,
+              policy: iopf.Policy = POLICY) -> Any:
     """A core that ran WORKLOAD[:upto] (and the batch of WORKLOAD[upto] up to position)."""
-    core = STRATEGIES[strategy](POLICY)
+    core = STRATEGIES[strategy](policy)
     for name, args in WORKLOAD[:upto]:
         apply(core, name, args)
     if position is not None:
@@ -103,24 +107,25 @@ def reference(strategy: str, upto: int, position: int | None = None) -> Any:
     return core
 
 
-def count_allocations(strategy: str) -> int:
+def count_allocations(strategy: str, policy: iopf.Policy = POLICY) -> int:
     """Allocations of the workload, after the core is made."""
-    core = STRATEGIES[strategy](POLICY)
+    core = STRATEGIES[strategy](policy)
     before = _fail_alloc_after(-1)
     for name, args in WORKLOAD:
         apply(core, name, args)
     return _fail_alloc_after(-1) - before
 
 
+@pytest.mark.parametrize("policy", [POLICY, VTD_LIKE], ids=["pcie", "vtd_like"])
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
-def test_every_allocation_failure_leaves_the_state_as_before(strategy: str) -> None:
-    total = count_allocations(strategy)
+def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, policy: iopf.Policy) -> None:
+    total = count_allocations(strategy, policy)
     assert total > 30            # the workload grows every pool several times
-    final = state(reference(strategy, len(WORKLOAD)))
+    final = state(reference(strategy, len(WORKLOAD), policy=policy))
     failed_at: set[str] = set()
     try:
         for n in range(total):
-            core = STRATEGIES[strategy](POLICY)
+            core = STRATEGIES[strategy](policy)
             _fail_alloc_after(n)
             k = 0
             for k, (name, args) in enumerate(WORKLOAD):
@@ -135,7 +140,7 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str) -> N
             position = core.position if name == "run" else None
             # after the failure: exactly as a core that never made the call
             # (a batch: that ran its records before `position`)
-            assert state(core) == state(reference(strategy, k, position)), (n, name, position)
+            assert state(core) == state(reference(strategy, k, position, policy)), (n, name, position)
             # and it goes on: the call again (a batch: from where it stopped), then the rest
             apply(core, name, args, position or 0)
             for name2, args2 in WORKLOAD[k + 1:]:
@@ -175,3 +180,30 @@ def test_fail_alloc_after_counts_and_turns_off() -> None:
     core: Callable[..., Any] = STRATEGIES["hash"]
     core(POLICY)
     assert _fail_alloc_after(-1) > a
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_last_detach_leaves_the_device_and_its_groups(strategy: str) -> None:
+    """The last detach under attach_adds_device removes the device: its responses
+    (every group of the device) are reserved before anything changes."""
+    def make() -> Any:
+        core = STRATEGIES[strategy](VTD_LIKE)
+        core.attach(2, 7, None, -1)
+        for g in range(300):        # more responses than the outbox holds yet
+            core.report((g, 2, 7, g % 512, 3, 1, 0, (0, 0)))
+        core.take_groups()
+        return core
+    core, ref = make(), make()
+    assert len(core.pending_cookies()) == 300
+    try:
+        _fail_alloc_after(0)
+        with pytest.raises(MemoryError):
+            core.detach(2, 7, None)
+    finally:
+        _fail_alloc_after(-1)
+    assert state(core) == state(ref)
+    assert core.detach(2, 7, None) and ref.detach(2, 7, None)
+    got = core.take_responses()
+    assert got.tobytes() == ref.take_responses().tobytes()
+    assert got["cookie"].tolist() == sorted(got["cookie"].tolist(), reverse=True)   # newest first
+    assert len(got) == 300 and len(core.pending_cookies()) == 0

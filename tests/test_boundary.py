@@ -381,8 +381,8 @@ def test_raising_on_response_loses_nothing(strategy):
     assert q.stats.answered == 10
     assert len(got) == 1
     q.discard_partial()
-    q.expire(0)          # the next delivery gives the rest, in order
-    assert got == list(range(1, 11))
+    q.expire(0)          # the next delivery gives the rest, in send order
+    assert got == list(range(10, 0, -1))   # remove_device answers newest first
     # and with on_response removed they wait for take_responses
     q.on_response = None
     q.report(Fault(1, 1, 0, 0, last=True))
@@ -401,8 +401,8 @@ def test_raising_on_response_leaves_the_rest_to_take_responses(strategy):
     for i in range(5):
         q.report(Fault(1, 1, i, 0, last=True))
     with pytest.raises(RuntimeError):
-        q.remove_device(1)
-    assert q.take_responses()["cookie"].tolist() == [2, 3, 4, 5]
+        q.remove_device(1)            # newest first: 5 went to the callback
+    assert q.take_responses()["cookie"].tolist() == [4, 3, 2, 1]
 
 
 def test_responses_are_delivered_in_send_order_when_a_callback_reenters(strategy):
@@ -419,8 +419,8 @@ def test_responses_are_delivered_in_send_order_when_a_callback_reenters(strategy
         q.report(Fault(1, 1, i, 0, last=True))
     q.respond_batch([1, 2, 3], [0, 0, 0])
     assert order == [1, 2, 3, 5]
-    q.remove_device(1)
-    assert order == [1, 2, 3, 5, 4, 6]
+    q.remove_device(1)                         # newest first
+    assert order == [1, 2, 3, 5, 6, 4]
 
 
 @pytest.mark.parametrize("result", [True, False, 1.0, np.float64(2.0), 1 + 0j, "0", np.bool_(True)])

@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 MODULES = ["iopf", "iopf.queue", "iopf.types", "iopf.policies", "iopf.trace", "iopf._replay",
-           "iopf.cli", "iopf.sim", "iopf._partition", "iopf.service", "iopf._display"]
+           "iopf.cli", "iopf.sim", "iopf._partition", "iopf.service", "iopf.iommufd",
+           "iopf._display"]
 
 
 @pytest.mark.parametrize("name", MODULES)

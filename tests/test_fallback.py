@@ -19,6 +19,8 @@ SCRIPT = textwrap.dedent("""
         import iopf, iopf_core
         from iopf import Fault, Response
         q = iopf.Queue(iopf.policies.LINUX, strategy="hash")
+        for dev in range(4):            # LINUX answers requests of devices not added at once
+            q.add_device(dev)
         q.attach(dev=3, pasid=1, handler=lambda g: Response.SUCCESS)
         q.report(Fault(dev=3, pasid=1, grpid=7, addr=0x1000))
         g = q.report(Fault(dev=3, pasid=1, grpid=7, addr=0x2000, last=True))

@@ -80,19 +80,21 @@ class Boom(Exception):
 
 # --- presets (§6) -----------------------------------------------------------------------
 
-DEFAULTS = dict(match_pasid=True, stall=False, stop_markers=False, priv_data_is_last=False,
+DEFAULTS = dict(match_pasid=True, stall=False, stop_markers=True, priv_data_is_last=False,
                 pasid_bits=20, grpid_bits=9, require_handler=False, no_handler_code=INVALID,
                 handler_error_code=FAILURE, response_timeout=None, timeout_code=INVALID,
                 queue_depth=None, overflow_code=SUCCESS, discard_on_overflow=False,
-                flush_partial_on_detach=False)
+                flush_partial_on_detach=False, no_pasid=None, require_device=False,
+                attach_adds_device=False)
 
+LINUX_FIELDS = dict(match_pasid=False, require_handler=True, require_device=True, no_pasid=0)
 PRESET_FIELDS = {
     "PCIE": (PCIE, {}),
-    "LINUX": (LINUX, dict(match_pasid=False, require_handler=True, stop_markers=True)),
-    "VTD": (VTD, dict(match_pasid=False, require_handler=True, stop_markers=True,
-                      queue_depth=2048, discard_on_overflow=True)),
+    "LINUX": (LINUX, LINUX_FIELDS),
+    "VTD": (VTD, dict(LINUX_FIELDS, queue_depth=2048, discard_on_overflow=True,
+                      attach_adds_device=True)),
     "AMD": (AMD, dict(queue_depth=512)),
-    "SMMU_STALL": (SMMU_STALL, dict(stall=True, grpid_bits=16)),
+    "SMMU_STALL": (SMMU_STALL, dict(stall=True, grpid_bits=16, stop_markers=False)),
 }
 
 
@@ -208,6 +210,8 @@ def test_G3_no_match_pasid_sweeps_other_pasids(make_queue, feed, policy):
     its handler (ref §2.5 a, c)."""
     h1, h2, hn = Recorder(), Recorder(SUCCESS), Recorder()
     q = make_queue(policy)
+    q.add_device(1)
+    q.add_device(2)
     q.attach(1, 1, h1)
     q.attach(1, 2, h2)
     q.attach(1, None, hn)
@@ -233,6 +237,7 @@ def test_G4_stale_partial_swept_into_next_group(make_queue, feed, policy):
     """G4: a partial whose LPIG never came is swept into the next group with the same key
     when the 9-bit index is reused (ref §2.5 b)."""
     q = make_queue(policy)
+    q.add_device(1)
     q.attach(1, 5, Recorder())
     faults = [P(1, 5, 7, 0xA000, time=1),  # its LPIG is lost
               P(1, 5, 8, 0xB000, time=2), L(1, 5, 8, 0xC000, time=3),
@@ -248,6 +253,7 @@ def test_G4_partials_survive_detach_and_are_absorbed(make_queue, feed, policy):
     """G4/F2: partials survive a PASID detach and are absorbed by the next LPIG with the
     same grpid (ref §4.2, §8 fix 6: the per-PASID discard was never merged)."""
     q = make_queue(policy)
+    q.add_device(1)
     q.attach(1, 5, Recorder())
     assert feed(q, [P(1, 5, 7, 0xA000, time=1)]) == []
     q.detach(1, 5)
@@ -279,13 +285,13 @@ def test_G5_stall_every_request_is_a_group_of_one(make_queue, feed):
         == [(groups[1].cookie, SUCCESS, 1), (groups[0].cookie, FAILURE, 1)]
 
 
-@pytest.mark.parametrize("policy", [PCIE.replace(stop_markers=True), LINUX],
-                         ids=["stop_markers", "LINUX"])
+@pytest.mark.parametrize("policy", [PCIE, LINUX], ids=["PCIE", "LINUX"])
 def test_G6_stop_marker_dropped(make_queue, feed, policy):
     """G6: with stop_markers, an LPIG with neither READ nor WRITE is dropped: no group, no
     response, counted; it does not sweep partials (ref §5.3, §8 fix 10)."""
     h = Recorder(SUCCESS)
     q = make_queue(policy)
+    q.add_device(1)
     q.attach(1, 5, h)
     faults = [P(1, 5, 3, 0xA000, time=1),
               L(1, 5, 3, 0xB000, perm=0, time=2),
@@ -303,9 +309,9 @@ def test_G6_stop_marker_dropped(make_queue, feed, policy):
 
 
 def test_G6_stop_marker_is_a_group_without_the_policy(make_queue, feed):
-    """G6 (contrast): without stop_markers (PCIE) an LPIG with no READ/WRITE is an ordinary
-    LPIG."""
-    q = make_queue(PCIE)
+    """G6 (contrast): without stop_markers (SMMU_STALL's setting) an LPIG with no
+    READ/WRITE is an ordinary LPIG."""
+    q = make_queue(PCIE.replace(stop_markers=False))
     [g] = feed(q, [P(1, 5, 3, 0xA000), L(1, 5, 3, 0xB000, perm=0)])
     assert addrs(g) == [0xA000, 0xB000]
     assert q.stats.stop_markers == 0
@@ -481,6 +487,8 @@ def test_R2_require_handler_answers_every_request(make_queue, feed, policy):
     code = policy.no_handler_code
     h = Recorder()
     q = make_queue(policy)
+    q.add_device(1)
+    q.add_device(2)
     q.attach(1, 5, h)
     faults = [P(1, 6, 3, 0xA000, time=10),
               P(1, 6, 3, 0xB000, needs_pasid=True, time=11),
@@ -509,6 +517,7 @@ def test_R2_require_handler_satisfied_by_default_handler(make_queue, feed):
     """R2: under require_handler a default handler counts as a handler."""
     hd = Recorder()
     q = make_queue(LINUX, default_handler=hd)
+    q.add_device(1)
     [g] = feed(q, [P(1, 6, 3, 0xA000), L(1, 6, 3, 0xB000)])
     assert addrs(g) == [0xA000, 0xB000]
     assert hd.cookies == [g.cookie]
@@ -766,8 +775,9 @@ def test_F2_detach(make_queue, feed, flush_partial):
     ga, gb, gc = feed(q, [P(1, 1, 3, 0xA000), P(1, 2, 3, 0xB000), L(1, 1, 5, time=1),
                           L(1, 1, 6, time=2), L(1, 2, 5, time=3)])
     q.detach(1, 1, time=500)
+    # newest first, as iommufd_auto_response_faults answers unread groups (R8)
     assert [(r.cookie, r.code, r.reason, r.time) for r in take(q)] == [
-        (ga.cookie, INVALID, Reason.DETACHED, 500), (gb.cookie, INVALID, Reason.DETACHED, 500)]
+        (gb.cookie, INVALID, Reason.DETACHED, 500), (ga.cookie, INVALID, Reason.DETACHED, 500)]
     assert cookies(q) == [gc.cookie]
     assert q.partial_count == (1 if flush_partial else 2)
     assert q.stats.conserved()
@@ -834,8 +844,8 @@ def test_F3_discard_partial(make_queue, feed):
 
 def test_F4_remove_device(make_queue, feed):
     """F4: remove_device drops the device's partials (no response) and answers each of its
-    N pending groups INVALID (reason REMOVED); later answers, by the handler too, are stale
-    no-ops; other devices are untouched (ref §4.4, §8 fixes 2-3)."""
+    N pending groups INVALID (reason REMOVED), newest first (R8); later answers, by the
+    handler too, are stale no-ops; other devices are untouched (ref §4.4, §8 fixes 2-3)."""
     h = Recorder()
     q = make_queue(PCIE)
     q.attach(1, 5, h)
@@ -847,8 +857,8 @@ def test_F4_remove_device(make_queue, feed):
     q.remove_device(1, time=900)
     rs = take(q)
     assert [(r.cookie, r.code, r.reason, r.time, r.dev) for r in rs] == [
-        (g.cookie, INVALID, Reason.REMOVED, 900, 1) for g in mine]
-    assert [r.nfaults for r in rs] == [2, 1, 1]
+        (g.cookie, INVALID, Reason.REMOVED, 900, 1) for g in mine[::-1]]
+    assert [r.nfaults for r in rs] == [1, 1, 2]
     assert q.partial_count == 1 and q.stats.removed == 2
     assert cookies(q) == [other.cookie]
     assert all(g.respond(SUCCESS) is False for g in h.groups)  # the handler answers late
@@ -911,6 +921,8 @@ def test_F5_discard_on_overflow(make_queue, feed, policy):
     """F5: with discard_on_overflow (VT-d), an overflow also discards every partial of the
     queue (F3, counted discarded) with no response but the LPIG's (ref §4.9)."""
     q = make_queue(policy, default_handler=Recorder())
+    for dev in (1, 2, 3):
+        q.add_device(dev)
     [g] = feed(q, [P(1, 1, 1, 0xA000), P(1, 2, 2), P(2, 1, 1), L(2, 1, 7)])
     assert feed(q, [P(3, 1, 1)]) == []
     s = q.stats
@@ -978,6 +990,7 @@ def test_fix4_duplicate_grpids_answered_by_cookie(make_queue, feed, policy):
     groups, answered by cookie (the object), not FIFO by grpid."""
     h = Recorder()
     q = make_queue(policy)
+    q.add_device(1)
     q.attach(1, 5, h)
     g1, g2 = feed(q, [L(1, 5, 3, 0xA000, time=1), P(1, 5, 3, 0xB000, time=2),
                       L(1, 5, 3, 0xC000, time=3)])
@@ -999,13 +1012,14 @@ def test_fix2_remove_with_unanswered_groups(make_queue, feed):
     n = 5
     h = Recorder()
     q = make_queue(LINUX)
+    q.add_device(7)
     q.attach(7, 1, h)
     groups = feed(q, [L(7, 1, i, time=i) for i in range(n)])
     assert len(groups) == n == len(h.groups)
     q.remove_device(7)
     rs = take(q)
     assert [(r.cookie, r.code, r.reason) for r in rs] \
-        == [(g.cookie, INVALID, Reason.REMOVED) for g in groups]
+        == [(g.cookie, INVALID, Reason.REMOVED) for g in groups[::-1]]  # newest first
     assert q.pending() == [] and q.stats.pending_now == 0
     assert [g.respond(SUCCESS) for g in h.groups] == [False] * n
     assert take(q) == [] and q.stats.stale_responses == n

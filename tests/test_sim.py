@@ -191,6 +191,7 @@ def test_send_checks_fields() -> None:
         sim.send(-1, 1, 0)
     arr = np.zeros(2, iopf.FAULT_DTYPE)
     arr["flags"] = iopf.Flag.LAST_PAGE
+    arr["perm"] = iopf.Perm.READ        # LPIGs, not stop markers (which PCIE drops)
     with pytest.raises(ValueError, match="record 0"):
         sim.send_faults(arr)
     assert sim.queue.stats.faults_reported == 0
@@ -408,7 +409,7 @@ def test_f6_counters_exact_at_the_end(make_queue: Any) -> None:
 
 def test_stop_marker_without_drop_policy_is_an_unexpected_group() -> None:
     env = simpy.Environment()
-    sim = SimQueue(env)   # PCIE does not drop stop markers
+    sim = SimQueue(env, PCIE.replace(stop_markers=False))   # a policy that keeps them
     Server(sim, service_time=10).attach_default()
     dev = Device(sim, 1, groups=1, stop_markers=True)
     env.run()

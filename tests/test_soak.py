@@ -58,8 +58,13 @@ def twin_size(core: object) -> int:
 
 class Soak:
     def __init__(self, strategy: str) -> None:
-        policy = iopf.policies.VTD.replace(response_timeout=TIMEOUT_NS, queue_depth=DEPTH)
+        # Devices added once and kept (as VT-d before Linux 6.16): the churn's
+        # detaches must not remove them.
+        policy = iopf.policies.VTD.replace(response_timeout=TIMEOUT_NS, queue_depth=DEPTH,
+                                           attach_adds_device=False)
         self.q = iopf.Queue(policy, strategy=strategy, default_handler=deferring)
+        for dev in range(DEVICES):
+            self.q.add_device(dev)
         self.rng = np.random.default_rng(1)
         self.time = 0
         self.batches = 0

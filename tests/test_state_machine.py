@@ -44,6 +44,9 @@ def policies(draw):
         discard_on_overflow=draw(st.booleans()),
         flush_partial_on_detach=draw(st.booleans()),
         overflow_code=draw(st.sampled_from(list(Response))),
+        no_pasid=draw(st.sampled_from([None, 0, 1])),
+        require_device=draw(st.booleans()),
+        attach_adds_device=draw(st.booleans()),
     )
 
 

@@ -305,7 +305,9 @@ def replay(faults: np.ndarray | Iterable[np.ndarray | tuple[np.ndarray, np.ndarr
 
     The replay models a handler attached to every (device, PASID), so a
     ``require_handler`` policy (Linux, VT-d) never rejects a request for
-    lack of one.
+    lack of one; and a trace comes from devices that had IOPF enabled, so
+    under a ``require_device`` policy (Linux, VT-d) each device is added to
+    the queue when it first appears (the report's ``model`` says so).
 
     Answers and timeouts are scheduled in the queue, which sends those due
     before each request as it comes (``Queue(auto_advance=True)``); after
@@ -472,10 +474,15 @@ class _Replayer:
     def __init__(self, policy: Policy, strategy: str, handler: Handler | Response | None,
                  service: Service | None, per_group: Callable[[np.ndarray], Any] | None,
                  answer: bool, batch_size: int, breakdown: bool = True) -> None:
-        # The replay stands for a handler on every (dev, PASID) (see replay's
-        # docstring); require_handler only decides whether an unhandled request is answered at once, so lifting it changes
-        # nothing else and keeps the batch loop in C.
-        run_policy = policy.replace(require_handler=False) if policy.require_handler else policy
+        # The replay stands for a handler on every (dev, PASID) and for devices
+        # that had IOPF enabled (see replay's docstring); require_handler and
+        # require_device only decide whether a request is answered at once, so
+        # lifting them changes nothing else (the replay never removes a device:
+        # lifting require_device is adding each device when it first appears)
+        # and keeps the batch loop in C.
+        run_policy = policy
+        if policy.require_handler or policy.require_device:
+            run_policy = policy.replace(require_handler=False, require_device=False)
         if isinstance(handler, int):
             service = None   # a constant handler answers every group as it forms
         # Latency means something only when the model says when groups are answered.
@@ -501,6 +508,8 @@ class _Replayer:
         self.timeout = policy.response_timeout
         self.model = _describe(self.user_handler, service, per_group is not None, answer,
                                self.timeout)
+        if policy.require_device:
+            self.model += ", each device added when it first appears"
         self.sizes_hist = np.zeros(64, np.int64)
         self.codes = np.zeros(len(Response), np.int64)
         self.reasons = np.zeros(len(Reason), np.int64)

@@ -21,6 +21,7 @@ from .types import Response
 _INT_RANGES = {
     "pasid_bits": (1, 31),
     "grpid_bits": (1, 16),   # 9 for PRI, 16 for a stall tag
+    "no_pasid": (0, 2**31 - 1),   # and below 2**pasid_bits, checked after the loop
 }
 
 __all__ = ["Policy", "PCIE", "LINUX", "VTD", "AMD", "SMMU_STALL", "PRESETS"]
@@ -100,8 +101,9 @@ class Policy:
     match_pasid: bool = True
     #: SMMUv3 stall model: every request is a group of one.
     stall: bool = False
-    #: Drop a LAST_PAGE request with neither READ nor WRITE, unanswered.
-    stop_markers: bool = False
+    #: Drop a LAST_PAGE request with neither READ nor WRITE, unanswered:
+    #: PCIe never answers a Stop Marker.
+    stop_markers: bool = True
     #: Treat PRIV_DATA as last page in group, as VT-d before Linux 6.10.
     priv_data_is_last: bool = False
     #: Width of the PASID field; larger values are refused.
@@ -124,6 +126,15 @@ class Policy:
     discard_on_overflow: bool = False
     #: detach() also drops the PASID's partials; Linux keeps them.
     flush_partial_on_detach: bool = False
+    #: A PASID value that means "no PASID" (Linux: 0, the kernel's IOMMU_NO_PASID): a
+    #: PASID_VALID request with it, and an attachment at it, are the RID's.
+    no_pasid: int | None = None
+    #: Answer INVALID at once every request of a device that was never added or was
+    #: removed, partial or last, as iommu_report_device_fault does without iopf_param.
+    require_device: bool = False
+    #: Attaching a device's first handler adds it; detaching its last removes it,
+    #: as the VT-d driver does since Linux 6.16 (iopf_for_domain_set, iopf_refcount).
+    attach_adds_device: bool = False
 
     def __post_init__(self) -> None:
         # Every field is checked by its declared type: "bool", "Response",
@@ -147,24 +158,30 @@ class Policy:
             if not lo <= value <= hi:
                 raise ValueError(f"Policy.{f.name} must be in {lo}..{hi}, got {value}")
             object.__setattr__(self, f.name, Response(int(value)) if kind == "Response" else int(value))
+        if self.no_pasid is not None and self.no_pasid >= 1 << self.pasid_bits:
+            raise ValueError(f"Policy.no_pasid must be below 2**pasid_bits, got {self.no_pasid}")
 
     def replace(self, **changes: object) -> Policy:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-#: Strict PCIe: partials keyed per PASID, every group returned or handled.
+#: Strict PCIe: partials keyed per PASID, every group returned or handled,
+#: stop markers dropped.
 PCIE = Policy()
 #: The Linux kernel (v6.11+): groups keyed on (dev, grpid) only, requests
-#: without a handler answered INVALID at once, stop markers dropped.
-LINUX = Policy(match_pasid=False, require_handler=True, stop_markers=True)
+#: without a handler, or of a device not added, answered INVALID at once,
+#: PASID 0 is the RID (IOMMU_NO_PASID), stop markers dropped.
+LINUX = Policy(match_pasid=False, require_handler=True, require_device=True, no_pasid=0)
 #: Intel VT-d under Linux: a 2048-entry page request queue, partials
-#: discarded on overflow (``iopf_queue_discard_partial``).
-VTD = LINUX.replace(queue_depth=2048, discard_on_overflow=True)
+#: discarded on overflow (``iopf_queue_discard_partial``), IOPF enabled by
+#: attaching a handler (Linux 6.16+).
+VTD = LINUX.replace(queue_depth=2048, discard_on_overflow=True, attach_adds_device=True)
 #: AMD: a 512-entry PPR log.
 AMD = Policy(queue_depth=512)
-#: ARM SMMUv3 stall model: each event is its own group, 16-bit stall tags.
-SMMU_STALL = Policy(stall=True, grpid_bits=16)
+#: ARM SMMUv3 stall model: each event is its own group, 16-bit stall tags,
+#: no stop markers (a stall has none).
+SMMU_STALL = Policy(stall=True, grpid_bits=16, stop_markers=False)
 
 PRESETS: dict[str, Policy] = {
     "pcie": PCIE, "linux": LINUX, "vtd": VTD, "amd": AMD, "smmu_stall": SMMU_STALL,

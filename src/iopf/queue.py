@@ -188,8 +188,8 @@ def _check_time(t: object, name: str) -> int:
     return int(t)
 
 
-def _key_pasid(pasid: int | None) -> int:
-    if pasid is None:
+def _key_pasid(pasid: int | None, no_pasid: int | None = None) -> int:
+    if pasid is None or pasid == no_pasid:  # the policy's "no PASID" value is the RID's
         return NO_PASID
     if not 0 <= pasid < NO_PASID:
         raise ValueError(f"pasid {pasid} out of range")
@@ -327,20 +327,30 @@ class Queue:
         self.core.fast = self._fast
 
     def add_device(self, dev: int, outstanding: int | None = None) -> None:
-        """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited)."""
+        """Register dev with a PRI allocation of ``outstanding`` requests (None: unlimited).
+
+        Under a ``require_device`` policy (LINUX, VTD) requests of a device that
+        was not added (or was removed) are answered INVALID at once, as
+        ``iommu_report_device_fault`` does for a device without IOPF enabled.
+        """
         if outstanding is not None and not 0 < outstanding < 2**32:
             raise ValueError(f"outstanding must be a positive 32-bit count, got {outstanding}")
         with self._lock:
             self.core.add_device(dev, outstanding or 0)
 
     def remove_device(self, dev: int, *, time: int | None = None) -> None:
-        """Drop dev's partials; answer its pending groups INVALID, newest first (as ``iopf_queue_remove_device``)."""
+        """Drop dev's partials; answer its pending groups INVALID, newest first, as
+        ``iopf_queue_remove_device`` does. The device is no longer added."""
         with self._lock:
             self.core.remove_device(dev, time)
             self._deliver()
 
     def attach(self, dev: int, pasid: int | None, handler: Handler | Response | Service) -> None:
         """Route the groups of (dev, pasid) to handler; pasid None is no-PASID.
+
+        Under a policy with ``no_pasid`` (Linux: 0, the kernel's IOMMU_NO_PASID)
+        that PASID is the RID too: ``attach(dev, 0, h)`` is ``attach(dev, None, h)``,
+        and requests with PASID 0 go to it.
 
         A ``Response`` instead of a callable is a constant handler: every
         group is answered with that code as it forms, without a call into
@@ -352,18 +362,26 @@ class Queue:
         """
         with self._lock:
             auto = self._auto_code(handler)
-            self.core.attach(dev, _key_pasid(pasid), None, auto)
-            self._py_handlers += callable(handler) - callable(self._handlers.get((dev, pasid)))
-            self._handlers[(dev, pasid)] = handler
+            self.core.attach(dev, _key_pasid(pasid, self.policy.no_pasid), None, auto)
+            key = (dev, self._rid(pasid))
+            self._py_handlers += callable(handler) - callable(self._handlers.get(key))
+            self._handlers[key] = handler
             self._update_fast()
             self._deliver()
 
     def detach(self, dev: int, pasid: int | None, *, time: int | None = None) -> bool:
-        """Remove the handler of (dev, pasid) and answer its pending groups INVALID (as iommufd does)."""
+        """Remove the handler of (dev, pasid) and answer its pending groups INVALID.
+
+        Newest first, as iommufd's ``iommufd_auto_response_faults`` answers the
+        groups userspace has not read (a group a handler left pending counts as
+        not read; ``iopf.iommufd`` models reading). Under ``attach_adds_device``
+        (VTD) detaching a device's last handler removes the device instead, as
+        ``remove_device`` does (the VT-d driver since Linux 6.16).
+        """
         with self._lock:
-            self._py_handlers -= callable(self._handlers.pop((dev, pasid), None))
+            self._py_handlers -= callable(self._handlers.pop((dev, self._rid(pasid)), None))
             self._update_fast()
-            done = self.core.detach(dev, _key_pasid(pasid), time)
+            done = self.core.detach(dev, _key_pasid(pasid, self.policy.no_pasid), time)
             self._deliver()
             return bool(done)
 
@@ -510,8 +528,12 @@ class Queue:
 
     def _handler_for(self, dev: int, pasid: int, flags: int) -> Handler:
         """The handler of the LPIG's (dev, PASID), else the default."""
-        key = (dev, pasid if flags & _PASID_VALID else None)
+        key = (dev, self._rid(pasid) if flags & _PASID_VALID else None)
         return self._handlers.get(key, self._default)  # type: ignore[return-value]
+
+    def _rid(self, pasid: int | None) -> int | None:
+        """None for the RID: no PASID, or the policy's no_pasid (Linux: PASID 0)."""
+        return None if pasid == self.policy.no_pasid else pasid
 
     def _dispatch(self, handler: Handler, group: Group) -> None:
         """Call the handler; answer with its code, or FAILURE if it raises
@@ -612,6 +634,13 @@ class Queue:
             self._deliver()
             return sent
 
+    def _respond_as(self, cookie: int, code: int, reason: Reason) -> bool:
+        """Answer a pending group as the kernel would, with its reason (for iopf.iommufd)."""
+        with self._lock:
+            sent = self.core.respond(cookie, code, reason)
+            self._deliver()
+            return bool(sent)
+
     def serve(self, group: Group | int, *, at: int | None = None,
               service_time: int | None = None, code: Response | int | None = None) -> bool:
         """Hand a pending group to the queue's :attr:`service` model at ``at``
@@ -685,7 +714,7 @@ class Queue:
         """Drop the partials of (dev, pasid) and answer its pending groups with code."""
         code = _check_code(code)
         with self._lock:
-            self.core.flush_pasid(dev, _key_pasid(pasid), code, time)
+            self.core.flush_pasid(dev, _key_pasid(pasid, self.policy.no_pasid), code, time)
             self._deliver()
 
     def discard_partial(self) -> None:

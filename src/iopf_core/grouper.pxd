@@ -127,6 +127,8 @@ ctypedef struct Rules:
     uint32_t pasid_bits, grpid_bits
     uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
     uint64_t timeout, depth
+    bint require_device, attach_adds_device
+    uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
 ctypedef struct SlotTable:
     Slot* slots
@@ -212,7 +214,7 @@ cdef class Grouper:
     cdef void node_release(self, uint32_t i) noexcept nogil
     cdef int pend_grow(self) except -1 nogil
     cdef uint32_t pend_alloc(self) except NIL nogil
-    cdef int entry_room(self) except -1 nogil
+    cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
@@ -261,6 +263,8 @@ cdef class Grouper:
     cdef void count_in(self, const FaultRec* r) noexcept nogil
     cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
+    cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
+    cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1
     cdef int add_device_(self, uint32_t dev, uint32_t limit) except -1
     cdef int refuse(self, Py_ssize_t i, const FaultRec* r) except -1
     cdef void clock_to(self, uint64_t t) noexcept nogil

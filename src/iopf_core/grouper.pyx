@@ -344,8 +344,9 @@ cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     return np.frombuffer(blk, dtype=dtype)
 
 
-cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags) noexcept nogil:
-    return pasid if flags & PASID_VALID else KEY_NO_PASID
+cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags, uint32_t no_pasid) noexcept nogil:
+    # policy.no_pasid (Linux: IOMMU_NO_PASID, 0) is the RID's, as no PASID is.
+    return pasid if flags & PASID_VALID and pasid != no_pasid else KEY_NO_PASID
 
 
 cdef inline void cookie_place(CookieSlot* t, uint32_t mask, CookieSlot item) noexcept nogil:
@@ -466,6 +467,16 @@ cdef void slot_free(SlotTable* t) noexcept nogil:
     t.cap = t.count = 0
 
 
+cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
+    """How many handlers dev has attached (the VT-d driver's iopf_refcount)."""
+    cdef uint32_t i, k = 0
+    for i in range(g.entry_cap):
+        if (g.entries[i].dev == dev and g.entries[i].handle and g.entries[i].pasid != KEY_EMPTY
+                and g.entries[i].pasid != KEY_DEVICE):
+            k += 1
+    return k
+
+
 # --- the engine ------------------------------------------------------------------
 
 cdef class Grouper:
@@ -510,6 +521,9 @@ cdef class Grouper:
             v = getattr(policy, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= C_MAX:
                 raise ValueError(f"policy.{name} must be a response code 0..{C_MAX}, got {v!r}")
+        v = policy.no_pasid
+        if v is not None and (type(v) is not int or not 0 <= v < 1 << policy.pasid_bits):
+            raise ValueError(f"policy.no_pasid must be None or a PASID below 2**pasid_bits, got {v!r}")
         for name in ("response_timeout", "queue_depth"):
             v = getattr(policy, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64):
@@ -522,6 +536,9 @@ cdef class Grouper:
         r.require_handler = policy.require_handler
         r.discard_on_overflow = policy.discard_on_overflow
         r.flush_partial_on_detach = policy.flush_partial_on_detach
+        r.require_device = policy.require_device
+        r.attach_adds_device = policy.attach_adds_device
+        r.no_pasid = KEY_NO_PASID if policy.no_pasid is None else policy.no_pasid
         r.pasid_bits = policy.pasid_bits
         r.grpid_bits = policy.grpid_bits
         r.no_handler_code = policy.no_handler_code
@@ -634,7 +651,7 @@ cdef class Grouper:
     cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
         """The PASID part of the grouping key of a held fault."""
         if self.rules.match_pasid:
-            return key_pasid(n.pasid, n.flags)
+            return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
 
     cdef void bump_epoch(self) noexcept nogil:
@@ -783,20 +800,23 @@ cdef class Grouper:
         self.entry_count += 1
         return i
 
-    cdef int entry_room(self) except -1 nogil:
-        """Room for one more entry at load 1/2 (x2; every entry moves)."""
-        cdef uint32_t i, j, mask, old_cap = self.entry_cap
+    cdef int entry_room(self, uint32_t more=1) except -1 nogil:
+        """Room for `more` more entries at load 1/2 (x2 per step, in one move:
+        every entry moves)."""
+        cdef uint32_t i, j, mask, old_cap = self.entry_cap, cap = self.entry_cap
         cdef Entry* old
-        if 2 * (self.entry_count + 1) > self.entry_cap:
-            if old_cap >= 0x80000000u:
-                return raise_nomem()
+        if 2 * (<uint64_t>self.entry_count + more) > cap:
+            while 2 * (<uint64_t>self.entry_count + more) > cap:
+                if cap >= 0x80000000u:
+                    return raise_nomem()
+                cap *= 2
             old = self.entries
-            mask = 2 * old_cap - 1
-            self.entries = <Entry*>xmalloc(2 * old_cap * sizeof(Entry))
+            mask = cap - 1
+            self.entries = <Entry*>xmalloc(cap * sizeof(Entry))
             if self.entries == NULL:
                 self.entries = old
                 return raise_nomem()
-            for i in range(2 * old_cap):
+            for i in range(cap):
                 self.entries[i].pasid = KEY_EMPTY
             for i in range(old_cap):
                 if old[i].pasid != KEY_EMPTY:
@@ -804,7 +824,7 @@ cdef class Grouper:
                     while self.entries[j].pasid != KEY_EMPTY:
                         j = (j + 1) & mask
                     self.entries[j] = old[i]
-            self.entry_cap = 2 * old_cap
+            self.entry_cap = cap
             PyMem_RawFree(old)
         return 0
 
@@ -1241,7 +1261,7 @@ cdef class Grouper:
             self.count_in(r)
             self.c.stop_markers += 1
             return REPORT_DROPPED
-        kp = key_pasid(r.pasid, flags)
+        kp = key_pasid(r.pasid, flags, p.no_pasid)
         ei = self.entry_find(dev, kp)
         if ei >= 0:
             handle = self.entries[ei].handle
@@ -1250,6 +1270,13 @@ cdef class Grouper:
             self.count_in(r)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
+            self.c.rejected += 1
+            return REPORT_DROPPED
+        if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # no iopf_param: iommu_report_device_fault
+            self.reserve(0, 0, 1, 0)
+            self.count_in(r)
+            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
+            self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
@@ -1396,7 +1423,7 @@ cdef class Grouper:
         if x.pprev != NIL:
             self.N(x.pprev).pnext = x.pnext
         else:
-            kp = key_pasid(x.pasid, x.flags)
+            kp = key_pasid(x.pasid, x.flags, self.rules.no_pasid)
             ei = self.entry_find(dev, kp)
             if ei < 0:      # cannot happen: a partial's chain has an entry
                 return
@@ -1573,7 +1600,11 @@ cdef class Grouper:
         return k
 
     def add_device(self, uint32_t dev, uint32_t limit):
-        """Set dev's PRI allocation; 0 means unlimited."""
+        """Add dev to the queue with a PRI allocation; 0 means unlimited.
+
+        The device's entry (KEY_DEVICE) says it is in the queue (require_device)
+        and holds its limit; n_limited counts the entries with a limit.
+        """
         self.enter()
         try:
             self.add_device_(dev, limit)
@@ -1581,15 +1612,19 @@ cdef class Grouper:
             self.leave()
 
     cdef int add_device_(self, uint32_t dev, uint32_t limit) except -1:
+        # entry_get is the only step that can fail, and it comes before any change.
         cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
         cdef uint32_t i, n, count = 0
         if limit == 0:
-            if e >= 0:
-                self.entry_delete(<uint32_t>e)
+            if e < 0:
+                self.entry_get(dev, KEY_DEVICE)
+            elif self.entries[e].limit:
+                self.entries[e].limit = 0
                 self.n_limited -= 1
             return 0
-        if e < 0:
-            # Count what the device holds now: partials and faults of pending groups.
+        if e < 0 or self.entries[e].limit == 0:
+            # Count what the device holds now: partials and faults of pending groups
+            # (an unlimited device's count is not kept up to date).
             for i in range(self.entry_cap):
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
                     n = self.entries[i].phead
@@ -1600,7 +1635,8 @@ cdef class Grouper:
                     while n != NIL:
                         count += self.pends[n].nfaults
                         n = self.pends[n].qnext
-            e = self.entry_get(dev, KEY_DEVICE)
+            if e < 0:
+                e = self.entry_get(dev, KEY_DEVICE)
             self.entries[e].outstanding = count
             self.n_limited += 1
         self.entries[e].limit = limit
@@ -1632,11 +1668,18 @@ cdef class Grouper:
         self.check_kpasid(kpasid)
         cdef uint64_t t = self._time(time)
         cdef int64_t e
+        cdef bint adds
         self.enter()
         try:
+            # The first handler enables IOPF (adds the device); a replace never
+            # adds or removes it (iopf_for_domain_replace).
+            adds = (self.rules.attach_adds_device and attachments(self, dev) == 0
+                    and self.entry_find(dev, KEY_DEVICE) < 0)
             self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
-            self.entry_room()
-            self.detach_(dev, kpasid, t)
+            self.entry_room(2 if adds else 1)   # the entry_get calls below cannot fail
+            if adds:
+                self.entry_get(dev, KEY_DEVICE)
+            self.detach_one_(dev, kpasid, t)
             e = self.entry_get(dev, kpasid)
             self.entries[e].handle = self.next_handle
             self.entries[e].auto_code = <uint32_t>(auto + 1) if auto >= 0 else 0
@@ -1650,12 +1693,31 @@ cdef class Grouper:
         cdef uint64_t t = self._time(time)
         self.enter()
         try:
-            self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
             return self.detach_(dev, kpasid, t)
         finally:
             self.leave()
 
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1:
+        cdef int64_t e = self.entry_find(dev, kpasid)
+        if (self.rules.attach_adds_device and e >= 0 and self.entries[e].handle
+                and attachments(self, dev) == 1):
+            # The last handler goes, so the driver removes the device
+            # (intel_iommu_disable_iopf), which answers all its groups before
+            # iommufd_auto_response_faults would answer the attachment's.
+            # remove_device_ reserves its responses before it changes anything,
+            # and the handle is cleared after it (all or nothing).
+            self.remove_device_(dev, t)
+            e = self.entry_find(dev, kpasid)     # a handle keeps the entry; it may have moved
+            self.entries[e].handle = 0
+            self.entries[e].auto_code = 0
+            self.entry_tidy(dev, kpasid)
+            return True
+        self.reserve(0, 0, self.chain_len(dev, kpasid), 0)
+        return self.detach_one_(dev, kpasid, t)
+
+    cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1:
+        """Detach one handler (its outbox space reserved by the caller): answer its
+        pending groups, leave the device in the queue."""
         cdef int64_t e = self.entry_find(dev, kpasid)
         if e < 0 or self.entries[e].handle == 0:
             return False
@@ -1663,7 +1725,14 @@ cdef class Grouper:
         self.clock_to(t)
         self.entries[e].handle = 0
         self.entries[e].auto_code = 0
-        self.answer_chain(dev, kpasid, True, handle, C_INVALID, R_DETACHED, t)
+        # Newest first, as iommufd_auto_response_faults answers the groups not
+        # yet read (it moves them to a private list, reversing them).
+        cdef uint32_t q = self.entries[e].qtail, pv
+        while q != NIL:
+            pv = self.pends[q].qprev        # pools do not move while answering
+            if self.pends[q].handle == handle:
+                self.respond_cookie(self.pends[q].cookie, C_INVALID, R_DETACHED, t)
+            q = pv
         if self.rules.flush_partial_on_detach:
             self.drop_where(2, dev, kpasid, &self.c.flushed)
         self.entry_tidy(dev, kpasid)
@@ -2082,28 +2151,35 @@ cdef class Grouper:
             self.leave()
 
     def remove_device(self, uint32_t dev, time=None):
-        """Drop dev's partials, answer its pending groups INVALID (cookie order)."""
+        """Drop dev's partials, answer its pending groups INVALID, newest first."""
         cdef uint64_t t = self._time(time)
-        cdef uint32_t i
-        cdef int64_t e
         self.enter()
         try:
-            found = []
-            for i in range(self.cookie_cap):
-                if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
-                    found.append(self.cookies[i].cookie)
-            found.sort()
-            self.reserve(0, 0, len(found), 0)
-            self.clock_to(t)
-            self.drop_where(1, dev, 0, &self.c.removed)
-            for cookie in found:
-                self.respond_cookie(cookie, C_INVALID, R_REMOVED, t)
-            e = self.entry_find(dev, KEY_DEVICE)
-            if e >= 0:
-                self.entry_delete(<uint32_t>e)
-                self.n_limited -= 1
+            self.remove_device_(dev, t)
         finally:
             self.leave()
+
+    cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1:
+        cdef uint32_t i
+        cdef int64_t e
+        found = []
+        for i in range(self.cookie_cap):
+            if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
+                found.append(self.cookies[i].cookie)
+        # Newest first, as iopf_queue_remove_device walks fault_param->faults,
+        # where iopf_group_alloc adds each group at the head.
+        found.sort(reverse=True)
+        self.reserve(0, 0, len(found), 0)     # before any change: all or nothing
+        self.clock_to(t)
+        self.drop_where(1, dev, 0, &self.c.removed)
+        for cookie in found:
+            self.respond_cookie(cookie, C_INVALID, R_REMOVED, t)
+        e = self.entry_find(dev, KEY_DEVICE)
+        if e >= 0:
+            if self.entries[e].limit:        # n_limited counts only limited entries
+                self.n_limited -= 1
+            self.entry_delete(<uint32_t>e)
+        return 0
 
     def expire(self, uint64_t now):
         """Answer every pending group formed at or before now - response_timeout

@@ -154,6 +154,9 @@ class PyGrouper:
         self.partials: dict[tuple[int, int, int], list[tuple]] = {}
         self.pending: dict[int, _Pending] = {}
         self.limits: dict[int, int] = {}
+        self.devices: set[int] = set()   # added and not removed (require_device)
+        # PASID_VALID requests with this PASID are the RID's; -1: none.
+        self.no_pasid = -1 if policy.no_pasid is None else policy.no_pasid
         self.dev_out: dict[int, int] = {}
         self.total_out = 0
         self.handles: dict[tuple[int, int], int] = {}
@@ -213,9 +216,8 @@ class PyGrouper:
         self.next_cookie = next_cookie or 1
 
     # -- helpers -----------------------------------------------------------------
-    @staticmethod
-    def kpasid(rec: tuple) -> int:
-        return rec[2] if rec[4] & PASID_VALID else NO_PASID
+    def kpasid(self, rec: tuple) -> int:
+        return rec[2] if rec[4] & PASID_VALID and rec[2] != self.no_pasid else NO_PASID
 
     def _key(self, rec: tuple) -> tuple[int, int, int]:
         return (rec[1], self.kpasid(rec) if self.policy.match_pasid else ANY_PASID, rec[3])
@@ -245,6 +247,7 @@ class PyGrouper:
     @_exclusive
     def add_device(self, dev: int, limit: int) -> None:
         _u(32, dev, limit)
+        self.devices.add(dev)
         if limit:
             self.limits[dev] = limit
         else:
@@ -264,10 +267,18 @@ class PyGrouper:
         _u(32, dev, kpasid)
         if auto == SERVE and self.service is None:
             raise ValueError("no service model")
-        self.detach(dev, kpasid, time)  # a replace answers the old attachment's groups
+        self._check_kpasid(kpasid)
+        if time is not None:
+            _u(64, time)
+        if self.policy.attach_adds_device and not self._attached(dev):
+            self.devices.add(dev)  # The first handler enables IOPF for the device
+        self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
         self.handles[(dev, kpasid)] = self.next_handle
         self.autos[(dev, kpasid)] = auto if auto >= 0 else None
         self.next_handle += 1
+
+    def _attached(self, dev: int) -> bool:
+        return any(d == dev for d, _ in self.handles)
 
     @_exclusive
     def detach(self, dev: int, kpasid: int, time: int | None = None) -> bool:
@@ -275,12 +286,25 @@ class PyGrouper:
         self._check_kpasid(kpasid)
         if time is not None:
             _u(64, time)
+        if self.policy.attach_adds_device and (dev, kpasid) in self.handles \
+                and sum(d == dev for d, _ in self.handles) == 1:
+            # The last handler goes, so the driver removes the device, which
+            # answers all its groups (iommufd then finds none left to answer).
+            del self.handles[(dev, kpasid)]
+            self.autos.pop((dev, kpasid), None)
+            self.remove_device(dev, time)
+            return True
+        return self._detach(dev, kpasid, time)
+
+    def _detach(self, dev: int, kpasid: int, time: int | None) -> bool:
+        """Detach one handler (arguments checked by the caller); the device stays."""
         handle = self.handles.pop((dev, kpasid), 0)
         self.autos.pop((dev, kpasid), None)
         if not handle:
             return False
         t = self._time(time)
-        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+        # Newest first, as iommufd_auto_response_faults answers unread groups.
+        for g in sorted(self.pending.values(), key=lambda g: -g.cookie):
             if g.dev == dev and g.kpasid == kpasid and g.handle == handle:
                 self._answer(g, INVALID, DETACHED, t)
         if self.policy.flush_partial_on_detach:
@@ -368,6 +392,10 @@ class PyGrouper:
         kpasid = self.kpasid(rec)
         if p.require_handler and not self.default_handler and not self.handles.get((dev, kpasid)):
             self._send(time, rec, p.no_handler_code, 0, 1, NO_HANDLER)  # no handler: even non-last
+            c["rejected"] += 1
+            return 0
+        if p.require_device and dev not in self.devices:
+            self._send(time, rec, INVALID, 0, 1, NO_HANDLER)  # no iopf_param, even non-last
             c["rejected"] += 1
             return 0
         limit = self.limits.get(dev, 0)
@@ -588,8 +616,9 @@ class PyGrouper:
             else:
                 del self.partials[key]
 
-    def _answer_all(self, which: Any, code: int, reason: int, time: int) -> None:
-        for g in sorted(self.pending.values(), key=lambda g: g.cookie):
+    def _answer_all(self, which: Any, code: int, reason: int, time: int,
+                    newest_first: bool = False) -> None:
+        for g in sorted(self.pending.values(), key=lambda g: -g.cookie if newest_first else g.cookie):
             if which(g):
                 self._answer(g, code, reason, time)
 
@@ -615,8 +644,10 @@ class PyGrouper:
             _u(64, time)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
-        self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t)
+        # Newest first, as iopf_queue_remove_device walks fault_param->faults.
+        self._answer_all(lambda g: g.dev == dev, INVALID, REMOVED, t, newest_first=True)
         self.limits.pop(dev, None)
+        self.devices.discard(dev)
 
     @_exclusive
     def expire(self, now: int) -> None:
