@@ -15,7 +15,7 @@ from .service import Service
 from .types import (FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, Fault, Flag, PageResponse, Perm,
                     Reason, Response)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FAULT_DTYPE", "RESPONSE_DTYPE", "NO_PASID", "Fault", "Flag", "Perm", "Response", "Reason",
