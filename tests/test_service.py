@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import iopf
-from iopf import Fault, Reason, Response, Service, policies, trace
+from iopf import Fault, Reason, Service, policies, trace
 from iopf.cli import main
 
 STRATEGIES = ("hash", "tree", "list", "python")
