@@ -3,7 +3,6 @@ and the regrouping of parsed batches into chunks."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,25 +99,6 @@ class LoadStats:
                 raise ValueError("more than 65536 IOMMU units") from None
             self.units.append(name)
             return len(self.units) - 1
-
-
-def rechunk(batches: Iterable[np.ndarray], chunk_size: int) -> Iterator[np.ndarray]:
-    """Regroup arrays of any sizes into chunks of exactly ``chunk_size`` (the
-    last one shorter), so every reader yields the same chunk boundaries.
-    Works on any array type (faults, or (faults, meta) record pairs)."""
-    pending: list[np.ndarray] = []
-    held = 0
-    for batch in batches:
-        while len(batch):
-            take = min(chunk_size - held, len(batch))
-            pending.append(batch[:take])
-            held += take
-            batch = batch[take:]
-            if held == chunk_size:
-                yield pending[0].copy() if len(pending) == 1 else np.concatenate(pending)
-                pending, held = [], 0
-    if held:
-        yield pending[0].copy() if len(pending) == 1 else np.concatenate(pending)
 
 
 def shorten(line: str, limit: int = 120) -> str:
