@@ -87,7 +87,6 @@ def load_responses(path: PathLike, *, skip_bad: bool = False, stats: LoadStats |
     rows: list[tuple[int, ...]] = []
     units: list[int] = []
     segment: dict[int, int] = {}
-    seen_lines = 0
     with open_input(path) as src:
         st.compression = src.compression
         if not src.head.strip():
@@ -106,7 +105,6 @@ def load_responses(path: PathLike, *, skip_bad: bool = False, stats: LoadStats |
                     continue
                 if "qi_submit:" not in line or line.lstrip()[:1] == "#":
                     continue
-                seen_lines += 1
                 try:
                     row = _response(line)
                     if row is None:
