@@ -8,6 +8,7 @@ pure-Python twin; ``make_queue`` builds an ``iopf.Queue`` with it;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import os
@@ -25,6 +26,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 STRATEGIES = ("hash", "tree", "list", "python")
 FEED_MODES = ("report", "batch")
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    """Write a test input file (text or bytes) and return its path."""
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return path
 
 
 def as_array(faults: Sequence[iopf.Fault]) -> np.ndarray:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import write
 from iopf import trace
 from iopf.trace import LoadStats, TraceError
 from iopf.types import FAULT_DTYPE, Fault, Flag, Perm
@@ -84,14 +85,6 @@ def iommufd_representable(f: np.ndarray) -> np.ndarray:
 def pack_iommufd(flags, dev_id, pasid, grpid, perm, addr, reserved=0, length=0, cookie=0):
     return struct.pack("<6IQ2I", flags, dev_id, pasid, grpid, perm, reserved, addr,
                        length, cookie)
-
-
-def write(path: Path, data: str | bytes) -> Path:
-    if isinstance(data, str):
-        path.write_text(data)
-    else:
-        path.write_bytes(data)
-    return path
 
 
 # ---------------------------------------------------------------- prq_report fixture

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write
 import iopf
 from iopf import trace
 from iopf.trace import META_DTYPE, LoadStats, TraceError
@@ -64,14 +65,6 @@ LAYOUTS = {
     "perf-script-pid-tid": f" irq/45-dmar1-pr 812/812 [003] 1234.567890: intel_iommu:prq_report: "
                            f"{BODY}",
 }
-
-
-def write(path: Path, data: str | bytes) -> Path:
-    if isinstance(data, str):
-        path.write_text(data)
-    else:
-        path.write_bytes(data)
-    return path
 
 
 # ---------------------------------------------------------------- layouts
