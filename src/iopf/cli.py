@@ -392,14 +392,7 @@ def _replay_distributed(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     report.extra["trace"] = " ".join(args.trace)
-    if args.json == "-":
-        _write_json(sys.stdout, report)
-        return 0
-    print(report)
-    if args.json is not None:
-        with open(args.json, "w", encoding="utf-8") as f:
-            _write_json(f, report)
-    return 0
+    return _result(args, report, str(report))
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -598,7 +591,7 @@ def _write_json(f: Any, report: ReplayReport | dict[str, Any]) -> None:
     f.write("\n")
 
 
-def _result(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+def _result(args: argparse.Namespace, result: ReplayReport | dict[str, Any], text: str) -> int:
     """Print a command's result: the text, or with ``--json -`` the JSON alone;
     ``--json FILE`` writes the JSON there too."""
     if args.json == "-":
