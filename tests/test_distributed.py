@@ -113,6 +113,12 @@ def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray
         dist.replay(tmp_path, policy="vtd", batch_size=0)
     with pytest.raises(TypeError, match="iopf.trace.partition first"):
         dist.replay(faults, policy="vtd")
+    # The policy is checked as iopf.replay checks it (one rule, policies.resolve).
+    for bad, error in ((3, TypeError), ("nope", ValueError)):
+        with pytest.raises(error, match="policy"):
+            dist.replay(tmp_path, policy=bad)  # type: ignore[arg-type]
+        with pytest.raises(error, match="policy"):
+            iopf.replay(faults[:10], policy=bad)  # type: ignore[arg-type]
 
 
 def test_a_bad_shard_fails_the_replay_naming_its_file(client: Any, faults: np.ndarray,

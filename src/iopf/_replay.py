@@ -326,15 +326,7 @@ def replay(faults: np.ndarray | Iterable[np.ndarray | tuple[np.ndarray, np.ndarr
     >>> [(s["shard"], s["faults"]) for s in r.shards], r.faults
     ([('unit=0', ...), ('unit=1', ...)], 5000)
     """
-    if isinstance(policy, str):
-        try:
-            policy = policies.PRESETS[policy.lower()]
-        except KeyError:
-            raise ValueError(f"unknown policy {policy!r}; choose from "
-                             f"{', '.join(policies.PRESETS)}") from None
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be an iopf.Policy or a preset name, not "
-                        f"{type(policy).__name__}")
+    policy = policies.resolve(policy)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     if not answer and service_time is not None:

@@ -78,12 +78,7 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
     shards' own wall times (and ``extra["cluster_start_seconds"]`` is the
     time a cluster made for the call took to start).
     """
-    if isinstance(policy, str):
-        try:
-            policy = policies.PRESETS[policy.lower()]
-        except KeyError:
-            raise ValueError(f"unknown policy {policy!r}; choose from "
-                             f"{', '.join(policies.PRESETS)}") from None
+    policy = policies.resolve(policy)
     if shard_by not in SHARD_KEYS:
         raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {shard_by!r}")
     if shard_by == "device" and (policy.queue_depth is not None or policy.discard_on_overflow):

@@ -24,7 +24,7 @@ _INT_RANGES = {
     "no_pasid": (0, 2**31 - 1),   # and below 2**pasid_bits, checked after the loop
 }
 
-__all__ = ["Policy", "PCIE", "LINUX", "VTD", "AMD", "SMMU_STALL", "PRESETS"]
+__all__ = ["Policy", "PCIE", "LINUX", "VTD", "AMD", "SMMU_STALL", "PRESETS", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -186,3 +186,21 @@ SMMU_STALL = Policy(stall=True, grpid_bits=16, stop_markers=False)
 PRESETS: dict[str, Policy] = {
     "pcie": PCIE, "linux": LINUX, "vtd": VTD, "amd": AMD, "smmu_stall": SMMU_STALL,
 }
+
+
+def resolve(policy: Policy | str) -> Policy:
+    """A ``Policy`` given as itself or by preset name (any case).
+
+    >>> resolve("VTD") is VTD
+    True
+    """
+    if isinstance(policy, str):
+        try:
+            return PRESETS[policy.lower()]
+        except KeyError:
+            raise ValueError(f"unknown policy {policy!r}; choose from "
+                             f"{', '.join(PRESETS)}") from None
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an iopf.Policy or a preset name, not "
+                        f"{type(policy).__name__}")
+    return policy
