@@ -443,3 +443,14 @@ def test_example_runs(tmp_path: Path) -> None:
     mod = runpy.run_path(str(EXAMPLE))
     summary = mod["main"](["--duration-us", "200", "--out", str(tmp_path / "lat.png")])
     assert summary["conserved"] and summary["faults"] > 1_000
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 64])
+def test_an_address_past_64_bits_is_refused_for_every_group_size(n: int) -> None:
+    # Large groups fill their addresses with numpy, which would wrap to 0.
+    sim = SimQueue(simpy.Environment())
+    with pytest.raises(ValueError, match="does not fit its record"):
+        sim.send(dev=1, pasid=1, grpid=0, n=n, addr=(1 << 64) - 4096)
+    assert sim.queue.stats.faults_reported == 0
+    sim.send(dev=1, pasid=1, grpid=0, n=1, addr=(1 << 64) - 4096)   # the last page fits
+    assert sim.queue.stats.faults_reported == 1

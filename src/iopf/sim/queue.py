@@ -141,6 +141,10 @@ class SimQueue:
                 recs.append(pack(now, dev, pasid, grpid, lflags, perm, addr + (n - 1) * stride, 0, 0))
                 return np.frombuffer(b"".join(recs), FAULT_DTYPE)
             # one record repeated, then the addresses in one numpy assignment
+            # (numpy would wrap an address past 2**64 silently: refuse it as
+            # struct.pack refuses it for small groups)
+            if not 0 <= addr <= addr + (n - 1) * stride < 1 << 64:
+                raise ValueError("an address does not fit 64 bits")
             data = bytearray(REC.pack(now, dev, pasid, grpid, flags, perm, 0, 0, 0) * (n - 1))
             data += REC.pack(now, dev, pasid, grpid, lflags, perm, 0, 0, 0)
             arr = np.frombuffer(data, FAULT_DTYPE)
