@@ -23,7 +23,7 @@ cdef enum:
     KEY_DEVICE = 0xFFFFFFFD   # Entry of a device (its limit and outstanding count)
     KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
     KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
-    DEAD = 1                  # Node.mark: the node is being dropped
+    KEY_CHAIN = 0xFFFFFFFA    # third hash word of a flush chain's key (dev, kp)
 
 # What report_rec did with one record (a C caller cannot call a Python handler:
 # a group whose handler is a Python callable is left pending, REPORT_GROUPED).
@@ -48,42 +48,59 @@ cdef packed struct RespRec:
     uint64_t cookie
     uint32_t nfaults, reason
 
-# A held fault: a partial, or a member of a pending group. 52 bytes, packed:
+# A held fault: a partial, or a member of a pending group. 44 bytes, packed:
 # the fields of FaultRec but the device (every list a node is on belongs to
 # one device, which the caller knows), the group id in 16 bits (the policy
 # check keeps grpid_bits <= 16), flags and perm in one byte (4 bits each,
-# both checked on entry: flags | perm << 4), an internal mark byte of its
-# own (DEAD), the link of its group list and the two links of its
-# (dev, PASID) chain, so that a flush visits only that PASID's faults.
+# both checked on entry: flags | perm << 4), and the link of its list (its
+# partial group's, then its pending group's). What flush needs per
+# (dev, PASID) is kept per partial group (Part), not per fault.
 # Packing (a node starts 4-byte aligned) is what keeps a held fault under 64
 # bytes with its share of the tables; x86 loads unaligned words at full speed.
 cdef packed struct Node:
     uint64_t time, addr, priv0, priv1
     uint32_t pasid
     uint32_t next
-    uint32_t pnext, pprev
     uint16_t grpid
-    uint8_t flags, mark
+    uint8_t flags, pad
 
-# Per (dev, key PASID): chain of its partials, its pending groups and its
-# attachment. Per device (pasid == KEY_DEVICE): the PRI allocation.
+# A partial group: the faults held under one key of the strategy (hash,
+# tree: (dev, key PASID, grpid); list: (dev, KEY_LIST, KEY_LIST), the
+# device's one list), in arrival order, and its place on the flush chain of
+# (dev, kp): every Part with that dev and kp, so that a flush visits only
+# them. 28 bytes, in a pool of fixed chunks (indexes stay valid).
+ctypedef struct Part:
+    uint32_t head, tail       # its faults (Node.next)
+    uint32_t dev, kp, grpid   # its key
+    uint32_t cnext, cprev     # the flush chain of (dev, kp)
+
+ctypedef struct PartPool:
+    Part** chunks
+    uint32_t n_chunks, chunks_cap, cap, free, used
+
+# An open-addressed table of record indexes (linear probing, backward-shift
+# delete, load at most 3/4): 8 bytes a slot, the records themselves dense in
+# their pool. The slot keeps its key's hash, so that a probe reads the record
+# only on a hash match and a resize never reads records.
+ctypedef struct IdxSlot:
+    uint32_t hash
+    uint32_t idx              # NIL: empty
+
+ctypedef struct IdxTable:
+    IdxSlot* slots
+    uint32_t cap, count
+
+# Per (dev, key PASID): its pending groups and its attachment. Per device (pasid == KEY_DEVICE): the PRI allocation.
 ctypedef struct Entry:
     uint64_t handle           # 64 bits: never wraps back to 0 ("no handler")
     uint32_t dev, pasid
-    uint32_t phead
     uint32_t qhead, qtail
     uint32_t auto_code        # 1 + code of a constant handler, 0 for a Python one
     uint32_t limit, outstanding
 
-# A group list in a Slot: open addressing on (dev, key PASID, group id).
-ctypedef struct Slot:
-    uint32_t dev, kpasid, grpid
-    uint32_t head, tail
-    uint32_t epoch            # see Grouper.bump_epoch: reset when it wraps
-
-# A node of TreeGrouper's AVL tree: a Slot plus its links.
+# A node of TreeGrouper's AVL tree: a Part and the links.
 ctypedef struct TNode:
-    Slot s
+    uint32_t part
     uint32_t left, right
     int32_t height
 
@@ -130,10 +147,6 @@ ctypedef struct Rules:
     bint require_device, attach_adds_device
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
-ctypedef struct SlotTable:
-    Slot* slots
-    uint32_t cap, count
-
 ctypedef struct Buf:           # a growable byte buffer
     char* data
     size_t len, cap
@@ -172,6 +185,10 @@ cdef class Grouper:
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
     cdef Node** chunks
     cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
+    # partial groups, and their flush chains: (dev, kp) -> the newest Part
+    cdef PartPool parts
+    cdef IdxTable chains
+    cdef bint per_device      # ListGrouper: a Part is a device's whole list
     cdef Pend* pends
     cdef uint32_t pend_cap, pend_free
     # tables
@@ -188,7 +205,6 @@ cdef class Grouper:
     cdef Buf outbox_gtime      # per response: the time its group formed
     cdef uint64_t pending_faults, next_cookie
     cdef uint64_t next_handle
-    cdef uint32_t epoch
     cdef readonly Py_ssize_t position   # run(): index of the record a failure stopped at
     # batch output and outbox
     cdef Buf out_faults, out_offsets, out_cookies, outbox
@@ -198,17 +214,21 @@ cdef class Grouper:
     # internals (see grouper.pyx)
     cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil
-    cdef uint32_t slot_kpasid(self, const Node* n) noexcept nogil
-    cdef uint32_t filter_dead(self, Slot* s) noexcept nogil
-    cdef void bump_epoch(self) noexcept nogil
+    cdef uint32_t node_kpasid(self, const Node* n) noexcept nogil
+    cdef uint32_t node_key(self, const Node* n) noexcept nogil
+    cdef uint32_t skey(self, uint32_t kp) noexcept nogil
+    cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
+    cdef void part_drop(self, uint32_t p) noexcept nogil
+    cdef int part_room(self) except -1 nogil
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, bint whole) noexcept nogil
+    cdef uint32_t part_free_nodes(self, uint32_t p, uint32_t kp, bint whole) noexcept nogil
+    cdef uint32_t drop_chain(self, uint32_t pos) noexcept nogil
     cdef int enter(self) except -1 nogil
     cdef void leave(self) noexcept nogil
     cdef int reserve(self, uint32_t nodes, uint32_t groups, size_t sends, uint32_t out_faults) except -1 nogil
     cdef bint bad_kpasid(self, uint32_t kpasid) noexcept nogil
     cdef int check_kpasid(self, uint32_t kpasid) except -1
     cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil
-    cdef int table_append(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t n) except -1 nogil
-    cdef void table_purge(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
     cdef int node_grow(self) except -1 nogil
     cdef uint32_t node_alloc(self) except NIL nogil
     cdef void node_release(self, uint32_t i) noexcept nogil
@@ -241,21 +261,17 @@ cdef class Grouper:
     cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
-    cdef void unchain(self, uint32_t m, uint32_t dev) noexcept nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
-    cdef uint32_t free_chain(self, uint32_t e) noexcept nogil
     cdef void tidy_all(self) noexcept nogil
     cdef uint64_t _time(self, object time) except? 0
     cdef const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL
 
     # the strategy: where partials wait for their LPIG
-    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil
-    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
-    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil
-    cdef size_t s_sizeof(self) noexcept nogil
-    cdef void s_clear_epochs(self) noexcept nogil
-
+    cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
+    cdef void s_insert(self, uint32_t p) noexcept nogil
+    cdef void s_remove(self, uint32_t p) noexcept nogil
     cdef int s_reserve(self) except -1 nogil
+    cdef size_t s_sizeof(self) noexcept nogil
     cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
 
     cdef uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil
@@ -279,17 +295,18 @@ cdef class Grouper:
 
 
 cdef class HashGrouper(Grouper):
-    cdef SlotTable table
+    cdef IdxTable table
 
 
 cdef class ListGrouper(Grouper):
-    cdef SlotTable lists
+    pass
 
 
 cdef class TreeGrouper(Grouper):
     cdef TNode* t
     cdef uint32_t t_cap, t_free, root
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
+    cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil
     cdef void t_fix(self, uint32_t i) noexcept nogil
     cdef uint32_t t_rotate_right(self, uint32_t y) noexcept nogil
     cdef uint32_t t_rotate_left(self, uint32_t x) noexcept nogil

@@ -104,7 +104,8 @@ cdef enum:
 
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
-assert sizeof(Node) == 52
+assert sizeof(Node) == 44
+assert sizeof(Part) == 28
 assert <int>REPORT_REFUSED < <int>R_DISPATCH
 
 
@@ -113,11 +114,13 @@ assert <int>REPORT_REFUSED < <int>R_DISPATCH
 #   helpers.pxi        allocation (with its debug switches), errors, hashing
 #   buffers.pxi        batch output lent to numpy and reused
 #   tables.pxi         keys and the open-addressed tables
+#   parts.pxi          partial groups (Part): their pool, found through tables
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
 #   hash.pxi, list.pxi, tree.pxi   the strategies
 include "helpers.pxi"
 include "buffers.pxi"
 include "tables.pxi"
+include "parts.pxi"
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
@@ -149,7 +152,7 @@ cdef class Grouper:
         self.pend_free = NIL
         self.next_cookie = 1
         self.next_handle = 1
-        self.epoch = 0
+        self.parts.free = NIL
         self._entries_init(MIN_CAP)
         self._cookies_init(MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
@@ -218,13 +221,12 @@ cdef class Grouper:
         iopf_give(&self.busy)
 
     def _debug_counters(self, uint32_t epoch, uint64_t next_handle, uint64_t next_cookie):
-        """Debug: start the internal epoch, handle and cookie counters near a limit
-        (a test crosses 2**32 with them)."""
+        """Debug: start the handle and cookie counters near a limit (a test crosses
+        2**32 with them). epoch is ignored: drops no longer mark faults with one."""
         self.enter()
         try:
             if self.c.pending_now or self.entry_count or self.c.partial_now:
                 raise RuntimeError("only on an empty grouper")
-            self.epoch = epoch
             self.next_handle = next_handle or 1
             self.next_cookie = next_cookie or 1
         finally:
@@ -235,6 +237,8 @@ cdef class Grouper:
         for i in range(self.n_chunks):
             PyMem_RawFree(self.chunks[i])
         PyMem_RawFree(self.chunks); self.chunks = NULL
+        pool_free(&self.parts)
+        itab_free(&self.chains)
         PyMem_RawFree(self.pends); self.pends = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
         PyMem_RawFree(self.cookies); self.cookies = NULL
@@ -257,15 +261,16 @@ cdef class Grouper:
                 PyMem_RawFree(self.spare)
             self.spare = NULL
 
-    # -- strategy (overridden) ---------------------------------------------------------
-    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
-        with gil:
-            raise NotImplementedError("use HashGrouper, ListGrouper or TreeGrouper")
-
-    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+    # -- strategy (overridden): the table that finds a partial group by its key ----------
+    cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        """The Part keyed (dev, kp, grpid) (a key of skey()), or NIL."""
         return NIL
 
-    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
+    cdef void s_insert(self, uint32_t p) noexcept nogil:
+        """Add Part p under its key (room made by s_reserve: cannot fail)."""
+        pass
+
+    cdef void s_remove(self, uint32_t p) noexcept nogil:
         pass
 
     cdef size_t s_sizeof(self) noexcept nogil:
@@ -280,15 +285,21 @@ cdef class Grouper:
         return 0
 
     cdef int s_reserve(self) except -1 nogil:
-        """Room for one more s_add, so that it cannot fail."""
+        """Room for one more s_insert, so that it cannot fail."""
         return 0
-
-    cdef void s_clear_epochs(self) noexcept nogil:
-        pass
 
     cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
-        """How many partials s_take would return (nothing changes)."""
-        return 0
+        """How many partials an LPIG of (dev, kpasid, grpid) would take (nothing changes)."""
+        cdef uint32_t p = self.s_find(dev, self.skey(kpasid), KEY_LIST if self.per_device else grpid)
+        cdef uint32_t n, k = 0
+        if p == NIL:
+            return 0
+        n = P(&self.parts, p).head
+        while n != NIL:
+            if not self.per_device or (self.N(n).grpid == grpid and self.node_key(self.N(n)) == kpasid):
+                k += 1
+            n = self.N(n).next
+        return k
 
     cdef inline Node* N(self, uint32_t i) noexcept nogil:
         return &self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK]
@@ -301,58 +312,155 @@ cdef class Grouper:
             n = self.N(n).next
         return k
 
-    cdef inline uint32_t slot_kpasid(self, const Node* n) noexcept nogil:
+    cdef inline uint32_t node_kpasid(self, const Node* n) noexcept nogil:
+        """The key PASID of a held fault (its PASID, or KEY_NO_PASID)."""
+        return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
+
+    cdef inline uint32_t node_key(self, const Node* n) noexcept nogil:
         """The PASID part of the grouping key of a held fault."""
         if self.rules.match_pasid:
             return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
 
-    cdef void bump_epoch(self) noexcept nogil:
-        """A new drop: slots filtered in it take this epoch (filter_dead).
-        After 2**32 drops it wraps: every slot's mark is cleared then, or a
-        slot last filtered 2**32 drops ago would look filtered already."""
-        self.epoch += 1
-        if self.epoch == 0:
-            self.s_clear_epochs()
-            self.epoch = 1
+    cdef inline uint32_t skey(self, uint32_t kp) noexcept nogil:
+        """The PASID part of the strategy's key (and of the flush chain) for
+        faults of key PASID kp: kp, KEY_ANY (groups across PASIDs), or
+        KEY_LIST (the device's one list)."""
+        if self.per_device:
+            return KEY_LIST
+        return kp if self.rules.match_pasid else KEY_ANY
 
-    cdef uint32_t filter_dead(self, Slot* s) noexcept nogil:
-        """Unlink the DEAD nodes of a slot's list; return how many remain."""
-        cdef uint32_t n = s.head, prev = NIL, kept = 0
-        s.head = NIL
+    # -- partial groups --------------------------------------------------------------
+    # Each Part is under its key in the strategy and on the flush chain of its
+    # (dev, kp): the table `chains` finds the newest Part of a (dev, kp), the
+    # others link from it (cnext, cprev). Linked when a group gets its first
+    # partial, unlinked when it completes or empties: nothing per fault.
+    cdef int part_room(self) except -1 nogil:
+        """Room for one more Part (pool, strategy, chain), before any change."""
+        if self.parts.free == NIL:
+            pool_grow(&self.parts)
+        self.s_reserve()
+        itab_reserve(&self.chains, 1)
+        return 0
+
+    cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        """An empty Part under key (dev, kp, grpid), linked (room made by part_room)."""
+        cdef uint32_t p = pool_alloc(&self.parts), old
+        cdef Part* x = P(&self.parts, p)
+        cdef int64_t c = part_find(&self.chains, &self.parts, dev, kp, KEY_CHAIN)
+        x.head = x.tail = NIL
+        x.dev = dev
+        x.kp = kp
+        x.grpid = grpid
+        x.cprev = NIL
+        if c < 0:
+            x.cnext = NIL
+            itab_insert(&self.chains, part_hash(dev, kp, KEY_CHAIN), p)
+        else:           # the newest first: groups mostly complete oldest first, off the tail
+            old = self.chains.slots[c].idx
+            x.cnext = old
+            P(&self.parts, old).cprev = p
+            self.chains.slots[c].idx = p
+        self.s_insert(p)
+        return p
+
+    cdef void part_drop(self, uint32_t p) noexcept nogil:
+        """Take an emptied Part out of the strategy and its chain, and free it."""
+        cdef Part* x = P(&self.parts, p)
+        cdef int64_t c
+        self.s_remove(p)
+        if x.cnext != NIL:
+            P(&self.parts, x.cnext).cprev = x.cprev
+        if x.cprev != NIL:
+            P(&self.parts, x.cprev).cnext = x.cnext
+        else:
+            c = part_find(&self.chains, &self.parts, x.dev, x.kp, KEY_CHAIN)
+            if c >= 0:      # always: a Part is on its chain
+                if x.cnext == NIL:
+                    itab_delete(&self.chains, <uint32_t>c)
+                else:
+                    self.chains.slots[c].idx = x.cnext
+        pool_release(&self.parts, p)
+
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, bint whole) noexcept nogil:
+        """Unlink from Part p its faults of group (kp, grpid) (whole: all of them)
+        and return them as a list in arrival order; an emptied Part is dropped."""
+        cdef Part* x = P(&self.parts, p)
+        cdef uint32_t n, prev = NIL, nx, ghead = NIL, gtail = NIL
+        cdef Node* y
+        if whole:
+            ghead = x.head
+            x.head = NIL
+        else:
+            # As iopf_group_alloc(): walk the whole device list, move out the matches.
+            n = x.head
+            while n != NIL:
+                y = self.N(n)
+                nx = y.next
+                if y.grpid == grpid and self.node_key(y) == kp:
+                    if prev == NIL:
+                        x.head = nx
+                    else:
+                        self.N(prev).next = nx
+                    if x.tail == n:
+                        x.tail = prev
+                    y.next = NIL
+                    if gtail == NIL:
+                        ghead = n
+                    else:
+                        self.N(gtail).next = n
+                    gtail = n
+                else:
+                    prev = n
+                n = nx
+        if x.head == NIL:
+            self.part_drop(p)
+        return ghead
+
+    cdef uint32_t part_free_nodes(self, uint32_t p, uint32_t kp, bint whole) noexcept nogil:
+        """Free the faults of Part p with key PASID kp (whole: all); drop it if
+        emptied. Returns how many went; the order of the rest is kept."""
+        cdef Part* x = P(&self.parts, p)
+        cdef uint32_t n = x.head, nx, prev = NIL, k = 0
         while n != NIL:
-            if not self.N(n).mark & DEAD:
+            nx = self.N(n).next
+            if whole or self.node_kpasid(self.N(n)) == kp:
+                self.node_release(n)
+                k += 1
+            else:
                 if prev == NIL:
-                    s.head = n
+                    x.head = n
                 else:
                     self.N(prev).next = n
                 prev = n
-                kept += 1
-            n = self.N(n).next
-        if prev != NIL:
-            self.N(prev).next = NIL
-        s.tail = prev
-        s.epoch = self.epoch
-        return kept
-
-    cdef int table_append(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp,
-                          uint32_t n) except -1 nogil:
-        """Append node n to the list of key (dev, kp, grp) in t, creating it."""
-        cdef int64_t i = slot_find(t, dev, kp, grp)
-        if i < 0:
-            i = slot_insert(t, dev, kp, grp)
-            t.slots[i].head = n
+            n = nx
+        if prev == NIL:
+            x.head = NIL
+            self.part_drop(p)
         else:
-            self.N(t.slots[i].tail).next = n
-        t.slots[i].tail = n
-        return 0
+            self.N(prev).next = NIL
+            x.tail = prev
+        return k
 
-    cdef void table_purge(self, SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
-        """Drop the DEAD nodes of one list of t (once per drop: the epoch says if done)."""
-        cdef int64_t i = slot_find(t, dev, kp, grp)
-        if i >= 0 and t.slots[i].epoch != self.epoch:
-            if self.filter_dead(&t.slots[i]) == 0:
-                slot_delete(t, <uint32_t>i)
+    cdef uint32_t drop_chain(self, uint32_t c) noexcept nogil:
+        """Free every Part on the flush chain in slot c of `chains`, and their
+        faults; the slot is deleted. Returns the number of faults."""
+        cdef uint32_t p = self.chains.slots[c].idx, nx, k = 0, n, m
+        cdef uint32_t dev = P(&self.parts, p).dev
+        while p != NIL:
+            nx = P(&self.parts, p).cnext
+            n = P(&self.parts, p).head
+            while n != NIL:
+                m = self.N(n).next
+                self.node_release(n)
+                k += 1
+                n = m
+            self.s_remove(p)
+            pool_release(&self.parts, p)
+            p = nx
+        itab_delete(&self.chains, c)
+        self.hold(dev, -<int64_t>k)
+        return k
 
     # -- pools -----------------------------------------------------------------------
     cdef int node_grow(self) except -1 nogil:
@@ -447,7 +555,6 @@ cdef class Grouper:
         memset(&self.entries[i], 0, sizeof(Entry))
         self.entries[i].dev = dev
         self.entries[i].pasid = pasid
-        self.entries[i].phead = NIL
         self.entries[i].qhead = NIL
         self.entries[i].qtail = NIL
         self.entry_count += 1
@@ -498,8 +605,7 @@ cdef class Grouper:
         """Delete the (dev, pasid) entry if nothing hangs on it any more."""
         cdef int64_t i = self.entry_find(dev, pasid)
         if i >= 0 and pasid != KEY_DEVICE:
-            if (self.entries[i].phead == NIL and self.entries[i].qhead == NIL
-                    and self.entries[i].handle == 0):
+            if self.entries[i].qhead == NIL and self.entries[i].handle == 0:
                 self.entry_delete(<uint32_t>i)
 
     cdef inline void hold(self, uint32_t dev, int64_t n) noexcept nogil:
@@ -899,10 +1005,10 @@ cdef class Grouper:
         MemoryError leaves the grouper as it was before the call.
         """
         cdef Rules* p = &self.rules
-        cdef uint32_t flags = r.flags, dev = r.dev, kp, n, m, head, tail, nf, q, auto, out
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out
         cdef int64_t ei, di
         cdef uint64_t handle = 0
-        cdef bint last, linked
+        cdef bint last
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
@@ -958,44 +1064,39 @@ cdef class Grouper:
                 or (auto and (self.outbox.len + sizeof(RespRec) > self.outbox.cap
                              or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))))):
             self.reserve(1, last, 1 if last and auto else 0, out)
-        if ei < 0:
-            self.entry_room()       # entry_get below then cannot fail
+        # The partial group of this key: the strategy's key, (dev, KEY_LIST) for the list.
+        sk = self.skey(kp)
+        part = self.s_find(dev, sk, KEY_LIST if self.per_device else r.grpid)
+        if last:
+            if ei < 0:
+                self.entry_room()       # entry_get below then cannot fail
+        elif part == NIL:
+            self.part_room()            # part_new below then cannot fail
         n = self.node_alloc()
         node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>(flags | r.perm << 4); node.mark = 0
+        node.flags = <uint8_t>(flags | r.perm << 4); node.pad = 0
         node.next = NIL
-        if not last:                                                            # partial
-            # The strategy may allocate (a new key): first, and undone if it fails.
-            linked = False
-            try:
-                self.s_add(n, dev)
-                linked = True
-            finally:
-                if not linked:
-                    self.node_release(n)
-            self.count_in(r)
-            self.hold(dev, 1)
-            if ei < 0:
-                ei = self.entry_get(dev, kp)
-            node = self.N(n)
-            node.pprev = NIL
-            node.pnext = self.entries[ei].phead
-            if node.pnext != NIL:
-                self.N(node.pnext).pprev = n
-            self.entries[ei].phead = n
-            self.c.partial_now += 1
-            return REPORT_HELD
         self.count_in(r)
         self.hold(dev, 1)
+        if not last:                                                            # partial
+            if part == NIL:
+                part = self.part_new(dev, sk, KEY_LIST if self.per_device else r.grpid)
+                P(&self.parts, part).head = n
+            else:
+                self.N(P(&self.parts, part).tail).next = n
+            P(&self.parts, part).tail = n
+            self.c.partial_now += 1
+            return REPORT_HELD
         # Every partial with the key, stale or of another PASID, then the LPIG.
-        head = self.s_take(dev, self.slot_kpasid(node), r.grpid)
+        head = NIL
+        if part != NIL:
+            head = self.part_take(part, self.node_key(node), r.grpid, not self.per_device)
         nf = 1
         tail = NIL
         m = head
         while m != NIL:
-            self.unchain(m, dev)
             tail = m
             nf += 1
             m = self.N(m).next
@@ -1066,93 +1167,50 @@ cdef class Grouper:
             self.drop_where(0, 0, 0, &self.c.discarded)
         return REPORT_DROPPED
 
-    cdef void unchain(self, uint32_t m, uint32_t dev) noexcept nogil:
-        """Take a partial off its (dev, key PASID) chain as it joins a group."""
-        cdef Node* x = self.N(m)
-        cdef int64_t ei
-        cdef uint32_t kp
-        if x.pnext != NIL:
-            self.N(x.pnext).pprev = x.pprev
-        if x.pprev != NIL:
-            self.N(x.pprev).pnext = x.pnext
-        else:
-            kp = key_pasid(x.pasid, x.flags, self.rules.no_pasid)
-            ei = self.entry_find(dev, kp)
-            if ei < 0:      # cannot happen: a partial's chain has an entry
-                return
-            self.entries[ei].phead = x.pnext
-            if x.pnext == NIL:
-                self.entry_tidy(dev, kp)
-
     # -- dropping partials (flush, discard, remove) --------------------------------------
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil:
-        """Drop held partials: mode 0 all, 1 of a device, 2 of (dev, key PASID).
+        """Drop held partials: mode 0 all, 1 of a device, 2 of (dev, key PASID);
+        counts into *counter.
 
-        Three passes so that each strategy filters a list once, whatever the
-        number of its faults that go: mark DEAD, purge from the strategy, free.
-        Returns nothing; counts into *counter.
+        Mode 2 visits only the flush chain of (dev, kp): the Parts of that key
+        PASID, or, when groups span PASIDs (match_pasid off, or the device's one
+        list), the device's Parts, whose faults of other PASIDs stay, in order
+        (the device's partial list, as the kernel would walk it).
         """
-        cdef uint32_t i, n, dropped = 0
-        cdef int64_t e
+        cdef uint32_t i, p, nx, k, dropped = 0
+        cdef uint32_t ck = self.skey(kp)
+        cdef int64_t c
         if mode == 2:
-            e = self.entry_find(dev, kp)
-            if e < 0 or self.entries[e].phead == NIL:
+            c = part_find(&self.chains, &self.parts, dev, ck, KEY_CHAIN)
+            if c < 0:
                 return 0
-            self.bump_epoch()
-            n = self.entries[e].phead
-            while n != NIL:
-                self.N(n).mark = DEAD
-                n = self.N(n).pnext
-            n = self.entries[e].phead
-            while n != NIL:
-                self.s_purge(n, dev)
-                n = self.N(n).pnext
-            dropped = self.free_chain(<uint32_t>e)
-            self.entry_tidy(dev, kp)
+            if ck == kp:
+                dropped = self.drop_chain(<uint32_t>c)
+            else:
+                p = self.chains.slots[c].idx
+                while p != NIL:
+                    nx = P(&self.parts, p).cnext    # p may go (part_drop)
+                    dropped += self.part_free_nodes(p, kp, False)
+                    p = nx
+                self.hold(dev, -<int64_t>dropped)
         else:
-            self.bump_epoch()
-            for i in range(self.entry_cap):
-                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
-                    if mode == 0 or self.entries[i].dev == dev:
-                        n = self.entries[i].phead
-                        while n != NIL:
-                            self.N(n).mark = DEAD
-                            n = self.N(n).pnext
-            for i in range(self.entry_cap):
-                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
-                    if mode == 0 or self.entries[i].dev == dev:
-                        n = self.entries[i].phead
-                        while n != NIL:
-                            self.s_purge(n, self.entries[i].dev)
-                            n = self.N(n).pnext
-            for i in range(self.entry_cap):
-                if self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE:
-                    if mode == 0 or self.entries[i].dev == dev:
-                        dropped += self.free_chain(i)
-            self.tidy_all()
+            i = 0
+            while i < self.chains.cap:
+                p = self.chains.slots[i].idx
+                if p != NIL and (mode == 0 or P(&self.parts, p).dev == dev):
+                    dropped += self.drop_chain(i)   # may pull a later slot into i: look at i again
+                else:
+                    i += 1
         counter[0] += dropped
         self.c.partial_now -= dropped
         return 0
-
-    cdef uint32_t free_chain(self, uint32_t e) noexcept nogil:
-        cdef uint32_t n = self.entries[e].phead, nx, k = 0
-        cdef uint32_t dev = self.entries[e].dev
-        while n != NIL:
-            nx = self.N(n).pnext
-            self.node_release(n)
-            k += 1
-            n = nx
-        self.entries[e].phead = NIL
-        self.hold(dev, -<int64_t>k)
-        return k
 
     cdef void tidy_all(self) noexcept nogil:
         """Delete every entry with nothing on it (after a sweep over the table)."""
         cdef uint32_t i = 0
         while i < self.entry_cap:
             if (self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE and
-                    self.entries[i].phead == NIL and self.entries[i].qhead == NIL and
-                    self.entries[i].handle == 0):
+                    self.entries[i].qhead == NIL and self.entries[i].handle == 0):
                 self.entry_delete(i)   # may pull a later entry into i: look at i again
             else:
                 i += 1
@@ -1267,7 +1325,7 @@ cdef class Grouper:
     cdef int add_device_(self, uint32_t dev, uint32_t limit) except -1:
         # entry_get is the only step that can fail, and it comes before any change.
         cdef int64_t e = self.entry_find(dev, KEY_DEVICE)
-        cdef uint32_t i, n, count = 0
+        cdef uint32_t i, n, p, count = 0
         if limit == 0:
             if e < 0:
                 self.entry_get(dev, KEY_DEVICE)
@@ -1278,12 +1336,14 @@ cdef class Grouper:
         if e < 0 or self.entries[e].limit == 0:
             # Count what the device holds now: partials and faults of pending groups
             # (an unlimited device's count is not kept up to date).
+            for i in range(self.chains.cap):
+                p = self.chains.slots[i].idx
+                if p != NIL and P(&self.parts, p).dev == dev:
+                    while p != NIL:
+                        count += self.list_len(P(&self.parts, p).head)
+                        p = P(&self.parts, p).cnext
             for i in range(self.entry_cap):
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
-                    n = self.entries[i].phead
-                    while n != NIL:
-                        count += 1
-                        n = self.N(n).pnext
                     n = self.entries[i].qhead
                     while n != NIL:
                         count += self.pends[n].nfaults
@@ -1929,11 +1989,14 @@ cdef class Grouper:
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
+                + pool_sizeof(&self.parts) + self.chains.cap * sizeof(IdxSlot)
                 + self.s_sizeof() + spare_bytes(self.spare))
 
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests."""
         return {"nodes_used": self.node_used, "node_capacity": self.node_cap,
+                "parts_used": self.parts.used, "part_capacity": self.parts.cap,
+                "chains": self.chains.count,
                 "pend_capacity": self.pend_cap, "entries": self.entry_count,
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
                 "heap": self.heap_len, "bytes": self.sizeof()}

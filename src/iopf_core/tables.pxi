@@ -28,97 +28,75 @@ cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
     return (x > y) - (x < y)
 
 
-# --- the slot table: open addressing, linear probing, backward-shift delete ----
-# Backward shift keeps every probe chain as short as if the deleted keys had
-# never been there, with no tombstones to sweep; no one holds a slot index
-# across a delete (nodes link to nodes, not to slots).
+# --- the index table: open addressing, linear probing, backward-shift delete ---
+# One implementation for every table of records that live in a pool (the
+# strategy's partial groups, the flush chains): a slot is the key's hash and
+# the record's index. Backward shift keeps every probe chain as short as if
+# the deleted keys had never been there, with no tombstones to sweep; no one
+# holds a slot position across a change of the table.
 
-cdef inline uint32_t slot_home(const SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
-    return <uint32_t>(mix3(dev, kp, grp) & (t.cap - 1))
-
-
-cdef inline int64_t slot_find(const SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
-    if t.cap == 0:
-        return -1
-    cdef uint32_t mask = t.cap - 1
-    cdef uint32_t i = slot_home(t, dev, kp, grp)
-    cdef const Slot* s
-    while True:
-        s = &t.slots[i]
-        if s.kpasid == KEY_EMPTY:
-            return -1
-        if s.dev == dev and s.kpasid == kp and s.grpid == grp:
-            return i
-        i = (i + 1) & mask
-
-
-cdef int slot_resize(SlotTable* t, uint32_t cap) except -1 nogil:
-    cdef Slot* old = t.slots
-    cdef uint32_t old_cap = t.cap, i, j, mask = cap - 1
-    cdef Slot* s = <Slot*>xmalloc(cap * sizeof(Slot))
+cdef int itab_resize(IdxTable* t, uint32_t cap) except -1 nogil:
+    cdef IdxSlot* s = <IdxSlot*>xmalloc(cap * sizeof(IdxSlot))
+    cdef uint32_t i, j, mask = cap - 1
     if s == NULL:
         return raise_nomem()
     for i in range(cap):
-        s[i].kpasid = KEY_EMPTY
-    for i in range(old_cap):
-        if old[i].kpasid != KEY_EMPTY:
-            j = <uint32_t>(mix3(old[i].dev, old[i].kpasid, old[i].grpid) & mask)
-            while s[j].kpasid != KEY_EMPTY:
+        s[i].idx = NIL
+    for i in range(t.cap):
+        if t.slots[i].idx != NIL:
+            j = t.slots[i].hash & mask
+            while s[j].idx != NIL:
                 j = (j + 1) & mask
-            s[j] = old[i]
+            s[j] = t.slots[i]
+    PyMem_RawFree(t.slots)
     t.slots = s
     t.cap = cap
-    PyMem_RawFree(old)
     return 0
 
 
-cdef int slot_reserve(SlotTable* t) except -1 nogil:
-    """Room for one more key (so that slot_insert cannot fail)."""
-    # Load at most 1/2: a probe then touches ~1.5 slots of one cache line.
-    if 2 * (t.count + 1) > t.cap:
-        slot_resize(t, t.cap * 2 if t.cap else MIN_CAP)
-    return 0
+cdef int itab_reserve(IdxTable* t, uint32_t more) except -1 nogil:
+    """Room for `more` more keys (so that itab_insert cannot fail)."""
+    # Load at most 3/4 (3/8 after a resize): a slot is 8 bytes, so even a
+    # miss at the highest load reads about one cache line, and a held fault
+    # in the worst case (its own group and (dev, PASID)) stays within 128 bytes.
+    cdef uint64_t need = 4 * (<uint64_t>t.count + more)
+    cdef uint64_t cap = t.cap if t.cap else MIN_CAP
+    if need <= 3 * <uint64_t>t.cap:
+        return 0
+    while 3 * cap < need:
+        cap *= 2
+    if cap > 0x80000000u:
+        return raise_nomem()
+    return itab_resize(t, <uint32_t>cap)
 
 
-cdef int64_t slot_insert(SlotTable* t, uint32_t dev, uint32_t kp, uint32_t grp) except -1 nogil:
-    """Index of a new slot for a key that is not in the table."""
-    slot_reserve(t)
-    cdef uint32_t mask = t.cap - 1
-    cdef uint32_t i = slot_home(t, dev, kp, grp)
-    while t.slots[i].kpasid != KEY_EMPTY:
+cdef inline uint32_t itab_insert(IdxTable* t, uint32_t h, uint32_t idx) noexcept nogil:
+    """Add a key that is not in the table (room reserved); its slot position."""
+    cdef uint32_t mask = t.cap - 1, i = h & mask
+    while t.slots[i].idx != NIL:
         i = (i + 1) & mask
-    t.slots[i].dev = dev
-    t.slots[i].kpasid = kp
-    t.slots[i].grpid = grp
-    t.slots[i].head = NIL
-    t.slots[i].tail = NIL
-    t.slots[i].epoch = 0
+    t.slots[i].hash = h
+    t.slots[i].idx = idx
     t.count += 1
     return i
 
 
-cdef void slot_delete(SlotTable* t, uint32_t i) noexcept nogil:
+cdef void itab_delete(IdxTable* t, uint32_t i) noexcept nogil:
     cdef uint32_t mask = t.cap - 1, j = i, k
     while True:
         j = (j + 1) & mask
-        if t.slots[j].kpasid == KEY_EMPTY:
+        if t.slots[j].idx == NIL:
             break
-        k = slot_home(t, t.slots[j].dev, t.slots[j].kpasid, t.slots[j].grpid)
+        k = t.slots[j].hash & mask
         # Move j back to i unless its home lies cyclically in (i, j].
         if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
             t.slots[i] = t.slots[j]
             i = j
-    t.slots[i].kpasid = KEY_EMPTY
+    t.slots[i].idx = NIL
     t.count -= 1
 
 
-cdef void slot_clear_epochs(SlotTable* t) noexcept nogil:
-    cdef uint32_t i
-    for i in range(t.cap):
-        t.slots[i].epoch = 0
-
-
-cdef void slot_free(SlotTable* t) noexcept nogil:
+cdef void itab_free(IdxTable* t) noexcept nogil:
     PyMem_RawFree(t.slots)
     t.slots = NULL
     t.cap = t.count = 0

@@ -1,21 +1,12 @@
 # TreeGrouper: the strategy of a balanced tree.
 # Part of grouper.pyx (included at module level).
 
-cdef inline int key_cmp(uint32_t dev, uint32_t kp, uint32_t grp, const Slot* b) noexcept nogil:
-    if dev != b.dev:
-        return -1 if dev < b.dev else 1
-    if kp != b.kpasid:
-        return -1 if kp < b.kpasid else 1
-    if grp != b.grpid:
-        return -1 if grp < b.grpid else 1
-    return 0
-
-
 cdef class TreeGrouper(Grouper):
     """Partials in an AVL tree ordered on (dev, key PASID, grpid): O(log n) LPIG.
 
-    The nodes live in one pool and link by index, like the rest of the core;
-    recursion depth is at most 1.44 log2(groups).
+    The tree's nodes (a Part's index and the links) live in one pool and link
+    by index, like the rest of the core; recursion depth is at most
+    1.44 log2(groups).
     """
 
     strategy = "tree"
@@ -28,11 +19,22 @@ cdef class TreeGrouper(Grouper):
         PyMem_RawFree(self.t)
         self.t = NULL
 
+    cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil:
+        """The key (dev, kp, grp) against the key of tree node i: -1, 0 or 1."""
+        cdef const Part* b = P(&self.parts, self.t[i].part)
+        if dev != b.dev:
+            return -1 if dev < b.dev else 1
+        if kp != b.kp:
+            return -1 if kp < b.kp else 1
+        if grp != b.grpid:
+            return -1 if grp < b.grpid else 1
+        return 0
+
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
         cdef uint32_t i = self.root
         cdef int c
         while i != NIL:
-            c = key_cmp(dev, kp, grp, &self.t[i].s)
+            c = self.t_cmp(dev, kp, grp, i)
             if c == 0:
                 return i
             i = self.t[i].left if c < 0 else self.t[i].right
@@ -82,7 +84,8 @@ cdef class TreeGrouper(Grouper):
     cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil:
         if root == NIL:
             return n
-        if key_cmp(self.t[n].s.dev, self.t[n].s.kpasid, self.t[n].s.grpid, &self.t[root].s) < 0:
+        cdef const Part* x = P(&self.parts, self.t[n].part)
+        if self.t_cmp(x.dev, x.kp, x.grpid, root) < 0:
             self.t[root].left = self.t_insert(self.t[root].left, n)
         else:
             self.t[root].right = self.t_insert(self.t[root].right, n)
@@ -99,7 +102,7 @@ cdef class TreeGrouper(Grouper):
                            uint32_t* out) noexcept nogil:
         if root == NIL:
             return NIL
-        cdef int c = key_cmp(dev, kp, grp, &self.t[root].s)
+        cdef int c = self.t_cmp(dev, kp, grp, root)
         cdef uint32_t m, r
         if c < 0:
             self.t[root].left = self.t_delete(self.t[root].left, dev, kp, grp, out)
@@ -115,42 +118,26 @@ cdef class TreeGrouper(Grouper):
             return self.t_balance(m)
         return self.t_balance(root)
 
-    cdef int s_add(self, uint32_t n, uint32_t dev) except -1 nogil:
-        cdef Node* x = self.N(n)
-        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(dev, kp, x.grpid)
-        if i == NIL:
-            self.s_reserve()          # grow before linking: the pool may move
-            i = self.t_free
-            self.t_free = self.t[i].left
-            self.t[i].s.dev = dev
-            self.t[i].s.kpasid = kp
-            self.t[i].s.grpid = x.grpid
-            self.t[i].s.head = n
-            self.t[i].s.epoch = 0
-            self.t[i].left = NIL
-            self.t[i].right = NIL
-            self.t[i].height = 1
-            self.root = self.t_insert(self.root, i)
-        else:
-            self.N(self.t[i].s.tail).next = n
-        self.t[i].s.tail = n
-        return 0
+    cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        cdef uint32_t i = self.t_find(dev, kp, grpid)
+        return NIL if i == NIL else self.t[i].part
 
-    cdef uint32_t s_take(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
+    cdef void s_insert(self, uint32_t p) noexcept nogil:
+        cdef uint32_t i = self.t_free       # s_reserve made sure there is one
+        self.t_free = self.t[i].left
+        self.t[i].part = p
+        self.t[i].left = NIL
+        self.t[i].right = NIL
+        self.t[i].height = 1
+        self.root = self.t_insert(self.root, i)
+
+    cdef void s_remove(self, uint32_t p) noexcept nogil:
+        cdef const Part* x = P(&self.parts, p)
         cdef uint32_t found = NIL
-        self.root = self.t_delete(self.root, dev, kpasid, grpid, &found)
-        if found == NIL:
-            return NIL
-        self.t[found].left = self.t_free
-        self.t_free = found
-        return self.t[found].s.head
-
-    cdef void s_purge(self, uint32_t n, uint32_t dev) noexcept nogil:
-        cdef Node* x = self.N(n)
-        cdef uint32_t kp = self.slot_kpasid(x), i = self.t_find(dev, kp, x.grpid)
-        if i != NIL and self.t[i].s.epoch != self.epoch:
-            if self.filter_dead(&self.t[i].s) == 0:
-                self.s_take(dev, kp, x.grpid)
+        self.root = self.t_delete(self.root, x.dev, x.kp, x.grpid, &found)
+        if found != NIL:
+            self.t[found].left = self.t_free
+            self.t_free = found
 
     cdef int s_reserve(self) except -1 nogil:
         cdef size_t cap
@@ -166,15 +153,6 @@ cdef class TreeGrouper(Grouper):
             self.t_free = self.t_cap
             self.t_cap = <uint32_t>cap
         return 0
-
-    cdef void s_clear_epochs(self) noexcept nogil:
-        cdef uint32_t i
-        for i in range(self.t_cap):
-            self.t[i].s.epoch = 0
-
-    cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
-        cdef uint32_t i = self.t_find(dev, kpasid, grpid)
-        return 0 if i == NIL else self.list_len(self.t[i].s.head)
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return self.t_cap * sizeof(TNode)
