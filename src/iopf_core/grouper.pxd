@@ -296,6 +296,7 @@ cdef class Grouper:
 
 cdef class HashGrouper(Grouper):
     cdef IdxTable table
+    cdef int64_t found        # slot of the last s_find (checked before use)
 
 
 cdef class ListGrouper(Grouper):

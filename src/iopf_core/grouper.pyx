@@ -1021,9 +1021,11 @@ cdef class Grouper:
             self.c.stop_markers += 1
             return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
-        ei = self.entry_find(dev, kp)
-        if ei >= 0:
-            handle = self.entries[ei].handle
+        ei = -1
+        if last or p.require_handler:   # a partial needs its handler only to be refused
+            ei = self.entry_find(dev, kp)
+            if ei >= 0:
+                handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
             self.count_in(r)
@@ -1122,7 +1124,8 @@ cdef class Grouper:
         g.head = head
         g.tail = n
         g.qnext = NIL
-        ei = self.entry_get(dev, kp)
+        if ei < 0:          # (found above, the entries have not moved since)
+            ei = self.entry_get(dev, kp)
         g.qprev = self.entries[ei].qtail
         if g.qprev == NIL:
             self.entries[ei].qhead = q
@@ -1236,7 +1239,8 @@ cdef class Grouper:
             self.entries[ei].qtail = g.qprev
         else:
             self.pends[g.qnext].qprev = g.qprev
-        self.entry_tidy(g.dev, g.kpasid)
+        if self.entries[ei].qhead == NIL and self.entries[ei].handle == 0:
+            self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
         self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
         n = g.head
         while n != NIL:
