@@ -98,9 +98,8 @@ ctypedef struct Entry:
     uint32_t auto_code        # 1 + code of a constant handler, 0 for a Python one
     uint32_t limit, outstanding
 
-# A node of TreeGrouper's AVL tree: a Part and the links.
+# A node of TreeGrouper's AVL tree: the links of the Part of the same index.
 ctypedef struct TNode:
-    uint32_t part
     uint32_t left, right
     int32_t height
 
@@ -305,7 +304,7 @@ cdef class ListGrouper(Grouper):
 
 cdef class TreeGrouper(Grouper):
     cdef TNode* t
-    cdef uint32_t t_cap, t_free, root
+    cdef uint32_t t_cap, root
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
     cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil
     cdef void t_fix(self, uint32_t i) noexcept nogil

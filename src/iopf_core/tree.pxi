@@ -4,8 +4,9 @@
 cdef class TreeGrouper(Grouper):
     """Partials in an AVL tree ordered on (dev, key PASID, grpid): O(log n) LPIG.
 
-    The tree's nodes (a Part's index and the links) live in one pool and link
-    by index, like the rest of the core; recursion depth is at most
+    The tree's node of Part p is t[p] (its links, 12 bytes): an array beside
+    the pool of Parts, so that a step down reads the Part and the links at
+    once instead of one after the other; recursion depth is at most
     1.44 log2(groups).
     """
 
@@ -13,7 +14,6 @@ cdef class TreeGrouper(Grouper):
 
     def __cinit__(self, *args, **kwargs):
         self.root = NIL
-        self.t_free = NIL
 
     def __dealloc__(self):
         PyMem_RawFree(self.t)
@@ -21,7 +21,7 @@ cdef class TreeGrouper(Grouper):
 
     cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil:
         """The key (dev, kp, grp) against the key of tree node i: -1, 0 or 1."""
-        cdef const Part* b = P(&self.parts, self.t[i].part)
+        cdef const Part* b = P(&self.parts, i)
         if dev != b.dev:
             return -1 if dev < b.dev else 1
         if kp != b.kp:
@@ -84,7 +84,7 @@ cdef class TreeGrouper(Grouper):
     cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil:
         if root == NIL:
             return n
-        cdef const Part* x = P(&self.parts, self.t[n].part)
+        cdef const Part* x = P(&self.parts, n)
         if self.t_cmp(x.dev, x.kp, x.grpid, root) < 0:
             self.t[root].left = self.t_insert(self.t[root].left, n)
         else:
@@ -119,39 +119,28 @@ cdef class TreeGrouper(Grouper):
         return self.t_balance(root)
 
     cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
-        cdef uint32_t i = self.t_find(dev, kp, grpid)
-        return NIL if i == NIL else self.t[i].part
+        return self.t_find(dev, kp, grpid)
 
     cdef void s_insert(self, uint32_t p) noexcept nogil:
-        cdef uint32_t i = self.t_free       # s_reserve made sure there is one
-        self.t_free = self.t[i].left
-        self.t[i].part = p
-        self.t[i].left = NIL
-        self.t[i].right = NIL
-        self.t[i].height = 1
-        self.root = self.t_insert(self.root, i)
+        self.t[p].left = NIL            # s_reserve made t as long as the pool
+        self.t[p].right = NIL
+        self.t[p].height = 1
+        self.root = self.t_insert(self.root, p)
 
     cdef void s_remove(self, uint32_t p) noexcept nogil:
         cdef const Part* x = P(&self.parts, p)
         cdef uint32_t found = NIL
         self.root = self.t_delete(self.root, x.dev, x.kp, x.grpid, &found)
-        if found != NIL:
-            self.t[found].left = self.t_free
-            self.t_free = found
 
     cdef int s_reserve(self) except -1 nogil:
-        cdef size_t cap
-        cdef uint32_t i
-        if self.t_free == NIL:
-            if self.t_cap >= 0x7FFFFFFFu:
+        """t as long as the pool of Parts (it grows by one chunk at a time)."""
+        cdef TNode* t
+        if self.t_cap < self.parts.cap:
+            t = <TNode*>xrealloc(self.t, self.parts.cap * sizeof(TNode))
+            if t == NULL:
                 return raise_nomem()
-            cap = self.t_cap
-            self.t = <TNode*>grow(self.t, &cap, cap + 1, sizeof(TNode))
-            for i in range(self.t_cap, <uint32_t>cap):
-                self.t[i].left = i + 1
-            self.t[cap - 1].left = NIL
-            self.t_free = self.t_cap
-            self.t_cap = <uint32_t>cap
+            self.t = t
+            self.t_cap = self.parts.cap
         return 0
 
     cdef size_t s_sizeof(self) noexcept nogil:
