@@ -98,8 +98,10 @@ ctypedef struct Entry:
     uint32_t auto_code        # 1 + code of a constant handler, 0 for a Python one
     uint32_t limit, outstanding
 
-# A node of TreeGrouper's AVL tree: the links of the Part of the same index.
+# A node of TreeGrouper's AVL tree: the key and links of the Part of the
+# same index (the key copied: a step down reads one node).
 ctypedef struct TNode:
+    uint32_t dev, kp, grpid
     uint32_t left, right
     int32_t height
 

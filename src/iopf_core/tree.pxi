@@ -4,10 +4,9 @@
 cdef class TreeGrouper(Grouper):
     """Partials in an AVL tree ordered on (dev, key PASID, grpid): O(log n) LPIG.
 
-    The tree's node of Part p is t[p] (its links, 12 bytes): an array beside
-    the pool of Parts, so that a step down reads the Part and the links at
-    once instead of one after the other; recursion depth is at most
-    1.44 log2(groups).
+    The tree's node of Part p is t[p] (a copy of its key and the links, 24
+    bytes), in an array beside the pool of Parts: a step down reads one
+    node, as a tree of keys would; recursion depth is at most 1.44 log2(groups).
     """
 
     strategy = "tree"
@@ -21,7 +20,7 @@ cdef class TreeGrouper(Grouper):
 
     cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil:
         """The key (dev, kp, grp) against the key of tree node i: -1, 0 or 1."""
-        cdef const Part* b = P(&self.parts, i)
+        cdef const TNode* b = &self.t[i]
         if dev != b.dev:
             return -1 if dev < b.dev else 1
         if kp != b.kp:
@@ -84,8 +83,7 @@ cdef class TreeGrouper(Grouper):
     cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil:
         if root == NIL:
             return n
-        cdef const Part* x = P(&self.parts, n)
-        if self.t_cmp(x.dev, x.kp, x.grpid, root) < 0:
+        if self.t_cmp(self.t[n].dev, self.t[n].kp, self.t[n].grpid, root) < 0:
             self.t[root].left = self.t_insert(self.t[root].left, n)
         else:
             self.t[root].right = self.t_insert(self.t[root].right, n)
@@ -122,15 +120,18 @@ cdef class TreeGrouper(Grouper):
         return self.t_find(dev, kp, grpid)
 
     cdef void s_insert(self, uint32_t p) noexcept nogil:
-        self.t[p].left = NIL            # s_reserve made t as long as the pool
+        cdef const Part* x = P(&self.parts, p)
+        self.t[p].dev = x.dev           # s_reserve made t as long as the pool
+        self.t[p].kp = x.kp
+        self.t[p].grpid = x.grpid
+        self.t[p].left = NIL
         self.t[p].right = NIL
         self.t[p].height = 1
         self.root = self.t_insert(self.root, p)
 
     cdef void s_remove(self, uint32_t p) noexcept nogil:
-        cdef const Part* x = P(&self.parts, p)
         cdef uint32_t found = NIL
-        self.root = self.t_delete(self.root, x.dev, x.kp, x.grpid, &found)
+        self.root = self.t_delete(self.root, self.t[p].dev, self.t[p].kp, self.t[p].grpid, &found)
 
     cdef int s_reserve(self) except -1 nogil:
         """t as long as the pool of Parts (it grows by one chunk at a time)."""
