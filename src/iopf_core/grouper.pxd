@@ -220,8 +220,9 @@ cdef class Grouper:
     cdef uint32_t skey(self, uint32_t kp) noexcept nogil
     cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void part_drop(self, uint32_t p) noexcept nogil
+    cdef void part_unlink(self, uint32_t p) noexcept nogil
     cdef int part_room(self) except -1 nogil
-    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, bint whole) noexcept nogil
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef uint32_t part_free_nodes(self, uint32_t p, uint32_t kp, bint whole) noexcept nogil
     cdef uint32_t drop_chain(self, uint32_t pos) noexcept nogil
     cdef int enter(self) except -1 nogil
@@ -271,6 +272,7 @@ cdef class Grouper:
     cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void s_insert(self, uint32_t p) noexcept nogil
     cdef void s_remove(self, uint32_t p) noexcept nogil
+    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef int s_reserve(self) except -1 nogil
     cdef size_t s_sizeof(self) noexcept nogil
     cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
@@ -297,7 +299,6 @@ cdef class Grouper:
 
 cdef class HashGrouper(Grouper):
     cdef IdxTable table
-    cdef int64_t found        # slot of the last s_find (checked before use)
 
 
 cdef class ListGrouper(Grouper):
@@ -305,10 +306,10 @@ cdef class ListGrouper(Grouper):
 
 
 cdef class TreeGrouper(Grouper):
-    cdef TNode* t
-    cdef uint32_t t_cap, root
+    cdef TNode** tc           # chunks of CHUNK nodes, as the pool of Parts
+    cdef uint32_t tc_n, tc_cap, root
+    cdef TNode* T(self, uint32_t i) noexcept nogil
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil
-    cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil
     cdef void t_fix(self, uint32_t i) noexcept nogil
     cdef uint32_t t_rotate_right(self, uint32_t y) noexcept nogil
     cdef uint32_t t_rotate_left(self, uint32_t x) noexcept nogil

@@ -273,6 +273,14 @@ cdef class Grouper:
     cdef void s_remove(self, uint32_t p) noexcept nogil:
         pass
 
+    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        """Find and remove the Part keyed (dev, kp, grpid) (NIL if none): an LPIG's
+        one search (the caller then unlinks it, part_unlink)."""
+        cdef uint32_t p = self.s_find(dev, kp, grpid)
+        if p != NIL:
+            self.s_remove(p)
+        return p
+
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
 
@@ -366,9 +374,13 @@ cdef class Grouper:
 
     cdef void part_drop(self, uint32_t p) noexcept nogil:
         """Take an emptied Part out of the strategy and its chain, and free it."""
+        self.s_remove(p)
+        self.part_unlink(p)
+
+    cdef void part_unlink(self, uint32_t p) noexcept nogil:
+        """Take a Part that the strategy no longer holds off its chain, and free it."""
         cdef Part* x = P(&self.parts, p)
         cdef int64_t c
-        self.s_remove(p)
         if x.cnext != NIL:
             P(&self.parts, x.cnext).cprev = x.cprev
         if x.cprev != NIL:
@@ -382,37 +394,33 @@ cdef class Grouper:
                     self.chains.slots[c].idx = x.cnext
         pool_release(&self.parts, p)
 
-    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, bint whole) noexcept nogil:
-        """Unlink from Part p its faults of group (kp, grpid) (whole: all of them)
-        and return them as a list in arrival order; an emptied Part is dropped."""
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid) noexcept nogil:
+        """Unlink from Part p (a device's list) its faults of group (kp, grpid) and
+        return them as a list in arrival order; an emptied Part is dropped."""
         cdef Part* x = P(&self.parts, p)
         cdef uint32_t n, prev = NIL, nx, ghead = NIL, gtail = NIL
         cdef Node* y
-        if whole:
-            ghead = x.head
-            x.head = NIL
-        else:
-            # As iopf_group_alloc(): walk the whole device list, move out the matches.
-            n = x.head
-            while n != NIL:
-                y = self.N(n)
-                nx = y.next
-                if y.grpid == grpid and self.node_key(y) == kp:
-                    if prev == NIL:
-                        x.head = nx
-                    else:
-                        self.N(prev).next = nx
-                    if x.tail == n:
-                        x.tail = prev
-                    y.next = NIL
-                    if gtail == NIL:
-                        ghead = n
-                    else:
-                        self.N(gtail).next = n
-                    gtail = n
+        # As iopf_group_alloc(): walk the whole device list, move out the matches.
+        n = x.head
+        while n != NIL:
+            y = self.N(n)
+            nx = y.next
+            if y.grpid == grpid and self.node_key(y) == kp:
+                if prev == NIL:
+                    x.head = nx
                 else:
-                    prev = n
-                n = nx
+                    self.N(prev).next = nx
+                if x.tail == n:
+                    x.tail = prev
+                y.next = NIL
+                if gtail == NIL:
+                    ghead = n
+                else:
+                    self.N(gtail).next = n
+                gtail = n
+            else:
+                prev = n
+            n = nx
         if x.head == NIL:
             self.part_drop(p)
         return ghead
@@ -1068,12 +1076,14 @@ cdef class Grouper:
             self.reserve(1, last, 1 if last and auto else 0, out)
         # The partial group of this key: the strategy's key, (dev, KEY_LIST) for the list.
         sk = self.skey(kp)
-        part = self.s_find(dev, sk, KEY_LIST if self.per_device else r.grpid)
+        part = NIL
         if last:
             if ei < 0:
                 self.entry_room()       # entry_get below then cannot fail
-        elif part == NIL:
-            self.part_room()            # part_new below then cannot fail
+        else:
+            part = self.s_find(dev, sk, KEY_LIST if self.per_device else r.grpid)
+            if part == NIL:
+                self.part_room()        # part_new below then cannot fail
         n = self.node_alloc()
         node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
@@ -1093,8 +1103,15 @@ cdef class Grouper:
             return REPORT_HELD
         # Every partial with the key, stale or of another PASID, then the LPIG.
         head = NIL
-        if part != NIL:
-            head = self.part_take(part, self.node_key(node), r.grpid, not self.per_device)
+        if self.per_device:
+            part = self.s_find(dev, sk, KEY_LIST)
+            if part != NIL:
+                head = self.part_take(part, self.node_key(node), r.grpid)
+        else:
+            part = self.s_pop(dev, sk, r.grpid)
+            if part != NIL:
+                head = P(&self.parts, part).head
+                self.part_unlink(part)
         nf = 1
         tail = NIL
         m = head

@@ -11,7 +11,6 @@ cdef class HashGrouper(Grouper):
 
     cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
         cdef int64_t i = part_find(&self.table, &self.parts, dev, kp, grpid)
-        self.found = i
         return NIL if i < 0 else self.table.slots[i].idx
 
     cdef void s_insert(self, uint32_t p) noexcept nogil:
@@ -19,13 +18,19 @@ cdef class HashGrouper(Grouper):
         itab_insert(&self.table, part_hash(x.dev, x.kp, x.grpid), p)
 
     cdef void s_remove(self, uint32_t p) noexcept nogil:
-        cdef Part* x
-        cdef int64_t i = self.found     # an LPIG removes the Part it has just found
-        if i < 0 or i >= self.table.cap or self.table.slots[i].idx != p:
-            x = P(&self.parts, p)
-            i = part_find(&self.table, &self.parts, x.dev, x.kp, x.grpid)
+        cdef Part* x = P(&self.parts, p)
+        cdef int64_t i = part_find(&self.table, &self.parts, x.dev, x.kp, x.grpid)
         if i >= 0:
             itab_delete(&self.table, <uint32_t>i)
+
+    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        cdef int64_t i = part_find(&self.table, &self.parts, dev, kp, grpid)
+        cdef uint32_t p
+        if i < 0:
+            return NIL
+        p = self.table.slots[i].idx
+        itab_delete(&self.table, <uint32_t>i)
+        return p
 
     cdef int s_reserve(self) except -1 nogil:
         return itab_reserve(&self.table, 1)

@@ -1,6 +1,16 @@
 # TreeGrouper: the strategy of a balanced tree.
 # Part of grouper.pyx (included at module level).
 
+cdef inline int key_cmp(uint32_t dev, uint32_t kp, uint32_t grp, const TNode* b) noexcept nogil:
+    if dev != b.dev:
+        return -1 if dev < b.dev else 1
+    if kp != b.kp:
+        return -1 if kp < b.kp else 1
+    if grp != b.grpid:
+        return -1 if grp < b.grpid else 1
+    return 0
+
+
 cdef class TreeGrouper(Grouper):
     """Partials in an AVL tree ordered on (dev, key PASID, grpid): O(log n) LPIG.
 
@@ -15,104 +25,99 @@ cdef class TreeGrouper(Grouper):
         self.root = NIL
 
     def __dealloc__(self):
-        PyMem_RawFree(self.t)
-        self.t = NULL
+        cdef uint32_t i
+        for i in range(self.tc_n):
+            PyMem_RawFree(self.tc[i])
+        PyMem_RawFree(self.tc)
+        self.tc = NULL
 
-    cdef int t_cmp(self, uint32_t dev, uint32_t kp, uint32_t grp, uint32_t i) noexcept nogil:
-        """The key (dev, kp, grp) against the key of tree node i: -1, 0 or 1."""
-        cdef const TNode* b = &self.t[i]
-        if dev != b.dev:
-            return -1 if dev < b.dev else 1
-        if kp != b.kp:
-            return -1 if kp < b.kp else 1
-        if grp != b.grpid:
-            return -1 if grp < b.grpid else 1
-        return 0
+    cdef inline TNode* T(self, uint32_t i) noexcept nogil:
+        return &self.tc[i >> CHUNK_BITS][i & CHUNK_MASK]
 
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:
         cdef uint32_t i = self.root
         cdef int c
         while i != NIL:
-            c = self.t_cmp(dev, kp, grp, i)
+            c = key_cmp(dev, kp, grp, self.T(i))
             if c == 0:
                 return i
-            i = self.t[i].left if c < 0 else self.t[i].right
+            i = self.T(i).left if c < 0 else self.T(i).right
         return NIL
 
     cdef void t_fix(self, uint32_t i) noexcept nogil:
-        cdef int32_t hl = 0 if self.t[i].left == NIL else self.t[self.t[i].left].height
-        cdef int32_t hr = 0 if self.t[i].right == NIL else self.t[self.t[i].right].height
-        self.t[i].height = 1 + (hl if hl > hr else hr)
+        cdef int32_t hl = 0 if self.T(i).left == NIL else self.T(self.T(i).left).height
+        cdef int32_t hr = 0 if self.T(i).right == NIL else self.T(self.T(i).right).height
+        self.T(i).height = 1 + (hl if hl > hr else hr)
 
     cdef uint32_t t_rotate_right(self, uint32_t y) noexcept nogil:
-        cdef uint32_t x = self.t[y].left
-        self.t[y].left = self.t[x].right
-        self.t[x].right = y
+        cdef uint32_t x = self.T(y).left
+        self.T(y).left = self.T(x).right
+        self.T(x).right = y
         self.t_fix(y)
         self.t_fix(x)
         return x
 
     cdef uint32_t t_rotate_left(self, uint32_t x) noexcept nogil:
-        cdef uint32_t y = self.t[x].right
-        self.t[x].right = self.t[y].left
-        self.t[y].left = x
+        cdef uint32_t y = self.T(x).right
+        self.T(x).right = self.T(y).left
+        self.T(y).left = x
         self.t_fix(x)
         self.t_fix(y)
         return y
 
     cdef uint32_t t_balance(self, uint32_t i) noexcept nogil:
         self.t_fix(i)
-        cdef uint32_t l = self.t[i].left, r = self.t[i].right
-        cdef int32_t hl = 0 if l == NIL else self.t[l].height
-        cdef int32_t hr = 0 if r == NIL else self.t[r].height
+        cdef uint32_t l = self.T(i).left, r = self.T(i).right
+        cdef int32_t hl = 0 if l == NIL else self.T(l).height
+        cdef int32_t hr = 0 if r == NIL else self.T(r).height
         cdef int32_t a, b
         if hl - hr > 1:
-            a = 0 if self.t[l].left == NIL else self.t[self.t[l].left].height
-            b = 0 if self.t[l].right == NIL else self.t[self.t[l].right].height
+            a = 0 if self.T(l).left == NIL else self.T(self.T(l).left).height
+            b = 0 if self.T(l).right == NIL else self.T(self.T(l).right).height
             if a < b:
-                self.t[i].left = self.t_rotate_left(l)
+                self.T(i).left = self.t_rotate_left(l)
             return self.t_rotate_right(i)
         if hr - hl > 1:
-            a = 0 if self.t[r].right == NIL else self.t[self.t[r].right].height
-            b = 0 if self.t[r].left == NIL else self.t[self.t[r].left].height
+            a = 0 if self.T(r).right == NIL else self.T(self.T(r).right).height
+            b = 0 if self.T(r).left == NIL else self.T(self.T(r).left).height
             if a < b:
-                self.t[i].right = self.t_rotate_right(r)
+                self.T(i).right = self.t_rotate_right(r)
             return self.t_rotate_left(i)
         return i
 
     cdef uint32_t t_insert(self, uint32_t root, uint32_t n) noexcept nogil:
         if root == NIL:
             return n
-        if self.t_cmp(self.t[n].dev, self.t[n].kp, self.t[n].grpid, root) < 0:
-            self.t[root].left = self.t_insert(self.t[root].left, n)
+        if key_cmp(self.T(n).dev, self.T(n).kp, self.T(n).grpid, self.T(root)) < 0:
+            self.T(root).left = self.t_insert(self.T(root).left, n)
         else:
-            self.t[root].right = self.t_insert(self.t[root].right, n)
+            self.T(root).right = self.t_insert(self.T(root).right, n)
         return self.t_balance(root)
 
     cdef uint32_t t_remove_min(self, uint32_t i, uint32_t* out) noexcept nogil:
-        if self.t[i].left == NIL:
+        if self.T(i).left == NIL:
             out[0] = i
-            return self.t[i].right
-        self.t[i].left = self.t_remove_min(self.t[i].left, out)
+            return self.T(i).right
+        self.T(i).left = self.t_remove_min(self.T(i).left, out)
         return self.t_balance(i)
 
     cdef uint32_t t_delete(self, uint32_t root, uint32_t dev, uint32_t kp, uint32_t grp,
                            uint32_t* out) noexcept nogil:
         if root == NIL:
             return NIL
-        cdef int c = self.t_cmp(dev, kp, grp, root)
+        cdef int c = key_cmp(dev, kp, grp, self.T(root))
         cdef uint32_t m, r
         if c < 0:
-            self.t[root].left = self.t_delete(self.t[root].left, dev, kp, grp, out)
+            self.T(root).left = self.t_delete(self.T(root).left, dev, kp, grp, out)
         elif c > 0:
-            self.t[root].right = self.t_delete(self.t[root].right, dev, kp, grp, out)
+            self.T(root).right = self.t_delete(self.T(root).right, dev, kp, grp, out)
         else:
             out[0] = root
-            if self.t[root].right == NIL:
-                return self.t[root].left
-            r = self.t_remove_min(self.t[root].right, &m)
-            self.t[m].right = r
-            self.t[m].left = self.t[root].left
+            if self.T(root).right == NIL:
+                return self.T(root).left
+            r = self.t_remove_min(self.T(root).right, &m)
+            self.T(m).right = r
+            self.T(m).left = self.T(root).left
             return self.t_balance(m)
         return self.t_balance(root)
 
@@ -121,28 +126,37 @@ cdef class TreeGrouper(Grouper):
 
     cdef void s_insert(self, uint32_t p) noexcept nogil:
         cdef const Part* x = P(&self.parts, p)
-        self.t[p].dev = x.dev           # s_reserve made t as long as the pool
-        self.t[p].kp = x.kp
-        self.t[p].grpid = x.grpid
-        self.t[p].left = NIL
-        self.t[p].right = NIL
-        self.t[p].height = 1
+        self.T(p).dev = x.dev           # s_reserve made t as long as the pool
+        self.T(p).kp = x.kp
+        self.T(p).grpid = x.grpid
+        self.T(p).left = NIL
+        self.T(p).right = NIL
+        self.T(p).height = 1
         self.root = self.t_insert(self.root, p)
 
     cdef void s_remove(self, uint32_t p) noexcept nogil:
         cdef uint32_t found = NIL
-        self.root = self.t_delete(self.root, self.t[p].dev, self.t[p].kp, self.t[p].grpid, &found)
+        self.root = self.t_delete(self.root, self.T(p).dev, self.T(p).kp, self.T(p).grpid, &found)
+
+    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        cdef uint32_t found = NIL
+        self.root = self.t_delete(self.root, dev, kp, grpid, &found)
+        return found
 
     cdef int s_reserve(self) except -1 nogil:
-        """t as long as the pool of Parts (it grows by one chunk at a time)."""
-        cdef TNode* t
-        if self.t_cap < self.parts.cap:
-            t = <TNode*>xrealloc(self.t, self.parts.cap * sizeof(TNode))
-            if t == NULL:
+        """A chunk of tree nodes for every chunk of Parts (nothing moves or is copied)."""
+        cdef size_t cap = self.tc_cap
+        cdef TNode* chunk
+        if self.tc_n < self.parts.n_chunks:
+            if self.tc_n == self.tc_cap:
+                self.tc = <TNode**>grow(self.tc, &cap, cap + 1, sizeof(TNode*))
+                self.tc_cap = <uint32_t>cap
+            chunk = <TNode*>xmalloc(CHUNK * sizeof(TNode))
+            if chunk == NULL:
                 return raise_nomem()
-            self.t = t
-            self.t_cap = self.parts.cap
+            self.tc[self.tc_n] = chunk
+            self.tc_n += 1
         return 0
 
     cdef size_t s_sizeof(self) noexcept nogil:
-        return self.t_cap * sizeof(TNode)
+        return self.tc_n * CHUNK * sizeof(TNode) + self.tc_cap * sizeof(TNode*)
