@@ -183,9 +183,9 @@ cdef class Grouper:
     cdef public bint fast
     cdef object queue_ref, group_cls, fault_cls, slow_report, slow_values
     cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
-    # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)
-    cdef Node** chunks
-    cdef uint32_t n_chunks, chunks_cap, node_cap, node_free, node_used
+    # pools: nodes in one array (see node_grow)
+    cdef Node* nodes
+    cdef uint32_t node_cap, node_free, node_used
     # partial groups, and their flush chains: (dev, kp) -> the newest Part
     cdef PartPool parts
     cdef IdxTable chains
