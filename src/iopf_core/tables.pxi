@@ -1,4 +1,4 @@
-# Keys and the open-addressed tables: cookie placement, the slot table.
+# Keys and the open-addressed tables: cookie placement, the index table.
 # Part of grouper.pyx (included at module level).
 
 cdef inline uint32_t key_pasid(uint32_t pasid, uint32_t flags, uint32_t no_pasid) noexcept nogil:
