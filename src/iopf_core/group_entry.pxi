@@ -3,12 +3,23 @@
 # array for run() and taking the groups back as three arrays cost 3-4 us a
 # group, more than grouping it.
 
+from cpython.number cimport PyNumber_Index
+
+
+cdef inline object as_int(object v):
+    """An integer argument as an int: a float is refused (TypeError), not cut."""
+    return v if type(v) is int else PyNumber_Index(v)
+
+
 cdef object report_group(Grouper g, time, dev, pasid, grpid, flags, last_flags, perm, n,
                          addr, stride):
     """Grouper.report_group (see its docstring)."""
     cdef FaultRec r, last
     cdef Py_ssize_t count, i
     cdef uint64_t step
+    time = as_int(time); dev = as_int(dev); pasid = as_int(pasid); grpid = as_int(grpid)
+    flags = as_int(flags); last_flags = as_int(last_flags); perm = as_int(perm); n = as_int(n)
+    addr = as_int(addr); stride = as_int(stride)
     try:
         count = n
         r.time = time; r.dev = dev; r.pasid = pasid; r.grpid = grpid
