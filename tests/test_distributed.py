@@ -101,6 +101,10 @@ def test_fleet_of_files(client: Any, faults: np.ndarray, tmp_path: Path) -> None
     by_unit = dist.replay([tmp_path / "host1.npy"], client=client, units=UNITS, policy="vtd")
     same(by_unit, per_unit(faults[:15_000], policy="vtd"))
     assert len(by_unit.shards) == 3
+    # Or a function of the dev array, as iopf.replay and partition take (UNITS is dev % 3).
+    by_fn = dist.replay([tmp_path / "host1.npy"], client=client, units=lambda dev: dev % 3,
+                        policy="vtd")
+    same(by_fn, by_unit)
 
 
 def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray,

@@ -19,7 +19,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import policies
-from ._partition import _unit_label, _unit_of
+from ._partition import Units, _unit_label, _unit_of
 from .policies import Policy
 from .queue import Group, Handler, Queue
 from .service import Service
@@ -31,11 +31,6 @@ __all__ = ["ReplayReport", "replay"]
 #: ``"const:20000"``), samples in ns to draw from, a :class:`iopf.Service`, or a
 #: function of the group sizes (an int64 array) returning each group's ns.
 ServiceTime = Union[int, str, np.ndarray, Service, Callable[[np.ndarray], Any]]
-
-#: The IOMMU unit of each record: an integer array (one unit per record of
-#: the trace), or a device id -> unit mapping (a dict, or a function of the
-#: ``dev`` array returning the units).
-Units = Union[np.ndarray, Mapping[int, int], Callable[[np.ndarray], Any]]
 
 _END_OF_TIME = 2**64 - 1
 _RECORD_ERROR = re.compile(r"^record (\d+): (.*)$", re.DOTALL)

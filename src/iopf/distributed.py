@@ -17,14 +17,15 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from . import policies
-from ._partition import SHARD_KEYS, Shard, read_shard, read_shard_meta, shards_of
+from ._partition import (SHARD_KEYS, DeviceUnits, Shard, read_shard, read_shard_meta,
+                         shards_of)
 from ._replay import ReplayReport, ServiceTime
 from ._replay import replay as _replay_one
 from .policies import Policy
@@ -47,7 +48,7 @@ class ShardError(ValueError):
 
 
 def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = None,
-           shard_by: str = "iommu", units: Mapping[int, int] | None = None,
+           shard_by: str = "iommu", units: DeviceUnits | None = None,
            strategy: str = "hash", handler: Handler | Response | None = None,
            service_time: ServiceTime | None = None, answer: bool = True,
            batch_size: int = 65536, workers: int | None = None,
