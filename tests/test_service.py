@@ -169,6 +169,11 @@ def test_replay_service_arguments() -> None:
         iopf.replay(trace.synthetic(10), servers=2)
     with pytest.raises(ValueError, match="servers"):
         iopf.replay(trace.synthetic(10), service_time=Service(5), servers=2)
+    # The seed too: a Service carries its own, and without a service time it means nothing.
+    with pytest.raises(ValueError, match="seed is given by the Service"):
+        iopf.replay(trace.synthetic(10), service_time=Service(5), seed=3)
+    with pytest.raises(ValueError, match="seed needs a service_time"):
+        iopf.replay(trace.synthetic(10), seed=3)
     with pytest.raises(ValueError):
         iopf.replay(trace.synthetic(10), service_time="exp:x")
 

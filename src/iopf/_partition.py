@@ -196,7 +196,12 @@ def shards_of(source: Any, by: str, *, units: DeviceUnits | None = None,
         raise TypeError("a sharded replay reads its shards from files on the workers: "
                         "write the array with iopf.trace.partition first")
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        if units is not None:
+            raise ValueError(f"{source}: units= applies to trace files; a dataset's shards "
+                             "were cut by iopf.trace.partition(..., units=) already")
         return _dataset_shards(os.path.abspath(source), by)
+    # A plain dict travels to the workers with each shard (a function as it is).
+    units = units if units is None or callable(units) else dict(units)
     # Absolute paths: a worker's working directory is not the client's.
     files = [os.path.abspath(f) for f in _files(source)]
     shards = []
@@ -204,7 +209,7 @@ def shards_of(source: Any, by: str, *, units: DeviceUnits | None = None,
         prefix = f"host={host}" if len(files) > 1 else ""
         if by == "host" or (by == "iommu" and units is None
                             and trace.detect_format(path, format) != "prq_report"):
-            shards.append(Shard(prefix or host, (path,), format))
+            shards.append(Shard(prefix or host, (path,), format, units=units))
             continue
         keys, names = _keys_of(path, by, units, format)
         if by == "iommu" and units is None and len(keys) <= 1:
@@ -213,8 +218,7 @@ def shards_of(source: Any, by: str, *, units: DeviceUnits | None = None,
         for key in keys:
             name = _shard_dir(prefix, by, key, names)
             column = "unit" if by == "iommu" else "dev"
-            shards.append(Shard(name, (path,), format, (column, key),
-                                None if units is None or callable(units) else dict(units)))
+            shards.append(Shard(name, (path,), format, (column, key), units))
     return shards
 
 

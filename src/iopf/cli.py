@@ -295,12 +295,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _replay_cmd(args: argparse.Namespace) -> int:
     _check_json(args)   # before any work, on either path
+    if args.servers is not None and args.service_time is None:
+        raise ValueError("--servers needs --service-time (how long each group is served)")
     if _sharded(args):
         return _replay_distributed(args)
     args.trace = args.trace[0] if args.trace else None
     _synthetic_only(args)
-    if args.servers is not None and args.service_time is None:
-        raise ValueError("--servers needs --service-time (how long each group is served)")
     if args.plot is not None:
         _check_output(args.plot, "--plot")
     plt = _pyplot() if args.plot is not None else None   # fail before the long part
@@ -323,10 +323,8 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        service = None if args.service_time is None else \
-            Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
-                        service_time=service, batch_size=args.batch_size,
+                        service_time=_service(args), batch_size=args.batch_size,
                         progress=progress, total=total, unit_names=load.units)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
@@ -350,6 +348,12 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             _write_json(f, report)
     return 0
+
+
+def _service(args: argparse.Namespace) -> Service | None:
+    """The service model of --service-time, --servers and --service-seed (both paths)."""
+    return None if args.service_time is None else \
+        Service(args.service_time, args.servers, seed=args.service_seed)
 
 
 def _sharded(args: argparse.Namespace) -> bool:
@@ -385,7 +389,7 @@ def _replay_distributed(args: argparse.Namespace) -> int:
         client = Client(args.scheduler)
     try:
         report = distributed.replay(source, policy=policy, client=client, shard_by=shard_by,
-                                    strategy=args.strategy, service_time=args.service_time,
+                                    strategy=args.strategy, service_time=_service(args),
                                     batch_size=args.batch_size, workers=args.workers,
                                     progress=progress, format=args.format)
     finally:
