@@ -30,6 +30,7 @@ from . import __version__, policies, trace
 from ._replay import ReplayReport, _rate, replay
 from .service import Service
 from .trace import LoadStats, TraceError
+from .trace._io import same_file
 
 __all__ = ["main"]
 
@@ -400,7 +401,7 @@ def _replay_distributed(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if trace.same_file(args.input, args.output):
+    if same_file(args.input, args.output):
         raise ValueError(f"{args.output}: is the input; write the output elsewhere")
     out_fmt = _output_format(args.output, args.to_format, "--to")   # fail before reading
     _check_json(args)
