@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import iopf
+from conftest import outcome, same
 from iopf import ReplayReport, Response, trace
 
 pytest.importorskip("pyarrow")
@@ -19,23 +20,6 @@ from iopf.cli import main  # noqa: E402
 
 # Six devices behind three IOMMU units, two each (a device sits behind one unit).
 UNITS = {0: 0, 1: 1, 2: 2, 3: 0, 4: 1, 5: 2}
-TIMING = ("wall_seconds", "engine_seconds", "faults_per_second", "batches", "shards",
-          "strategy", "shard_seconds", "shard")
-
-
-def outcome(r: ReplayReport) -> dict[str, Any]:
-    d = r.to_dict()
-    for k in TIMING:
-        d.pop(k, None)
-    return d
-
-
-def same(a: ReplayReport, b: ReplayReport) -> None:
-    """Counter for counter, histogram for histogram."""
-    assert outcome(a) == outcome(b)
-    assert a.histogram == b.histogram
-
-
 def service(sizes: np.ndarray) -> np.ndarray:
     return (sizes * sizes * 7919) % 900_000 + 100
 
