@@ -160,10 +160,13 @@ def test_cli_on_an_existing_cluster(client: Any, faults: np.ndarray, tmp_path: P
     import json
     d = json.loads(out.read_text())
     assert d["stats"] == per_unit(faults, policy="vtd").stats
-    # The service options reach the shards as they reach iopf.replay.
+    # The service options reach the shards as they reach iopf.replay; --plot draws.
+    plot = tmp_path / "latency.png"
     assert main(["replay", str(tmp_path / "ds"), "--scheduler", client.scheduler.address,
                  "--policy", "vtd", "--service-time", "exp:50000", "--servers", "2",
-                 "--service-seed", "7", "--json", str(out), "--no-progress"]) == 0
+                 "--service-seed", "7", "--json", str(out), "--no-progress",
+                 "--plot", str(plot)]) == 0
+    assert f"wrote {plot}" in capsys.readouterr().out and plot.stat().st_size > 0
     d = json.loads(out.read_text())
     ref = per_unit(faults, policy="vtd", service_time="exp:50000", servers=2, seed=7)
     assert d["stats"] == ref.stats and d["latency_ns"] == ref.to_dict()["latency_ns"]

@@ -298,13 +298,13 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     _check_json(args)   # before any work, on either path
     if args.servers is not None and args.service_time is None:
         raise ValueError("--servers needs --service-time (how long each group is served)")
-    if _sharded(args):
-        return _replay_distributed(args)
-    args.trace = args.trace[0] if args.trace else None
-    _synthetic_only(args)
     if args.plot is not None:
         _check_output(args.plot, "--plot")
     plt = _pyplot() if args.plot is not None else None   # fail before the long part
+    if _sharded(args):
+        return _replay_distributed(args, plt)
+    args.trace = args.trace[0] if args.trace else None
+    _synthetic_only(args)
     policy = policies.PRESETS[args.policy]
     if args.timeout is not None:
         policy = policy.replace(response_timeout=args.timeout)
@@ -363,7 +363,7 @@ def _sharded(args: argparse.Namespace) -> bool:
             or args.shard_by is not None or any(os.path.isdir(t) for t in args.trace))
 
 
-def _replay_distributed(args: argparse.Namespace) -> int:
+def _replay_distributed(args: argparse.Namespace, plt: Any) -> int:
     if not args.trace:
         raise ValueError("a sharded replay needs TRACE files or a dataset directory")
     if args.faults is not None or args.seed is not None or args.skip_bad:
@@ -397,7 +397,11 @@ def _replay_distributed(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     report.extra["trace"] = " ".join(args.trace)
-    return _result(args, report, str(report))
+    text = str(report)
+    if plt is not None:
+        _plot_latency(plt, report, args.plot, report.extra["trace"])
+        text += f"\nwrote {args.plot}"
+    return _result(args, report, text)
 
 
 def _convert(args: argparse.Namespace) -> int:
