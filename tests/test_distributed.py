@@ -124,6 +124,8 @@ def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray
     trace.partition(faults[:1_000], tmp_path / "ds", by="iommu", units=UNITS)
     with pytest.raises(ValueError, match="applies to trace files"):
         dist.replay(tmp_path / "ds", policy="vtd", units=UNITS)
+    with pytest.raises(ValueError, match="applies to trace files"):
+        dist.replay(tmp_path / "ds", policy="vtd", format="csv")
     # Bad options and in-memory arrays fail at the call, before any cluster.
     with pytest.raises(ValueError, match="batch_size"):
         dist.replay(tmp_path, policy="vtd", batch_size=0)

@@ -196,9 +196,12 @@ def shards_of(source: Any, by: str, *, units: DeviceUnits | None = None,
         raise TypeError("a sharded replay reads its shards from files on the workers: "
                         "write the array with iopf.trace.partition first")
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        # What applies to trace files only is refused, not ignored.
         if units is not None:
             raise ValueError(f"{source}: units= applies to trace files; a dataset's shards "
                              "were cut by iopf.trace.partition(..., units=) already")
+        if format is not None:
+            raise ValueError(f"{source}: format= applies to trace files; a dataset is Parquet")
         return _dataset_shards(os.path.abspath(source), by)
     # A plain dict travels to the workers with each shard (a function as it is).
     units = units if units is None or callable(units) else dict(units)
