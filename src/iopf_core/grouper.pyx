@@ -349,7 +349,7 @@ cdef class Grouper:
         itab_reserve(&self.chains, 1)
         return 0
 
-    cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+    cdef inline uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
         """An empty Part under key (dev, kp, grpid), linked (room made by part_room)."""
         cdef uint32_t p = pool_alloc(&self.parts), old
         cdef Part* x = P(&self.parts, p)
@@ -375,7 +375,7 @@ cdef class Grouper:
         self.s_remove(p)
         self.part_unlink(p)
 
-    cdef void part_unlink(self, uint32_t p) noexcept nogil:
+    cdef inline void part_unlink(self, uint32_t p) noexcept nogil:
         """Take a Part that the strategy no longer holds off its chain, and free it."""
         cdef Part* x = P(&self.parts, p)
         cdef int64_t c
@@ -497,7 +497,7 @@ cdef class Grouper:
         self.node_cap = <uint32_t>cap
         return 0
 
-    cdef uint32_t node_alloc(self) except NIL nogil:
+    cdef inline uint32_t node_alloc(self) except NIL nogil:
         cdef uint32_t i
         if self.node_free == NIL:
             self.node_grow()
@@ -525,7 +525,7 @@ cdef class Grouper:
         self.pend_cap = <uint32_t>cap
         return 0
 
-    cdef uint32_t pend_alloc(self) except NIL nogil:
+    cdef inline uint32_t pend_alloc(self) except NIL nogil:
         cdef uint32_t i
         if self.pend_free == NIL:
             self.pend_grow()
@@ -904,7 +904,7 @@ cdef class Grouper:
         f.priv[0] = n.priv0
         f.priv[1] = n.priv1
 
-    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil:
+    cdef inline int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil:
         """Append a completed group to the batch output."""
         buf_reserve(&self.out_faults, nfaults * sizeof(FaultRec))
         buf_reserve(&self.out_offsets, sizeof(int64_t))
