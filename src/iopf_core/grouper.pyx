@@ -1008,7 +1008,7 @@ cdef class Grouper:
         self.last_cookie = 0
         self.dispatch = False
 
-    cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
+    cdef inline int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
         """Apply one request that bad_rec() accepted, from memory the caller cannot
         change: a ReportResult, or R_DISPATCH if the group it completed waits for a
         Python handler (self.dispatch; the cookie is self.last_cookie).
