@@ -70,11 +70,11 @@ def test_bytes_per_held_partial(strategy):
     worst.
     """
     for group_size in (4, 8, 32):
-        for n in (65_536, 100_000):
+        for n in (16_385, 30_040, 65_536, 67_330, 100_000):
             q = iopf.Queue(strategy=strategy)
             q.report_batch(partials(n, group_size))
             assert q.sizeof() / n <= 64, (group_size, n, q.sizeof() / n)
-    for n in (49_153, 65_537, 98_305, 100_000):
+    for n in (16_385, 24_578, 49_153, 65_537, 98_305, 100_000):
         worst = partials(n, 1)
         worst["dev"] = np.arange(n)
         q = iopf.Queue(strategy=strategy)

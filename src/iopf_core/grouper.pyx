@@ -98,7 +98,7 @@ cdef enum:
     KIND_STOP = 2
     BY_SERVICE = 0x100        # HeapItem.reason mark: an answer of the service model
     MIN_CAP = 16
-    CHUNK_BITS = 12           # 4096 Parts (112 KiB) a chunk: slack stays small
+    CHUNK_BITS = 10           # 1024 Parts (28 KiB) a chunk: slack stays small
     CHUNK = 1 << CHUNK_BITS
     CHUNK_MASK = CHUNK - 1
 
