@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import mmap
 import re
+import warnings
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -213,11 +214,15 @@ def _fast(block: memoryview, names: list[str]) -> tuple[np.ndarray, int] | None:
     if _PLAIN_BYTES[data].any():
         return None
     try:
-        t = np.loadtxt(io.BytesIO(block), dtype=np.uint64, delimiter=",", ndmin=2,
-                       comments=None)
+        with warnings.catch_warnings():   # a block of blank lines: "no data"
+            warnings.simplefilter("ignore", UserWarning)
+            t = np.loadtxt(io.BytesIO(block), dtype=np.uint64, delimiter=",", ndmin=2,
+                           comments=None)
     except ValueError:
         return None
-    if t.shape[1:] != (len(names),) and len(t):
+    if not len(t):                        # blank lines only
+        t = np.empty((0, len(names)), np.uint64)
+    if t.shape[1:] != (len(names),):
         return None
     columns = [t[:, i] for i in range(len(names))]
     for col, values in zip(names, columns):
