@@ -255,27 +255,30 @@ def _pyarrow_records(block: memoryview, names: list[str], most: int, *,
     32-bit columns are read as such, so a value out of range is refused
     here and named by the rule."""
     pa = _pyarrow()
-    out = np.empty(most, FAULT_DTYPE)
-    at = 0
     try:
-        # Streamed: each batch of records is assembled while it is in cache.
-        for batch in pa.csv.open_csv(
-                pa.BufferReader(pa.py_buffer(block)),
-                read_options=pa.csv.ReadOptions(column_names=names, block_size=4 << 20),
-                parse_options=pa.csv.ParseOptions(quote_char=False, double_quote=False,
-                                                  ignore_empty_lines=skip_blank),
-                convert_options=pa.csv.ConvertOptions(
-                    column_types={n: pa.uint32() if n in U32_COLUMNS else pa.uint64()
-                                  for n in names},
-                    strings_can_be_null=False, null_values=[])):
-            n = batch.num_rows
-            if at + n > most or any(c.null_count for c in batch.columns):
-                return None      # more records than lines: a lone CR split one
-            _fill(out[at:at + n], names, [c.to_numpy() for c in batch.columns])
-            at += n
+        # The whole-table reader, not the streaming one: that one may leave
+        # threads running when it stops at an error, and a process exiting
+        # then aborts ("terminate called without an active exception").
+        table = pa.csv.read_csv(
+            pa.BufferReader(pa.py_buffer(block)),
+            read_options=pa.csv.ReadOptions(column_names=names, block_size=4 << 20),
+            parse_options=pa.csv.ParseOptions(quote_char=False, double_quote=False,
+                                              ignore_empty_lines=skip_blank),
+            convert_options=pa.csv.ConvertOptions(
+                column_types={n: pa.uint32() if n in U32_COLUMNS else pa.uint64()
+                              for n in names},
+                strings_can_be_null=False, null_values=[]))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    return out[:at]
+    if table.num_rows > most or any(c.null_count for c in table.columns):
+        return None          # more records than lines: a lone CR split one
+    out = np.empty(table.num_rows, FAULT_DTYPE)
+    at = 0
+    for batch in table.to_batches():   # one per block pyarrow parsed: cache-sized
+        n = batch.num_rows
+        _fill(out[at:at + n], names, [c.to_numpy() for c in batch.columns])
+        at += n
+    return out
 
 
 def _by_rule(name: str, block: memoryview, names: list[str], first: int, skip_bad: bool,
