@@ -5,11 +5,19 @@ is optional spaces or tabs, then decimal digits or ``0x``/``0X`` and hex
 digits, then optional spaces or tabs; a record has exactly one field per
 header column; ``dev``, ``pasid``, ``grpid``, ``flags`` and ``perm`` fit in
 32 bits, the others in 64; blank lines and lines starting with ``#`` are
-skipped. Whole blocks go through pyarrow's CSV reader when it is installed
-(it accepts exactly these fields) or numpy's when a block holds nothing but
-digits, commas and line ends; a block either fast reader refuses is read
-line by line by the rule itself, so a line's fate never depends on its
-neighbours.
+skipped; a line ends at LF (a CR before it is dropped). Whole blocks go
+through pyarrow's CSV reader when it is installed (it accepts exactly these
+fields, but also ends a line at a lone CR: such a block is left to the
+rule) or numpy's when a block holds nothing but digits, commas and line
+ends; a block either fast reader refuses is read line by line by the rule
+itself, so a line's fate never depends on its neighbours. Line numbers are
+only needed for errors: a block pyarrow takes has one record a line (or is
+counted when it has blank lines).
+
+Speed: a regular file is mapped into memory and parsed in place; other
+inputs are read into one buffer from pyarrow's memory pool. pyarrow reads
+the 32-bit columns as 32-bit and the others as 64-bit unsigned integers,
+and each of its batches is written into the records while in cache.
 """
 from __future__ import annotations
 
@@ -92,8 +100,8 @@ def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bo
         blocks = _whole_lines(src.stream, size if src.size is None else
                               max(1 << 16, min(size, src.size + 1)))  # no bigger than the file
     first = lineno + 1            # the number of the next block's first line
-    for block in blocks:
-        fast = _fast(block, names)
+    for block, has_cr in blocks:
+        fast = _fast(block, names, has_cr)
         if fast is None:
             faults, lines = _by_rule(src.name, block, names, first, skip_bad, stats)
         else:
@@ -102,7 +110,10 @@ def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bo
         yield faults, None
 
 
-def _mapped(path: str, offset: int, size: int) -> Iterator[memoryview] | None:
+Blocks = Iterator[tuple[memoryview, bool]]   # each block, and whether it may hold a CR
+
+
+def _mapped(path: str, offset: int, size: int) -> Blocks | None:
     """A regular file's records from ``offset`` on, in blocks of whole lines
     that are views of the file mapped into memory: the readers parse the
     page cache in place, with no copy. None if it cannot be mapped."""
@@ -114,7 +125,7 @@ def _mapped(path: str, offset: int, size: int) -> Iterator[memoryview] | None:
     return _cut(mapped, offset, size)
 
 
-def _cut(mapped: mmap.mmap, start: int, size: int) -> Iterator[memoryview]:
+def _cut(mapped: mmap.mmap, start: int, size: int) -> Blocks:
     view = memoryview(mapped)
     while start < len(mapped):
         end = start + size
@@ -122,11 +133,12 @@ def _cut(mapped: mmap.mmap, start: int, size: int) -> Iterator[memoryview]:
             # After the block's last line end, or the end of a longer line.
             cut = mapped.rfind(b"\n", start, end) + 1 or mapped.find(b"\n", end) + 1
             end = cut or len(mapped)
-        yield view[start:end]
+        # (find is memchr: far cheaper than counting lines.)
+        yield view[start:end], mapped.find(b"\r", start, end) >= 0
         start = end
 
 
-def _whole_lines(f: io.BufferedIOBase, size: int) -> Iterator[memoryview]:
+def _whole_lines(f: io.BufferedIOBase, size: int) -> Blocks:
     """The stream in blocks of whole lines (the last may lack its line end),
     each a view of one buffer reused for the next block: use it before
     asking for the next. The buffer comes from pyarrow's memory pool when
@@ -143,7 +155,7 @@ def _whole_lines(f: io.BufferedIOBase, size: int) -> Iterator[memoryview]:
         total = have + got
         cut = total if not got else _after_last_newline(buf, total)
         if cut:
-            yield buf[:cut]
+            yield buf[:cut], True
             buf[:total - cut] = buf[cut:total]
         have = total - cut
         if not got:
@@ -189,26 +201,28 @@ def _assemble(columns: list[np.ndarray], names: list[str]) -> np.ndarray:
     return out
 
 
-def _fast(block: memoryview, names: list[str]) -> tuple[np.ndarray, int] | None:
+def _fast(block: memoryview, names: list[str],
+          has_cr: bool) -> tuple[np.ndarray, int] | None:
     """The records of a block by a fast reader and its number of lines, or
-    None for the rule to decide."""
+    None for the rule to decide. ``has_cr``: the block may hold a CR."""
     data = np.frombuffer(block, np.uint8)
-    # Counted a megabyte at a time: the comparison's temporary stays in cache.
-    step = 1 << 20
-    lines = sum(int(np.count_nonzero(data[i:i + step] == ord("\n")))
-                for i in range(0, len(data), step))
     unended = int(len(block) > 0 and block[-1] != ord("\n"))
     if _pyarrow() is not None:
-        # First with every line a record, which also proves the block holds
-        # no lone CR: pyarrow ends a line at one, the rule does not. If that
-        # fails, blank lines may be why: again skipping them, with lone CRs
-        # looked for. Any other failure goes to the rule either way.
-        faults = _pyarrow_records(block, names, lines + unended, skip_blank=False)
-        if faults is not None:
-            return (faults, lines) if len(faults) == lines + unended else None
-        faults = _pyarrow_records(block, names, lines + unended, skip_blank=True)
-        lone_cr = np.count_nonzero((data[:-1] == ord("\r")) & (data[1:] != ord("\n")))
-        return None if faults is None or lone_cr else (faults, lines)
+        # First with every line a record: then, with no lone CR (a line end
+        # to pyarrow, not to the rule), records and lines are as many. If
+        # that fails, blank lines may be why: again skipping them, with lone
+        # CRs looked for. Any other failure goes to the rule either way.
+        table = _pyarrow_table(block, names, skip_blank=False)
+        if table is not None:
+            lines = _count_lines(data) if has_cr else table.num_rows - unended
+            if table.num_rows != lines + unended:
+                return None
+            return _records(table, names), lines
+        table = _pyarrow_table(block, names, skip_blank=True)
+        if table is None or (has_cr and np.count_nonzero(
+                (data[:-1] == ord("\r")) & (data[1:] != ord("\n")))):
+            return None
+        return _records(table, names), _count_lines(data)
     # numpy's reader takes exactly the rule's lines when the block holds
     # nothing but digits, commas and line ends (it refuses a lone CR).
     if _PLAIN_BYTES[data].any():
@@ -228,7 +242,14 @@ def _fast(block: memoryview, names: list[str]) -> tuple[np.ndarray, int] | None:
     for col, values in zip(names, columns):
         if col in U32_COLUMNS and len(values) and values.max() > U32_MAX:
             return None
-    return _assemble(columns, names), lines
+    return _assemble(columns, names), _count_lines(data)
+
+
+def _count_lines(data: np.ndarray) -> int:
+    # A megabyte at a time: the comparison's temporary stays in cache.
+    step = 1 << 20
+    return sum(int(np.count_nonzero(data[i:i + step] == ord("\n")))
+               for i in range(0, len(data), step))
 
 
 _pa: Any = None
@@ -247,13 +268,11 @@ def _pyarrow() -> Any:
     return _pa or None
 
 
-def _pyarrow_records(block: memoryview, names: list[str], most: int, *,
-                     skip_blank: bool) -> np.ndarray | None:
-    """The records of the block by pyarrow's CSV reader (at most ``most``),
-    or None if it refuses the block. Its integer fields are the rule's
-    (optional spaces or tabs around decimal or ``0x`` hex digits), and the
-    32-bit columns are read as such, so a value out of range is refused
-    here and named by the rule."""
+def _pyarrow_table(block: memoryview, names: list[str], *, skip_blank: bool) -> Any:
+    """pyarrow's table of the block, or None if it refuses it. Its integer
+    fields are the rule's (optional spaces or tabs around decimal or ``0x``
+    hex digits), and the 32-bit columns are read as such, so a value out of
+    range is refused here and named by the rule."""
     pa = _pyarrow()
     try:
         # The whole-table reader, not the streaming one: that one may leave
@@ -270,8 +289,10 @@ def _pyarrow_records(block: memoryview, names: list[str], most: int, *,
                 strings_can_be_null=False, null_values=[]))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    if table.num_rows > most or any(c.null_count for c in table.columns):
-        return None          # more records than lines: a lone CR split one
+    return None if any(c.null_count for c in table.columns) else table
+
+
+def _records(table: Any, names: list[str]) -> np.ndarray:
     out = np.empty(table.num_rows, FAULT_DTYPE)
     at = 0
     for batch in table.to_batches():   # one per block pyarrow parsed: cache-sized
