@@ -1,0 +1,106 @@
+# Output buffers: batch output lent to numpy, and reused once numpy is done.
+# Part of grouper.pyx (included at module level).
+
+cdef enum:
+    OUT_FAULTS = 0
+    OUT_OFFSETS = 1
+    OUT_COOKIES = 2
+    OUT_BOX = 3
+    SMALL_OUT = 65536         # below: copied out, the buffer kept
+
+
+cdef class _Block:
+    """Owns a PyMem_Raw block and lends it to numpy through the buffer protocol.
+
+    When its last array goes, the memory goes back to its grouper's Spare
+    (if that slot is free), so that the next batch writes into pages that
+    are already mapped instead of new ones the kernel must fault in and
+    zero (a third of a batch's time, measured).
+    """
+    cdef char* data
+    cdef Py_ssize_t size
+    cdef size_t cap
+    cdef int kind
+    cdef Spare* spare
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        view.buf = self.data
+        view.obj = self
+        view.len = self.size
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = NULL
+        view.ndim = 1
+        view.shape = NULL
+        view.strides = NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        cdef Spare* s = self.spare
+        if s != NULL and not s.closed and s.data[self.kind] == NULL:
+            s.data[self.kind] = self.data
+            s.cap[self.kind] = self.cap
+        else:
+            PyMem_RawFree(self.data)
+        self.data = NULL
+        if s != NULL:
+            s.refs -= 1
+            if s.refs == 0:
+                PyMem_RawFree(s)
+        self.spare = NULL
+
+
+cdef void buf_refill(Buf* b, Spare* s, int kind) noexcept:
+    """Give b the spare block of its kind if that is bigger than what b has."""
+    if s != NULL and s.data[kind] != NULL and s.cap[kind] > b.cap:
+        if b.len:
+            memcpy(s.data[kind], b.data, b.len)
+        PyMem_RawFree(b.data)
+        b.data = s.data[kind]
+        b.cap = s.cap[kind]
+        s.data[kind] = NULL
+
+
+cdef size_t spare_bytes(const Spare* s) noexcept:
+    cdef size_t n = 0
+    cdef int k
+    for k in range(4):
+        if s.data[k] != NULL:
+            n += s.cap[k]
+    return n
+
+
+cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
+    """The buffer's contents as a numpy array; the buffer is left empty.
+
+    Above 64 KiB the block itself becomes the array's memory (no copy; copying
+    the 52 bytes of every fault again cost as much as grouping them) and
+    comes back for another batch when the array is gone; below, a copy.
+    """
+    cdef _Block blk
+    if b.len < SMALL_OUT:
+        out = np.empty(b.len // dtype.itemsize, dtype=dtype)
+        if b.len:
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)
+        b.len = 0
+        if b.cap > SMALL_OUT:       # a batch's reservation that went unused
+            PyMem_RawFree(b.data)
+            b.data = NULL
+            b.cap = 0
+        return out
+    blk = _Block.__new__(_Block)
+    blk.data = b.data
+    blk.size = <Py_ssize_t>b.len
+    blk.cap = b.cap
+    blk.kind = kind
+    if spare != NULL:
+        blk.spare = spare
+        spare.refs += 1
+    b.data = NULL
+    b.len = b.cap = 0
+    buf_refill(b, spare, kind)
+    return np.frombuffer(blk, dtype=dtype)
