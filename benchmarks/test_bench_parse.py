@@ -87,7 +87,7 @@ def test_prq_rule_regex(benchmark, prq_file):
 @pytest.mark.benchmark(group="parse: CSV, 1M records")
 def test_csv_load(benchmark, csv_file):
     benchmark.extra_info["faults"] = N
-    faults = benchmark.pedantic(trace.load, args=(csv_file,), rounds=5, iterations=1,
+    faults = benchmark.pedantic(trace.load, args=(csv_file,), rounds=7, iterations=1,
                                 warmup_rounds=1)
     assert len(faults) == N
     assert faults["addr"].tolist() == trace.synthetic(N, seed=0)["addr"].tolist()
@@ -97,7 +97,7 @@ def test_csv_load(benchmark, csv_file):
 def test_csv_pyarrow_baseline(benchmark, csv_file):
     pacsv = pytest.importorskip("pyarrow.csv")
     benchmark.extra_info["faults"] = N
-    table = benchmark.pedantic(pacsv.read_csv, args=(csv_file,), rounds=5, iterations=1,
+    table = benchmark.pedantic(pacsv.read_csv, args=(csv_file,), rounds=7, iterations=1,
                                warmup_rounds=1)
     assert table.num_rows == N
     assert table["addr"].to_pylist() == trace.synthetic(N, seed=0)["addr"].tolist()
