@@ -674,3 +674,22 @@ def test_csv_fast_readers_accept_exactly_what_the_rule_accepts(data: bytes, skip
     if trace_csv._pyarrow() is not None:
         assert _csv_outcome(data, skip_bad, BLOCK_BYTES=block, _pa=False) == rule
         assert _csv_outcome(data, skip_bad, gz=True, BLOCK_BYTES=block, _pa=False) == rule
+
+
+def test_csv_in_small_blocks_of_a_mapped_file(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file cut into many blocks, each given back to the system once read:
+    the chunks hold every record once, in order, with a bad line's number
+    counted across blocks."""
+    from iopf.trace import csv as trace_csv
+    monkeypatch.setattr(trace_csv, "BLOCK_BYTES", 1000)
+    faults = trace.synthetic(5000, seed=3)
+    p = tmp_path / "t.csv"
+    trace.save(p, faults)
+    chunks = list(trace.iter_chunks(p, chunk_size=7))
+    assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
+    np.testing.assert_array_equal(np.concatenate(chunks), faults)
+    with open(p, "a") as f:
+        f.write("0x1,2,3\n")
+    with pytest.raises(TraceError, match=r"t\.csv:5002: bad CSV record \(3 fields"):
+        trace.load(p, chunk_size=7)

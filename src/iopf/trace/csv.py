@@ -135,6 +135,11 @@ def _cut(mapped: mmap.mmap, start: int, size: int) -> Blocks:
             end = cut or len(mapped)
         # (find is memchr: far cheaper than counting lines.)
         yield view[start:end], mapped.find(b"\r", start, end) >= 0
+        read = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if end < len(mapped) and read and hasattr(mmap, "MADV_DONTNEED"):
+            # The blocks read leave the process's memory (the file stays in
+            # the page cache), so iter_chunks holds about one block of it.
+            mapped.madvise(mmap.MADV_DONTNEED, 0, read)
         start = end
 
 
