@@ -175,12 +175,12 @@ def _buffer(size: int) -> memoryview:
 
 def _after_last_newline(buf: memoryview, end: int) -> int:
     """The offset just past the last line end before ``end`` (0: none)."""
-    start = end
-    while start > 0:
-        start = max(0, start - (1 << 16))
+    while end > 0:              # back a window at a time: lines are short
+        start = max(0, end - (1 << 16))
         at = bytes(buf[start:end]).rfind(b"\n")
         if at >= 0:
             return start + at + 1
+        end = start
     return 0
 
 
