@@ -10,19 +10,17 @@ through pyarrow's CSV reader when it is installed (it accepts exactly these
 fields, but also ends a line at a lone CR: such a block is left to the
 rule) or numpy's when a block holds nothing but digits, commas and line
 ends; a block either fast reader refuses is read line by line by the rule
-itself, so a line's fate never depends on its neighbours. Line numbers are
-only needed for errors: a block pyarrow takes has one record a line (or is
-counted when it has blank lines).
+itself, so a line's fate never depends on its neighbours.
 
-Speed: a regular file is mapped into memory and parsed in place; other
-inputs are read into one buffer from pyarrow's memory pool. pyarrow reads
-the 32-bit columns as 32-bit and the others as 64-bit unsigned integers,
-and each of its batches is written into the records while in cache.
+Speed: with pyarrow, a regular file is mapped into memory and parsed in
+place; other inputs are read into one buffer from pyarrow's memory pool.
+pyarrow reads the 32-bit columns as 32-bit and the others as 64-bit
+unsigned integers, and each of its batches is written into the records
+while in cache.
 """
 from __future__ import annotations
 
 import io
-import mmap
 import re
 import warnings
 from collections.abc import Iterator
@@ -100,8 +98,8 @@ def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bo
         blocks = _whole_lines(src.stream, size if src.size is None else
                               max(1 << 16, min(size, src.size + 1)))  # no bigger than the file
     first = lineno + 1            # the number of the next block's first line
-    for block, has_cr in blocks:
-        fast = _fast(block, names, has_cr)
+    for block, owned in blocks:
+        fast = _fast(block, owned, names)
         if fast is None:
             faults, lines = _by_rule(src.name, block, names, first, skip_bad, stats)
         else:
@@ -110,36 +108,36 @@ def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bo
         yield faults, None
 
 
-Blocks = Iterator[tuple[memoryview, bool]]   # each block, and whether it may hold a CR
+# Each block as a view, and as a pyarrow buffer of the same bytes (None
+# without pyarrow). pyarrow is only ever given memory it owns: its threads
+# may drop their references to a block after a failed read, and dropping a
+# Python object's buffer then needs the interpreter, which at exit aborts
+# the process ("terminate called without an active exception").
+Blocks = Iterator[tuple[memoryview, Any]]
 
 
 def _mapped(path: str, offset: int, size: int) -> Blocks | None:
-    """A regular file's records from ``offset`` on, in blocks of whole lines
-    that are views of the file mapped into memory: the readers parse the
-    page cache in place, with no copy. None if it cannot be mapped."""
-    try:
-        with open(path, "rb") as f:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):     # an empty file, a file system without mmap
+    """With pyarrow, a regular file's records from ``offset`` on, in blocks
+    of whole lines of the file mapped into memory by pyarrow: the readers
+    parse the page cache in place, with no copy. Else None."""
+    pa = _pyarrow()
+    if pa is None:
         return None
-    return _cut(mapped, offset, size)
+    try:
+        whole = pa.memory_map(path).read_buffer()
+    except (OSError, pa.ArrowException):     # a file system without mmap
+        return None
+    return _cut(whole, offset, size)
 
 
-def _cut(mapped: mmap.mmap, start: int, size: int) -> Blocks:
-    view = memoryview(mapped)
-    while start < len(mapped):
-        end = start + size
-        if end < len(mapped):
+def _cut(whole: Any, start: int, size: int) -> Blocks:
+    view = memoryview(whole).cast("B")
+    while start < len(view):
+        end = min(start + size, len(view))
+        if end < len(view):
             # After the block's last line end, or the end of a longer line.
-            cut = mapped.rfind(b"\n", start, end) + 1 or mapped.find(b"\n", end) + 1
-            end = cut or len(mapped)
-        # (find is memchr: far cheaper than counting lines.)
-        yield view[start:end], mapped.find(b"\r", start, end) >= 0
-        read = end // mmap.PAGESIZE * mmap.PAGESIZE
-        if end < len(mapped) and read and hasattr(mmap, "MADV_DONTNEED"):
-            # The blocks read leave the process's memory (the file stays in
-            # the page cache), so iter_chunks holds about one block of it.
-            mapped.madvise(mmap.MADV_DONTNEED, 0, read)
+            end = _after_last_newline(view, end, start) or _after_next_newline(view, end)
+        yield view[start:end], whole.slice(start, end - start)
         start = end
 
 
@@ -149,39 +147,50 @@ def _whole_lines(f: io.BufferedIOBase, size: int) -> Blocks:
     asking for the next. The buffer comes from pyarrow's memory pool when
     pyarrow is installed (it keeps its pages from one load to the next, so
     they are not faulted in again) and from numpy otherwise (never zeroed)."""
-    buf = _buffer(size)
+    pa = _pyarrow()
+    owner, buf = _buffer(size)
     have = 0
     while True:
         if have == len(buf):     # a line longer than the buffer: a bigger one
-            bigger = _buffer(2 * len(buf))
-            bigger[:have] = buf
-            buf = bigger
+            bigger, bigger_view = _buffer(2 * len(buf))
+            bigger_view[:have] = buf
+            owner, buf = bigger, bigger_view
         got = f.readinto(buf[have:]) or 0
         total = have + got
         cut = total if not got else _after_last_newline(buf, total)
         if cut:
-            yield buf[:cut], True
+            yield buf[:cut], None if pa is None else owner.slice(0, cut)
             buf[:total - cut] = buf[cut:total]
         have = total - cut
         if not got:
             return
 
 
-def _buffer(size: int) -> memoryview:
+def _buffer(size: int) -> tuple[Any, memoryview]:
     pa = _pyarrow()
     raw: Any = np.empty(size, np.uint8) if pa is None else pa.allocate_buffer(size)
-    return memoryview(raw).cast("B")
+    return raw, memoryview(raw).cast("B")
 
 
-def _after_last_newline(buf: memoryview, end: int) -> int:
-    """The offset just past the last line end before ``end`` (0: none)."""
-    while end > 0:              # back a window at a time: lines are short
-        start = max(0, end - (1 << 16))
-        at = bytes(buf[start:end]).rfind(b"\n")
+def _after_last_newline(buf: memoryview, end: int, start: int = 0) -> int:
+    """The offset just past the last line end in ``buf[start:end]`` (0: none)."""
+    while end > start:          # back a window at a time: lines are short
+        lo = max(start, end - (1 << 16))
+        at = bytes(buf[lo:end]).rfind(b"\n")
+        if at >= 0:
+            return lo + at + 1
+        end = lo
+    return 0
+
+
+def _after_next_newline(buf: memoryview, start: int) -> int:
+    """The offset just past the first line end from ``start`` on (or the end)."""
+    while start < len(buf):
+        at = bytes(buf[start:start + (1 << 16)]).find(b"\n")
         if at >= 0:
             return start + at + 1
-        end = start
-    return 0
+        start += 1 << 16
+    return len(buf)
 
 
 def _fill(out: np.ndarray, names: list[str], columns: list[np.ndarray]) -> None:
@@ -206,26 +215,25 @@ def _assemble(columns: list[np.ndarray], names: list[str]) -> np.ndarray:
     return out
 
 
-def _fast(block: memoryview, names: list[str],
-          has_cr: bool) -> tuple[np.ndarray, int] | None:
+def _fast(block: memoryview, owned: Any, names: list[str]) -> tuple[np.ndarray, int] | None:
     """The records of a block by a fast reader and its number of lines, or
-    None for the rule to decide. ``has_cr``: the block may hold a CR."""
+    None for the rule to decide. ``owned``: the block as a pyarrow buffer."""
     data = np.frombuffer(block, np.uint8)
     unended = int(len(block) > 0 and block[-1] != ord("\n"))
-    if _pyarrow() is not None:
+    if owned is not None:
         # First with every line a record: then, with no lone CR (a line end
         # to pyarrow, not to the rule), records and lines are as many. If
         # that fails, blank lines may be why: again skipping them, with lone
         # CRs looked for. Any other failure goes to the rule either way.
-        table = _pyarrow_table(block, names, skip_blank=False)
+        table = _pyarrow_table(owned, names, skip_blank=False)
         if table is not None:
-            lines = _count_lines(data) if has_cr else table.num_rows - unended
+            lines = _count_lines(data)
             if table.num_rows != lines + unended:
                 return None
             return _records(table, names), lines
-        table = _pyarrow_table(block, names, skip_blank=True)
-        if table is None or (has_cr and np.count_nonzero(
-                (data[:-1] == ord("\r")) & (data[1:] != ord("\n")))):
+        table = _pyarrow_table(owned, names, skip_blank=True)
+        if table is None or np.count_nonzero(
+                (data[:-1] == ord("\r")) & (data[1:] != ord("\n"))):
             return None
         return _records(table, names), _count_lines(data)
     # numpy's reader takes exactly the rule's lines when the block holds
@@ -273,7 +281,7 @@ def _pyarrow() -> Any:
     return _pa or None
 
 
-def _pyarrow_table(block: memoryview, names: list[str], *, skip_blank: bool) -> Any:
+def _pyarrow_table(block: Any, names: list[str], *, skip_blank: bool) -> Any:
     """pyarrow's table of the block, or None if it refuses it. Its integer
     fields are the rule's (optional spaces or tabs around decimal or ``0x``
     hex digits), and the 32-bit columns are read as such, so a value out of
@@ -284,7 +292,7 @@ def _pyarrow_table(block: memoryview, names: list[str], *, skip_blank: bool) -> 
         # threads running when it stops at an error, and a process exiting
         # then aborts ("terminate called without an active exception").
         table = pa.csv.read_csv(
-            pa.BufferReader(pa.py_buffer(block)),
+            pa.BufferReader(block),
             read_options=pa.csv.ReadOptions(column_names=names, block_size=4 << 20),
             parse_options=pa.csv.ParseOptions(quote_char=False, double_quote=False,
                                               ignore_empty_lines=skip_blank),
