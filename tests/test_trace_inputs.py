@@ -678,9 +678,8 @@ def test_csv_fast_readers_accept_exactly_what_the_rule_accepts(data: bytes, skip
 
 def test_csv_in_small_blocks_of_a_mapped_file(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file cut into many blocks, each given back to the system once read:
-    the chunks hold every record once, in order, with a bad line's number
-    counted across blocks."""
+    """A mapped file cut into many blocks: the chunks hold every record
+    once, in order, and a bad line's number is counted across blocks."""
     from iopf.trace import csv as trace_csv
     monkeypatch.setattr(trace_csv, "BLOCK_BYTES", 1000)
     faults = trace.synthetic(5000, seed=3)
