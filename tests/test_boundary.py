@@ -235,6 +235,42 @@ def test_raw_report_checks_every_field(strategy):
     assert g is not None and len(g) == 2 and g.grpid == 65535
 
 
+def test_report_values_arguments(strategy):
+    """Queue.report_values parses its own arguments on a compiled core: every
+    spelling of a call means what it means in Python, and a wrong call is a
+    TypeError that changes nothing (a float or a bool is refused, as ``Fault``
+    refuses it, not truncated)."""
+    q = iopf.Queue(strategy=strategy)
+    perm, time = "per" + "m", "ti" + "me"     # keyword names Python did not intern
+    calls = [((1, 2, 3, 3, 0x1000), {}),
+             ((1, 2, 4, 3, 0x2000), {"perm": 2}),
+             ((1, 2, 5, 3, 0x3000), {"time": 7}),
+             ((1, 2, 6, 3, 0x4000), {"time": 9, "perm": 3}),
+             ((1, 2, 7, 3, 0x5000), {perm: 2, time: 11}),
+             ((np.uint32(1), 2, 8, 3, 0x6000), {"perm": np.uint8(1), "time": np.uint64(12)}),
+             ((1, 2, 9, 3), {"addr": 0x7000, "time": 13})]
+    for args, kw in calls:
+        g = q.report_values(*args, **kw)
+        assert g is not None and len(g) == 1
+        want = (kw.get("time", kw.get(time, 0)), *args[:4], kw.get("perm", kw.get(perm, 1)),
+                args[4] if len(args) == 5 else kw["addr"])
+        assert g.faults.tolist()[0][:7] == want
+    before = queue_state(q)
+    for args, kw in [((1, 2, 3, 3), {}), ((1, 2, 3, 3, 0, 1), {}), ((1, 2, 3, 3, 0), {"prem": 1}),
+                     ((1, 2, 3, 3, 0), {"perm": None}), ((1, 2, 3, 3, 0), {"time": 1.5}),
+                     ((1, 2, 3, 3, "0"), {}), ((1, 2, 3, 3), {"adr": 0}),
+                     ((1.0, 2, 3, 3, 0), {}), ((1, 2, 3, 3, 0), {"perm": True}),   # as Fault: no
+                     ((1, 2, 3, np.bool_(True), 0), {})]:                          # float, no bool
+        with pytest.raises(TypeError):
+            q.report_values(*args, **kw)
+        assert queue_state(q) == before
+    for args, kw in [((1, 2, 3, 3, -1), {}), ((1, 2, 3, 3, 0), {"time": -1}),
+                     ((1 << 32, 2, 3, 3, 0), {}), ((1, 2, 3, 3, 0), {"perm": 0x10})]:
+        with pytest.raises(ValueError):
+            q.report_values(*args, **kw)
+        assert queue_state(q) == before
+
+
 @pytest.mark.parametrize("pasid", MARKERS + [1 << 20, 1 << 31])
 def test_pasid_arguments_cannot_be_internal_markers(strategy, pasid):
     q = populated(strategy)

@@ -291,7 +291,7 @@ class Queue:
             # which take the methods below (with the lock) when they must.
             self.core.bind(self, Group, Fault, Queue.report, Queue.report_values)
             self.report = self.core.fast_report  # type: ignore[method-assign]
-            self.report_values = self.core.fast_report_values  # type: ignore[method-assign]
+            self.report_values = self.core.report_values_entry()  # type: ignore[method-assign]
 
     # -- configuration -----------------------------------------------------------------
     @property

@@ -54,6 +54,8 @@ cdef extern from *:
 TRACE_DOMAIN = IOPF_TRACE_DOMAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.long cimport PyLong_Check, PyLong_CheckExact
+from cpython.bool cimport PyBool_Check
 from cpython.pythread cimport (PyThread_get_thread_ident, PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock,
                                WAIT_LOCK, NOWAIT_LOCK)
@@ -71,7 +73,7 @@ U64 = np.dtype(np.uint64)
 cdef tuple _NO_ARGS = ()
 I64 = np.dtype(np.int64)
 
-from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
+from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_ints, check_record
 
 cdef enum:
     PASID_VALID = 1
@@ -1418,6 +1420,8 @@ cdef class Grouper:
         if len(rec) != 8 or not isinstance(rec[7], (tuple, list)) or len(rec[7]) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {rec!r}")
+        if not ints9(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7][0], rec[7][1]):
+            check_ints(rec)
         try:
             r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
             r.flags = rec[4]; r.perm = rec[5]; r.addr = rec[6]
@@ -1505,6 +1509,8 @@ cdef class Grouper:
         if not isinstance(p, (tuple, list)) or len(p) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {t!r}")
+        if not ints9(t[0], t[1], t[2], t[3], t[4], t[5], t[6], p[0], p[1]):
+            check_ints(t)
         try:
             r.time = t[0]; r.dev = t[1]; r.pasid = t[2]; r.grpid = t[3]
             r.flags = t[4]; r.perm = t[5]; r.addr = t[6]
@@ -1516,6 +1522,8 @@ cdef class Grouper:
 
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
         cdef FaultRec r
+        if not ints9(time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
+            check_ints((time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1)))
         try:
             r.time = time; r.dev = dev; r.pasid = pasid; r.grpid = grpid
             r.flags = flags; r.perm = perm; r.addr = addr; r.priv[0] = priv0; r.priv[1] = priv1
@@ -1575,7 +1583,16 @@ cdef class Grouper:
         return self.slow_report(self.bound_queue(), fault)
 
     def fast_report_values(self, dev, pasid, grpid, flags, addr, *, perm=1, time=0):
-        """Queue.report_values, bound to the queue (see bind)."""
+        """Queue.report_values, bound to the queue (see bind); report_values_entry()
+        is the same with a faster argument parser."""
+        return self.values_call(dev, pasid, grpid, flags, addr, perm, time)
+
+    def report_values_entry(self):
+        """fast_report_values as a function that parses its own arguments (the
+        queue's report_values)."""
+        return iopf_values_method(self)
+
+    cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time):
         if self.fast:
             done = self.report_fields(time, dev, pasid, grpid, flags, perm, addr, 0, 0)
             if done is not False:

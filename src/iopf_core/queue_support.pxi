@@ -1,6 +1,78 @@
 # QueueLock and GroupBase: what iopf.Queue and iopf.Group are built on.
 # Part of grouper.pyx (included at module level).
 
+# Queue.report_values as a C function with its own argument parsing: five
+# positional arguments, then perm= and time= found by identity in the call's
+# keyword names (Python interns them). Cython's general parser cost a tenth
+# of the call; anything else (other counts or names, errors) goes to
+# Grouper.fast_report_values, which parses in full.
+cdef extern from *:
+    """
+    static PyObject *iopf_kw_perm, *iopf_kw_time, *iopf_default_perm, *iopf_default_time;
+    static PyObject *(*iopf_values_impl)(PyObject *, PyObject *, PyObject *, PyObject *,
+                                         PyObject *, PyObject *, PyObject *, PyObject *);
+    static PyObject *iopf_values_vectorcall(PyObject *self, PyObject *const *args,
+                                            Py_ssize_t nargs, PyObject *kwnames) {
+        Py_ssize_t i, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        PyObject *perm = NULL, *time = NULL, *general, *res;
+        if (nargs != 5) goto general;
+        for (i = 0; i < nkw; i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (k == iopf_kw_perm && !perm) perm = args[5 + i];
+            else if (k == iopf_kw_time && !time) time = args[5 + i];
+            else goto general;
+        }
+        return iopf_values_impl(self, args[0], args[1], args[2], args[3], args[4],
+                                perm ? perm : iopf_default_perm, time ? time : iopf_default_time);
+    general:
+        general = PyObject_GetAttrString(self, "fast_report_values");
+        if (!general) return NULL;
+        res = PyObject_Vectorcall(general, args, (size_t)nargs, kwnames);
+        Py_DECREF(general);
+        return res;
+    }
+    static PyMethodDef iopf_values_def = {
+        "report_values", (PyCFunction)(void (*)(void))iopf_values_vectorcall,
+        METH_FASTCALL | METH_KEYWORDS,
+        "report_values(dev, pasid, grpid, flags, addr, *, perm=Perm.READ, time=0)"};
+    static PyObject *iopf_values_method(PyObject *core) {
+        return PyCFunction_NewEx(&iopf_values_def, core, NULL);
+    }
+    """
+    ctypedef object (*values_fn)(object, object, object, object, object, object, object, object)
+    PyObject* iopf_kw_perm
+    PyObject* iopf_kw_time
+    PyObject* iopf_default_perm
+    PyObject* iopf_default_time
+    values_fn iopf_values_impl
+    object iopf_values_method(object core)
+
+cdef inline bint int_field(object v) noexcept:
+    # An int (Flag and Perm are ints) but not a bool: Cython's conversion
+    # would take a float's int() and a bool's 0/1, which iopf.Fault refuses.
+    return PyLong_CheckExact(v) or (PyLong_Check(v) and not PyBool_Check(v))
+
+
+cdef inline bint ints9(object a, object b, object c, object d, object e, object f, object g,
+                       object h, object i) noexcept:
+    """The per-call fields are all ints (else check_ints says which is not)."""
+    return (int_field(a) and int_field(b) and int_field(c) and int_field(d) and int_field(e)
+            and int_field(f) and int_field(g) and int_field(h) and int_field(i))
+
+
+cdef object _values_impl(object core, object dev, object pasid, object grpid, object flags,
+                         object addr, object perm, object time):
+    return (<Grouper>core).values_call(dev, pasid, grpid, flags, addr, perm, time)
+
+import sys as _sys
+cdef object _KW_PERM = _sys.intern("perm"), _KW_TIME = _sys.intern("time")
+cdef object _PERM_READ = 1, _TIME_ZERO = 0    # the defaults of Queue.report_values
+iopf_kw_perm = <PyObject*>_KW_PERM
+iopf_kw_time = <PyObject*>_KW_TIME
+iopf_default_perm = <PyObject*>_PERM_READ
+iopf_default_time = <PyObject*>_TIME_ZERO
+iopf_values_impl = _values_impl
+
 cdef class QueueLock:
     """The lock of an iopf.Queue: re-entrant, and while held it records the
     holding thread in the queue's grouper (``owner``), which the per-call
