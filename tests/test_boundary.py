@@ -271,6 +271,28 @@ def test_report_values_arguments(strategy):
         assert queue_state(q) == before
 
 
+def test_group_respond_codes(strategy):
+    """Group.respond reads the code in C on a compiled core: the queue's rule
+    still holds (a Response or an int 0..2, never a bool), and a refused code
+    answers nothing."""
+    q = iopf.Queue(strategy=strategy)
+    groups = [q.report_values(1, 1, i, 3, 0) for i in range(6)]
+    before = queue_state(q)
+    for g in groups:
+        assert g is not None
+        for code in (True, np.bool_(False), 1.0, "0", None):
+            with pytest.raises(TypeError):
+                g.respond(code)        # type: ignore[arg-type]
+        for code in (3, -1, 2**64, -(2**70)):
+            with pytest.raises(ValueError):
+                g.respond(code)
+        assert queue_state(q) == before
+    codes = [Response.SUCCESS, 1, np.uint8(2), Response.FAILURE, 0, np.int64(1)]
+    assert [g.respond(c) for g, c in zip(groups, codes)] == [True] * 6  # type: ignore[union-attr]
+    assert [g.respond(0) for g in groups] == [False] * 6                # type: ignore[union-attr]
+    assert q.take_responses()["code"].tolist() == [int(c) for c in codes]
+
+
 @pytest.mark.parametrize("pasid", MARKERS + [1 << 20, 1 << 31])
 def test_pasid_arguments_cannot_be_internal_markers(strategy, pasid):
     q = populated(strategy)

@@ -54,8 +54,9 @@ cdef extern from *:
 TRACE_DOMAIN = IOPF_TRACE_DOMAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.long cimport PyLong_Check, PyLong_CheckExact
+from cpython.long cimport PyLong_Check, PyLong_CheckExact, PyLong_AsLongAndOverflow
 from cpython.bool cimport PyBool_Check
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.pythread cimport (PyThread_get_thread_ident, PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock,
                                WAIT_LOCK, NOWAIT_LOCK)
@@ -1420,7 +1421,10 @@ cdef class Grouper:
         if len(rec) != 8 or not isinstance(rec[7], (tuple, list)) or len(rec[7]) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {rec!r}")
-        if not ints9(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7][0], rec[7][1]):
+        p0, p1 = rec[7]
+        if not ints9(PyTuple_GET_ITEM(rec, 0), PyTuple_GET_ITEM(rec, 1), PyTuple_GET_ITEM(rec, 2),
+                     PyTuple_GET_ITEM(rec, 3), PyTuple_GET_ITEM(rec, 4), PyTuple_GET_ITEM(rec, 5),
+                     PyTuple_GET_ITEM(rec, 6), <PyObject*>p0, <PyObject*>p1):
             check_ints(rec)
         try:
             r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
@@ -1509,12 +1513,16 @@ cdef class Grouper:
         if not isinstance(p, (tuple, list)) or len(p) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {t!r}")
-        if not ints9(t[0], t[1], t[2], t[3], t[4], t[5], t[6], p[0], p[1]):
+        p0 = p[0]
+        p1 = p[1]
+        if not ints9(PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2),
+                     PyTuple_GET_ITEM(t, 3), PyTuple_GET_ITEM(t, 4), PyTuple_GET_ITEM(t, 5),
+                     PyTuple_GET_ITEM(t, 6), <PyObject*>p0, <PyObject*>p1):
             check_ints(t)
         try:
             r.time = t[0]; r.dev = t[1]; r.pasid = t[2]; r.grpid = t[3]
             r.flags = t[4]; r.perm = t[5]; r.addr = t[6]
-            r.priv[0] = p[0]; r.priv[1] = p[1]
+            r.priv[0] = p0; r.priv[1] = p1
         except OverflowError:
             check_record(None, t, self.rules.pasid_bits, self.rules.grpid_bits)
             raise ValueError(f"field out of range in {t!r}")
@@ -1522,7 +1530,9 @@ cdef class Grouper:
 
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
         cdef FaultRec r
-        if not ints9(time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
+        if not ints9(<PyObject*>time, <PyObject*>dev, <PyObject*>pasid, <PyObject*>grpid,
+                     <PyObject*>flags, <PyObject*>perm, <PyObject*>addr, <PyObject*>priv0,
+                     <PyObject*>priv1):
             check_ints((time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1)))
         try:
             r.time = time; r.dev = dev; r.pasid = pasid; r.grpid = grpid

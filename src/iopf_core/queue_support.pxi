@@ -47,17 +47,23 @@ cdef extern from *:
     values_fn iopf_values_impl
     object iopf_values_method(object core)
 
-cdef inline bint int_field(object v) noexcept:
-    # An int (Flag and Perm are ints) but not a bool: Cython's conversion
-    # would take a float's int() and a bool's 0/1, which iopf.Fault refuses.
-    return PyLong_CheckExact(v) or (PyLong_Check(v) and not PyBool_Check(v))
+cdef extern from *:
+    """
+    /* An int (Flag and Perm are ints) but not a bool: Cython's conversion
+       would take a float's int() and a bool's 0/1, which iopf.Fault refuses. */
+    static inline int iopf_int_field(PyObject *v) {
+        return PyLong_CheckExact(v) || (PyLong_Check(v) && !PyBool_Check(v));
+    }
+    """
+    bint iopf_int_field(PyObject* v) noexcept
 
 
-cdef inline bint ints9(object a, object b, object c, object d, object e, object f, object g,
-                       object h, object i) noexcept:
-    """The per-call fields are all ints (else check_ints says which is not)."""
-    return (int_field(a) and int_field(b) and int_field(c) and int_field(d) and int_field(e)
-            and int_field(f) and int_field(g) and int_field(h) and int_field(i))
+cdef inline bint ints9(PyObject* a, PyObject* b, PyObject* c, PyObject* d, PyObject* e,
+                       PyObject* f, PyObject* g, PyObject* h, PyObject* i) noexcept:
+    """The per-call fields (borrowed) are all ints (else check_ints says which is not)."""
+    return (iopf_int_field(a) and iopf_int_field(b) and iopf_int_field(c) and iopf_int_field(d)
+            and iopf_int_field(e) and iopf_int_field(f) and iopf_int_field(g)
+            and iopf_int_field(h) and iopf_int_field(i))
 
 
 cdef object _values_impl(object core, object dev, object pasid, object grpid, object flags,
@@ -150,9 +156,14 @@ cdef class GroupBase:
         """Answer the group (or schedule the answer for ``at``); False if it was
         answered already (one answer per group)."""
         cdef Grouper core = self.core
+        cdef int overflow = 0
+        cdef long c = -1
         # Queue.respond's lock-free path, without its Python frame.
-        # The queue's code rule: an int 0..2 (a Response is one), never a bool.
-        if (at is None and core is not None and core.fast and isinstance(code, int)
-                and not isinstance(code, bool) and 0 <= code <= 2 and not core.held_elsewhere()):
-            return core.respond_call(self.cookie, code, time)
+        # The queue's code rule: an int 0..2 (a Response is one), never a bool;
+        # read in C (comparing a Response in Python goes through the enum's type).
+        if PyLong_Check(code) and not PyBool_Check(code):
+            c = PyLong_AsLongAndOverflow(code, &overflow)
+        if (at is None and core is not None and core.fast and 0 <= c <= 2 and not overflow
+                and not core.held_elsewhere()):
+            return core.respond_call(self.cookie, <uint32_t>c, time)
         return self._queue.respond(self.cookie, code, time=time, at=at)
