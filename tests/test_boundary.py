@@ -293,6 +293,36 @@ def test_group_respond_codes(strategy):
     assert q.take_responses()["code"].tolist() == [int(c) for c in codes]
 
 
+def test_queue_respond_arguments(strategy):
+    """Queue.respond runs in C on a compiled core when nothing else can run
+    inside it: the same rules as its Python method (a Group of this queue or
+    an int cookie, a code 0..2, never a bool), and a refused call answers
+    nothing."""
+    q, other = iopf.Queue(strategy=strategy), iopf.Queue(strategy=strategy)
+    groups = [q.report_values(1, 1, i, 3, 0) for i in range(7)]
+    foreign = other.report_values(1, 1, 0, 3, 0)
+    before = queue_state(q)
+    for group, code, error in [(groups[0], True, TypeError), (groups[0], 3, ValueError),
+                               (groups[0], 1.0, TypeError), (True, 0, TypeError),
+                               (1.0, 0, TypeError), ("1", 0, TypeError), (None, 0, TypeError),
+                               (foreign, 0, ValueError)]:
+        with pytest.raises(error):
+            q.respond(group, code)     # type: ignore[arg-type]
+        assert queue_state(q) == before
+    # unknown cookies are stale answers, not errors
+    for cookie in (0, -1, 2**64, 10**30, 999):
+        assert q.respond(cookie, 0) is False
+    assert q.stats.stale_responses == 5
+    batch_group = q.pending()[1]           # a Group made in Python, not by report
+    answers = [(groups[0], Response.SUCCESS), (batch_group, 1), (groups[2].cookie, 2),
+               (np.uint64(groups[3].cookie), 0), (groups[4], np.int8(1))]
+    assert [q.respond(g, c) for g, c in answers] == [True] * 5
+    assert not q.respond(groups[0], 0) and not q.respond(groups[2].cookie, 0)
+    assert q.respond(groups[5], 0, time=50) and q.now == 50
+    assert q.respond(groups[6], 1, at=60) and q.take_responses()["code"].tolist() == [0, 1, 2, 0, 1, 0]
+    assert other.respond(foreign, 0)
+
+
 @pytest.mark.parametrize("pasid", MARKERS + [1 << 20, 1 << 31])
 def test_pasid_arguments_cannot_be_internal_markers(strategy, pasid):
     q = populated(strategy)

@@ -167,7 +167,7 @@ cdef class Grouper:
     # queue's lock (no Python handler, no on_response), and what it needs to
     # make a Group or fall back to the queue's locked path.
     cdef public bint fast
-    cdef object queue_ref, fault_cls, slow_report, slow_values
+    cdef object queue_ref, fault_cls, slow_report, slow_values, slow_respond
     cdef type group_cls       # typed: GroupBase.__new__(group_cls) is then a direct tp_new call
     cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in fixed chunks (no realloc slack, no copying as it grows)

@@ -1549,10 +1549,10 @@ cdef class Grouper:
     # as its per-instance report and report_values; they go to its locked
     # Python methods whenever Python code could run inside (fast is off) or
     # another thread holds the queue.
-    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values):
+    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values, slow_respond=None):
         """For iopf.Queue: queue (held weakly: the queue holds the grouper),
-        its Group and Fault classes, and its locked report and report_values
-        functions."""
+        its Group and Fault classes, and its locked report, report_values
+        and respond functions."""
         import weakref
         if not issubclass(group_cls, GroupBase):   # group_of() makes them with its tp_new
             raise TypeError("group_cls must be a subclass of GroupBase")
@@ -1561,6 +1561,7 @@ cdef class Grouper:
         self.fault_cls = fault_cls
         self.slow_report = slow_report
         self.slow_values = slow_values
+        self.slow_respond = slow_respond
 
     cdef object bound_queue(self):
         cdef object q = <object>PyWeakref_GetObject(self.queue_ref)
@@ -1608,6 +1609,24 @@ cdef class Grouper:
             if done is not False:
                 return self.group_of(done)
         return self.slow_values(self.bound_queue(), dev, pasid, grpid, flags, addr, perm=perm, time=time)
+
+    def fast_respond(self, group, code, *, time=None, at=None):
+        """Queue.respond, bound to the queue (see bind): a Group of this queue
+        (exactly the bound class) or an int cookie, and a code 0..2 (never a
+        bool), answered now in C; anything else goes to the queue's method."""
+        cdef int overflow = 0
+        cdef long c = -1
+        cdef unsigned long long k = 0
+        if self.fast and at is None:
+            key = group
+            if type(group) is self.group_cls:
+                key = (<GroupBase>group).cookie if (<GroupBase>group)._queue is self.bound_queue() else None
+            k = iopf_cookie(<PyObject*>key)   # 0: not an int in 1..2**64-1
+            if PyLong_Check(code) and not PyBool_Check(code):
+                c = PyLong_AsLongAndOverflow(code, &overflow)
+            if k and 0 <= c <= 2 and not overflow and not self.held_elsewhere():
+                return self.respond_call(k, <uint32_t>c, time)
+        return self.slow_respond(self.bound_queue(), group, code, time=time, at=at)
 
     def run(self, arr, Py_ssize_t start=0):
         """Report arr[start:] without the GIL; stop after a group that has a

@@ -57,6 +57,20 @@ cdef extern from *:
     """
     bint iopf_int_field(PyObject* v) noexcept
 
+cdef extern from *:
+    """
+    /* A cookie for the lock-free respond: an int in 1..2**64-1, else 0 (the
+       queue's method then says what is wrong with it). */
+    static inline unsigned long long iopf_cookie(PyObject *k) {
+        unsigned long long v;
+        if (!PyLong_CheckExact(k)) return 0;
+        v = PyLong_AsUnsignedLongLong(k);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+        return v;
+    }
+    """
+    unsigned long long iopf_cookie(PyObject* k) noexcept
+
 
 cdef inline bint ints9(PyObject* a, PyObject* b, PyObject* c, PyObject* d, PyObject* e,
                        PyObject* f, PyObject* g, PyObject* h, PyObject* i) noexcept:
