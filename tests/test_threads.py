@@ -377,7 +377,7 @@ def test_responder_threads_answer_each_group_once(strategy: str) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> None:
-    """report, report_values and Group.respond skip the queue's lock when no
+    """report, report_values, respond and Group.respond skip the queue's lock when no
     Python code can run inside them; they must still never enter the core
     while another thread's batch runs in it without the GIL (big batches make
     that window wide). Each thread owns its devices, so the result must equal
@@ -396,8 +396,8 @@ def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> Non
             private = (int(priv[0]), int(priv[1]))
             g = (q.report(Fault(d, p, gi, ad, perm=pe, flags=fl, time=t, private=private)) if i % 2
                  else q.report_values(d, p, gi, fl, ad, perm=pe, time=t))
-            if g is not None:
-                g.respond(Response.SUCCESS)
+            if g is not None:   # both lock-free answers: the group's and the queue's
+                g.respond(Response.SUCCESS) if i % 3 else q.respond(g.cookie, Response.SUCCESS)
 
     alone = iopf.Queue(strategy=strategy)
     batches(alone)
