@@ -304,5 +304,6 @@ cdef class TreeGrouper(Grouper):
 # The data of an iopf.Group (iopf.queue.Group adds its properties): the
 # per-call path makes it in C, and answers through it in C.
 cdef class GroupBase:
-    cdef public object _queue, cookie, _faults, _raw
+    cdef public object _queue, _faults, _raw
+    cdef public uint64_t cookie   # in C: the per-call path makes and answers it without an int object
     cdef Grouper core     # the compiled core that made it, or None

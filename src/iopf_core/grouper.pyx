@@ -1618,10 +1618,11 @@ cdef class Grouper:
         cdef long c = -1
         cdef unsigned long long k = 0
         if self.fast and at is None:
-            key = group
             if type(group) is self.group_cls:
-                key = (<GroupBase>group).cookie if (<GroupBase>group)._queue is self.bound_queue() else None
-            k = iopf_cookie(<PyObject*>key)   # 0: not an int in 1..2**64-1
+                if (<GroupBase>group)._queue is self.bound_queue():
+                    k = (<GroupBase>group).cookie
+            else:
+                k = iopf_cookie(<PyObject*>group)   # 0: not an int in 1..2**64-1
             if PyLong_Check(code) and not PyBool_Check(code):
                 c = PyLong_AsLongAndOverflow(code, &overflow)
             if k and 0 <= c <= 2 and not overflow and not self.held_elsewhere():
