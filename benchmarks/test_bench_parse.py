@@ -31,17 +31,13 @@ USER_REGEX = re.compile(
 
 
 @pytest.fixture(scope="module")
-def prq_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("parse") / "t.trace"
-    trace.save(path, trace.synthetic(N, seed=0))
-    return path
+def prq_file(synthetic_file):
+    return synthetic_file("t.trace", N)
 
 
 @pytest.fixture(scope="module")
-def csv_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("parse") / "t.csv"
-    trace.save(path, trace.synthetic(N, seed=0))
-    return path
+def csv_file(synthetic_file):
+    return synthetic_file("t.csv", N)
 
 
 @pytest.mark.benchmark(group="parse: prq_report text, 1M lines")

@@ -17,10 +17,8 @@ CHUNK = 1 << 18
 
 
 @pytest.fixture(scope="module")
-def npy_trace(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trace") / "synthetic-10m.npy"
-    trace.save(path, trace.synthetic(N, seed=0))
-    return path
+def npy_trace(synthetic_file):
+    return synthetic_file("synthetic-10m.npy", N)
 
 
 @pytest.mark.benchmark(group="replay: 10M-fault .npy trace, streamed in chunks")

@@ -18,7 +18,9 @@ through a ``SimQueue`` (VT-d policy, 1 ms response timeout) to a 4-worker
 ``Server`` with the same constant service time: every group is reported,
 grouped, queued for a worker in the core, answered when the SimQueue timer
 reaches its end and matched back to the device. The goal is
-``adapter-gN`` within 1.3x of ``bare-same-events-gN``.
+``adapter-gN`` within 1.3x of ``bare-resource-gN``, the bare model a SimPy
+user would write; ``bare-same-events-gN`` shows how far that is from the
+floor.
 ``adapter-g16-pyserver`` serves with ``per_fault=25`` instead (the Server
 then runs Python per group to compute the service time).
 

@@ -37,6 +37,31 @@ def write(path: Path, data: str | bytes) -> Path:
     return path
 
 
+#: What the machine measures, and how the trace was batched: never part of
+#: what a replay decides.
+MEASURED = ("wall_seconds", "engine_seconds", "faults_per_second", "batches")
+#: What names the shards of a replay cut into several (sharded, one queue per
+#: unit, merged) and where it ran: keys one side of a comparison may have alone.
+SHARDING = ("shards", "strategy", "shard_seconds", "shard", "cluster_start_seconds", "trace",
+            "skipped_records")
+
+
+def outcome(report: iopf.ReplayReport | dict[str, Any], *ignore: str) -> dict[str, Any]:
+    """What a replay decided: its ``to_dict()`` (or the dict ``--json`` wrote)
+    without ``MEASURED`` and the keys ``ignore`` names."""
+    d = dict(report) if isinstance(report, dict) else report.to_dict()
+    for k in (*MEASURED, *ignore):
+        d.pop(k, None)
+    return d
+
+
+def same(a: iopf.ReplayReport, b: iopf.ReplayReport) -> None:
+    """Two replays of one trace, cut differently, decided the same: counter for
+    counter, histogram for histogram."""
+    assert outcome(a, *SHARDING) == outcome(b, *SHARDING)
+    assert a.histogram == b.histogram
+
+
 def as_array(faults: Sequence[iopf.Fault]) -> np.ndarray:
     """A list of Fault as a FAULT_DTYPE array (the input of report_batch)."""
     return np.array([tuple(f) for f in faults], dtype=iopf.FAULT_DTYPE)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import iopf
+from conftest import outcome, same
 from iopf import ReplayReport, Response, trace
 
 pytest.importorskip("pyarrow")
@@ -19,23 +20,6 @@ from iopf.cli import main  # noqa: E402
 
 # Six devices behind three IOMMU units, two each (a device sits behind one unit).
 UNITS = {0: 0, 1: 1, 2: 2, 3: 0, 4: 1, 5: 2}
-TIMING = ("wall_seconds", "engine_seconds", "faults_per_second", "batches", "shards",
-          "strategy", "shard_seconds", "shard")
-
-
-def outcome(r: ReplayReport) -> dict[str, Any]:
-    d = r.to_dict()
-    for k in TIMING:
-        d.pop(k, None)
-    return d
-
-
-def same(a: ReplayReport, b: ReplayReport) -> None:
-    """Counter for counter, histogram for histogram."""
-    assert outcome(a) == outcome(b)
-    assert a.histogram == b.histogram
-
-
 def service(sizes: np.ndarray) -> np.ndarray:
     return (sizes * sizes * 7919) % 900_000 + 100
 
@@ -77,6 +61,20 @@ def test_vtd_sharded_by_iommu(client: Any, faults: np.ndarray, tmp_path: Path) -
                                                            for sh in got.shards))
 
 
+def test_service_options_are_those_of_iopf_replay(client: Any, faults: np.ndarray,
+                                                 tmp_path: Path) -> None:
+    """servers, seed and breakdown mean what they mean to iopf.replay: per queue."""
+    trace.partition(faults, tmp_path / "ds", by="iommu", units=UNITS)
+    kw: dict[str, Any] = {"policy": "vtd", "service_time": "exp:50000", "servers": 2,
+                          "seed": 7, "breakdown": False}
+    got = dist.replay(tmp_path / "ds", client=client, **kw)
+    ref = per_unit(faults, **kw)
+    same(got, ref)
+    assert got.service is not None and got.service["servers"] == 6   # two per unit
+    assert got.devices == {}
+    assert outcome(per_unit(faults, **{**kw, "seed": 8})) != outcome(ref)   # the seed counts
+
+
 def test_pcie_sharded_by_device(client: Any, faults: np.ndarray, tmp_path: Path) -> None:
     """Without queue-wide limits, per-device queues give what one queue gives."""
     trace.partition(faults, tmp_path / "ds", by="device")
@@ -101,6 +99,15 @@ def test_fleet_of_files(client: Any, faults: np.ndarray, tmp_path: Path) -> None
     by_unit = dist.replay([tmp_path / "host1.npy"], client=client, units=UNITS, policy="vtd")
     same(by_unit, per_unit(faults[:15_000], policy="vtd"))
     assert len(by_unit.shards) == 3
+    # A host's task gives each unit of the mapping a queue, as iopf.replay does.
+    host = dist.replay([tmp_path / "host1.npy"], client=client, shard_by="host", units=UNITS,
+                       policy="vtd")
+    same(host, by_unit)
+    assert sorted(sh["shard"] for sh in host.shards) == ["unit=0", "unit=1", "unit=2"]
+    # Or a function of the dev array, as iopf.replay and partition take (UNITS is dev % 3).
+    by_fn = dist.replay([tmp_path / "host1.npy"], client=client, units=lambda dev: dev % 3,
+                        policy="vtd")
+    same(by_fn, by_unit)
 
 
 def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray,
@@ -108,6 +115,17 @@ def test_device_shards_refused_when_the_queue_couples_devices(faults: np.ndarray
     for policy in ("vtd", "amd", iopf.policies.PCIE.replace(discard_on_overflow=True)):
         with pytest.raises(ValueError, match="shard_by='device' is not exact"):
             dist.replay(tmp_path, policy=policy, shard_by="device")
+    # A unit's bounded workers are shared by its devices too.
+    for service_kw in ({"service_time": 1_000, "servers": 2},
+                       {"service_time": iopf.Service(1_000, servers=2)}):
+        with pytest.raises(ValueError, match="shard_by='device' is not exact"):
+            dist.replay(tmp_path, policy="pcie", shard_by="device", **service_kw)
+    # units= cuts trace files; a dataset was cut by partition already.
+    trace.partition(faults[:1_000], tmp_path / "ds", by="iommu", units=UNITS)
+    with pytest.raises(ValueError, match="applies to trace files"):
+        dist.replay(tmp_path / "ds", policy="vtd", units=UNITS)
+    with pytest.raises(ValueError, match="applies to trace files"):
+        dist.replay(tmp_path / "ds", policy="vtd", format="csv")
     # Bad options and in-memory arrays fail at the call, before any cluster.
     with pytest.raises(ValueError, match="batch_size"):
         dist.replay(tmp_path, policy="vtd", batch_size=0)
@@ -144,6 +162,19 @@ def test_cli_on_an_existing_cluster(client: Any, faults: np.ndarray, tmp_path: P
     import json
     d = json.loads(out.read_text())
     assert d["stats"] == per_unit(faults, policy="vtd").stats
+    # The service options reach the shards as they reach iopf.replay; --plot draws.
+    plot = tmp_path / "latency.png"
+    assert main(["replay", str(tmp_path / "ds"), "--scheduler", client.scheduler.address,
+                 "--policy", "vtd", "--service-time", "exp:50000", "--servers", "2",
+                 "--service-seed", "7", "--json", str(out), "--no-progress",
+                 "--plot", str(plot)]) == 0
+    assert f"wrote {plot}" in capsys.readouterr().out and plot.stat().st_size > 0
+    d = json.loads(out.read_text())
+    ref = per_unit(faults, policy="vtd", service_time="exp:50000", servers=2, seed=7)
+    assert d["stats"] == ref.stats and d["latency_ns"] == ref.to_dict()["latency_ns"]
+    assert main(["replay", str(tmp_path / "ds"), "--scheduler", client.scheduler.address,
+                 "--servers", "2"]) == 2
+    assert "--servers needs --service-time" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "ds"), "--scheduler", client.scheduler.address,
                  "--shard-by", "device"]) == 2
     assert "partitioned by iommu" in capsys.readouterr().err

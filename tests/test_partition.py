@@ -77,6 +77,10 @@ def test_refusals(tmp_path: Path, faults: np.ndarray) -> None:
     with pytest.raises(ValueError, match="device 0x5 has no IOMMU unit"):
         trace.partition(faults, tmp_path / "y", units={d: 0 for d in range(5)})
     assert not (tmp_path / "y").exists()   # nothing half-written left behind
+    # A unit per record is iopf.replay's; indexed by device id it would mislead.
+    with pytest.raises(TypeError, match="unit per record"):
+        trace.partition(faults, tmp_path / "z", units=unit_of(faults))  # type: ignore[arg-type]
+    assert not (tmp_path / "z").exists()
     with pytest.raises(ValueError, match="no file matches"):
         trace.partition(str(tmp_path / "nothing*.npy"), tmp_path / "z")
     trace.partition(faults, tmp_path / "dev", by="device")

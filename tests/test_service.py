@@ -11,20 +11,11 @@ import numpy as np
 import pytest
 
 import iopf
+from conftest import outcome
 from iopf import Fault, Reason, Service, policies, trace
 from iopf.cli import main
 
 STRATEGIES = ("hash", "tree", "list", "python")
-TIMING = ("wall_seconds", "engine_seconds", "faults_per_second", "batches", "strategy")
-
-
-def outcome(r: iopf.ReplayReport) -> dict[str, Any]:
-    d = r.to_dict()
-    for k in TIMING:
-        d.pop(k)
-    return d
-
-
 def fifo(arrivals: list[int], durations: list[int], k: int | None) -> list[int]:
     """When each job ends on k FIFO workers (None: one each): the textbook recursion."""
     free = [0] * (k or 0)
@@ -135,7 +126,8 @@ def test_replay_strategies_agree_with_workers(faults: np.ndarray) -> None:
     ref = None
     for s in STRATEGIES:
         r = outcome(iopf.replay(small, strategy=s, service_time="exp:3000", servers=2,
-                                policy=policies.VTD.replace(response_timeout=50_000)))
+                                policy=policies.VTD.replace(response_timeout=50_000)),
+                    "strategy")
         ref = ref or r
         assert r == ref, s
 
@@ -169,6 +161,11 @@ def test_replay_service_arguments() -> None:
         iopf.replay(trace.synthetic(10), servers=2)
     with pytest.raises(ValueError, match="servers"):
         iopf.replay(trace.synthetic(10), service_time=Service(5), servers=2)
+    # The seed too: a Service carries its own, and without a service time it means nothing.
+    with pytest.raises(ValueError, match="seed is given by the Service"):
+        iopf.replay(trace.synthetic(10), service_time=Service(5), seed=3)
+    with pytest.raises(ValueError, match="seed needs a service_time"):
+        iopf.replay(trace.synthetic(10), seed=3)
     with pytest.raises(ValueError):
         iopf.replay(trace.synthetic(10), service_time="exp:x")
 

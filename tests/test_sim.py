@@ -455,3 +455,14 @@ def test_an_address_past_64_bits_is_refused_for_every_group_size(n: int) -> None
     assert sim.queue.stats.faults_reported == 0
     sim.send(dev=1, pasid=1, grpid=0, n=2, addr=(1 << 64) - 2 * 4096)   # both pages fit
     assert sim.queue.stats.faults_reported == 2
+
+
+def test_a_group_that_would_complete_before_its_last_request_is_refused() -> None:
+    # Under the stall policy every request completes a group: a send is one request.
+    sim = SimQueue(simpy.Environment(), iopf.policies.PRESETS["smmu_stall"])
+    with pytest.raises(ValueError, match="before the last"):
+        sim.send(dev=1, pasid=1, grpid=0, n=2)
+    with pytest.raises(ValueError, match="before the last"):
+        sim.send_group(1, 1, 0, 3, flags=int(iopf.Flag.PASID_VALID), perm=int(iopf.Perm.READ))
+    assert sim.queue.stats.faults_reported == 0 and sim.pending == 0
+    assert sim.send(dev=1, pasid=1, grpid=0, n=1) is not None and sim.pending == 1

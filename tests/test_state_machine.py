@@ -5,8 +5,9 @@ partials, no-PASID requests, lone LPIGs, stop markers, PRIV_DATA), answers,
 flushes, discards, removes, attaches handlers that answer, defer or raise,
 sets allocations and expires, schedules answers, serves groups through a
 service model and advances simulated time (with and without advancing on
-report), under a random policy (``report_values``, the scalar entry, is one
-of the ways to report); after every step all queues must agree on
+report), under a random policy (``report_values``, the scalar entry, and
+``report_group``, a whole group from its fields, are among the ways to
+report); after every step all queues must agree on
 groups, responses, pending groups, the next deadline and counters, and the
 conservation law of F6 must hold.
 """
@@ -149,6 +150,20 @@ class Agreement(RuleBasedStateMachine):
             b = q.report_batch(arr)
             return b.faults.tobytes(), b.offsets.tolist(), b.cookies.tolist()
         self.all(run)
+
+    @rule(dev=DEVS, pasid=PASIDS, grpid=GRPIDS, flags=st.integers(0, 15),
+          last_flags=st.integers(0, 15), perm=st.integers(0, 15), n=st.integers(0, 5),
+          addr=st.sampled_from([0, 7 << 12, 2**64 - (2 << 12)]), time=st.integers(0, 100))
+    def report_group(self, dev, pasid, grpid, flags, last_flags, perm, n, addr, time):
+        """One whole group field by field (the SimPy adapter's entry): as its
+        records reported one by one, or refused (an address past 64 bits, a
+        request before the last that completes a group) with nothing changed."""
+        self.all(lambda q: q._report_group(time, dev, pasid, grpid, flags, last_flags, perm, n,
+                                           addr, 4096))
+
+    @rule()
+    def take_response_list(self):
+        self.all(lambda q: q.core.take_response_list())
 
     @rule(fs=st.lists(faults(), max_size=6))
     def kinds(self, fs):

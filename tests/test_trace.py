@@ -631,3 +631,14 @@ def test_synthetic_stop_markers_need_a_pasid():
     is_stop = ((f["flags"] & Flag.LAST_PAGE) != 0) & ((f["perm"] & (Perm.READ | Perm.WRITE)) == 0)
     assert is_stop.any()
     assert (f["flags"][is_stop] & Flag.PASID_VALID).all() and (f["pasid"][is_stop] > 0).all()
+
+
+def test_the_public_names_are_the_documented_ones() -> None:
+    """The I/O helpers behind load and save are not part of iopf.trace."""
+    for name in ("same_file", "open_input", "write_atomically", "Input",
+                 "COMPRESSED_EXTENSIONS"):
+        assert not hasattr(trace, name), name
+    assert [n for n in trace.__all__ if not hasattr(trace, n)] == []
+    for name in ("load", "save", "iter_chunks", "synthetic", "detect_format", "partition",
+                 "LoadStats", "TraceError", "FORMATS", "META_DTYPE"):
+        assert name in trace.__all__

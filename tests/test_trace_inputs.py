@@ -27,6 +27,7 @@ from conftest import write
 import iopf
 from iopf import trace
 from iopf.trace import META_DTYPE, LoadStats, TraceError
+from iopf.trace._io import same_file
 from iopf.types import FAULT_DTYPE, RESPONSE_DTYPE, Flag, Perm
 
 DATA = Path(__file__).parent / "data"
@@ -483,9 +484,9 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     os.symlink(src, tmp_path / "link.trace")
     assert_one_line_error(run_cli("convert", src, tmp_path / "link.trace"), "is the input")
     os.link(src, tmp_path / "hard.trace")
-    assert trace.same_file(src, tmp_path / "hard.trace")
-    assert trace.same_file(src, tmp_path / "sub" / ".." / "x.trace")
-    assert not trace.same_file(src, tmp_path / "other.trace")
+    assert same_file(src, tmp_path / "hard.trace")
+    assert same_file(src, tmp_path / "sub" / ".." / "x.trace")
+    assert not same_file(src, tmp_path / "other.trace")
     assert src.read_bytes() == before
 
 

@@ -48,8 +48,14 @@ SHARD_KEYS = ("host", "iommu", "device")
 MANIFEST = "_shards.json"
 _VERSION = 1
 
-#: A device id -> IOMMU unit mapping, or a function of the ``dev`` array.
-Units = Union[Mapping[int, int], Callable[[np.ndarray], Any]]
+#: The IOMMU unit of each device: a device id -> unit mapping (a ``dict``), or
+#: a function of the ``dev`` array returning the units (a device sits behind
+#: one unit). What ``partition`` and ``iopf.distributed.replay`` take.
+DeviceUnits = Union[Mapping[int, int], Callable[[np.ndarray], Any]]
+#: The IOMMU unit of each record: ``DeviceUnits``, or an integer array with one
+#: unit per record of the trace. What ``iopf.replay`` takes: it has the records
+#: in hand, while the other two read them from files.
+Units = Union[np.ndarray, DeviceUnits]
 PathLike = Union[str, "os.PathLike[str]"]
 
 _COLUMNS = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr", "private0", "private1")
@@ -66,12 +72,12 @@ class Shard:
     format: str | None = None
     #: ``("unit", K)`` or ``("dev", D)``: keep only those records (raw input).
     select: tuple[str, int] | None = None
-    units: Mapping[int, int] | None = None
+    units: DeviceUnits | None = None
     faults: int | None = None
 
 
 def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
-              units: Units | None = None, chunk_size: int = 1 << 20,
+              units: DeviceUnits | None = None, chunk_size: int = 1 << 20,
               format: str | None = None) -> list[Shard]:
     """Write ``source`` as a Parquet dataset with one directory per shard.
 
@@ -95,6 +101,7 @@ def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
         raise ValueError(f"by must be one of {', '.join(SHARD_KEYS)}, not {by!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+    _check_units(units)
     out = os.fspath(out_dir)
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"{out}: the output directory is not empty")
@@ -114,8 +121,8 @@ def partition(source: Any, out_dir: PathLike, *, by: str = "iommu",
         raise
 
 
-def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Units | None,
-           chunk_size: int, format: str | None) -> list[Shard]:
+def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str,
+           units: DeviceUnits | None, chunk_size: int, format: str | None) -> list[Shard]:
     pa, pq = _pyarrow()
     schema = pa.schema([(n, pa.uint32() if n in _U32 else pa.uint64()) for n in _COLUMNS])
     written: list[Shard] = []
@@ -172,7 +179,7 @@ def _write(hosts: list[tuple[str, _ChunkSource]], out: str, by: str, units: Unit
     return written
 
 
-def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
+def shards_of(source: Any, by: str, *, units: DeviceUnits | None = None,
               format: str | None = None) -> list[Shard]:
     """The shards of ``source`` for sharding ``by``: the shards of a dataset
     written by ``partition`` (which must have been partitioned the same way),
@@ -184,11 +191,20 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
 
     if by not in SHARD_KEYS:
         raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {by!r}")
+    _check_units(units)
     if isinstance(source, np.ndarray):
         raise TypeError("a sharded replay reads its shards from files on the workers: "
                         "write the array with iopf.trace.partition first")
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        # What applies to trace files only is refused, not ignored.
+        if units is not None:
+            raise ValueError(f"{source}: units= applies to trace files; a dataset's shards "
+                             "were cut by iopf.trace.partition(..., units=) already")
+        if format is not None:
+            raise ValueError(f"{source}: format= applies to trace files; a dataset is Parquet")
         return _dataset_shards(os.path.abspath(source), by)
+    # A plain dict travels to the workers with each shard (a function as it is).
+    units = units if units is None or callable(units) else dict(units)
     # Absolute paths: a worker's working directory is not the client's.
     files = [os.path.abspath(f) for f in _files(source)]
     shards = []
@@ -196,7 +212,7 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
         prefix = f"host={host}" if len(files) > 1 else ""
         if by == "host" or (by == "iommu" and units is None
                             and trace.detect_format(path, format) != "prq_report"):
-            shards.append(Shard(prefix or host, (path,), format))
+            shards.append(Shard(prefix or host, (path,), format, units=units))
             continue
         keys, names = _keys_of(path, by, units, format)
         if by == "iommu" and units is None and len(keys) <= 1:
@@ -205,8 +221,7 @@ def shards_of(source: Any, by: str, *, units: Mapping[int, int] | None = None,
         for key in keys:
             name = _shard_dir(prefix, by, key, names)
             column = "unit" if by == "iommu" else "dev"
-            shards.append(Shard(name, (path,), format, (column, key),
-                                None if units is None else dict(units)))
+            shards.append(Shard(name, (path,), format, (column, key), units))
     return shards
 
 
@@ -286,7 +301,16 @@ def _shard_dir(host: str, by: str, key: int, names: Sequence[str] | None = None)
     return "/".join(p for p in (host, _leaf(by, key, names)) if p)
 
 
-def _unit_of(dev: np.ndarray, units: Units | None) -> np.ndarray:
+def _check_units(units: Any) -> None:
+    """Refuse what is not ``DeviceUnits`` now, rather than misread it later (an
+    array indexed by device id would give units silently wrong)."""
+    if units is not None and not callable(units) and not isinstance(units, Mapping):
+        raise TypeError(f"units must be a mapping from device id to IOMMU unit or a function "
+                        f"of the dev array, not {type(units).__name__} (a unit per record is "
+                        f"for iopf.replay, which has the records in hand)")
+
+
+def _unit_of(dev: np.ndarray, units: DeviceUnits | None) -> np.ndarray:
     if units is None:
         return np.zeros(len(dev), np.int64)
     if callable(units):
@@ -304,7 +328,7 @@ def _unit_of(dev: np.ndarray, units: Units | None) -> np.ndarray:
     return table[inverse]
 
 
-def _split(chunk: np.ndarray, by: str, units: Units | None,
+def _split(chunk: np.ndarray, by: str, units: DeviceUnits | None,
            meta: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
     if by == "host":
         return [(0, chunk)] if len(chunk) else []
@@ -385,7 +409,7 @@ def _hosts(source: Any) -> list[tuple[str, _ChunkSource]]:
     return [(host, reader(path)) for host, path in zip(_host_names(files), files)]
 
 
-def _keys_of(path: str, by: str, units: Mapping[int, int] | None,
+def _keys_of(path: str, by: str, units: DeviceUnits | None,
              format: str | None) -> tuple[list[int], list[str]]:
     """The units or devices present in a raw trace (one read of the file),
     and the names of the units it records."""

@@ -19,7 +19,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import policies
-from ._partition import _unit_label, _unit_of
+from ._partition import Units, _unit_label, _unit_of
 from .policies import Policy
 from .queue import Group, Handler, Queue
 from .service import Service
@@ -31,11 +31,6 @@ __all__ = ["ReplayReport", "replay"]
 #: ``"const:20000"``), samples in ns to draw from, a :class:`iopf.Service`, or a
 #: function of the group sizes (an int64 array) returning each group's ns.
 ServiceTime = Union[int, str, np.ndarray, Service, Callable[[np.ndarray], Any]]
-
-#: The IOMMU unit of each record: an integer array (one unit per record of
-#: the trace), or a device id -> unit mapping (a dict, or a function of the
-#: ``dev`` array returning the units).
-Units = Union[np.ndarray, Mapping[int, int], Callable[[np.ndarray], Any]]
 
 _END_OF_TIME = 2**64 - 1
 _RECORD_ERROR = re.compile(r"^record (\d+): (.*)$", re.DOTALL)
@@ -252,7 +247,7 @@ def replay(faults: np.ndarray | Iterable[np.ndarray | tuple[np.ndarray, np.ndarr
            policy: Policy | str = policies.PCIE, strategy: str = "hash",
            handler: Handler | Response | None = None,
            service_time: ServiceTime | None = None, servers: int | None = None,
-           seed: int = 0, answer: bool = True, batch_size: int = 65536,
+           seed: int | None = None, answer: bool = True, batch_size: int = 65536,
            progress: bool = False, total: int | None = None,
            breakdown: bool = True, units: Units | None = None,
            unit_names: Sequence[str] | None = None) -> ReplayReport:
@@ -287,13 +282,16 @@ def replay(faults: np.ndarray | Iterable[np.ndarray | tuple[np.ndarray, np.ndarr
     How groups are answered (the handler model):
 
     - ``service_time`` (see :data:`ServiceTime`; a distribution is drawn
-      per group from ``seed``): each group is queued at its LPIG time for
-      one of ``servers`` workers (None: every group has its own, as on an
-      unbound workqueue), served for its service time and answered SUCCESS
-      when that ends, unless a timeout (``policy.response_timeout``) came
-      first (the late answer is then stale). With bounded workers latency
-      is queueing delay plus service time. A function of the group sizes is
-      called once per group, with an array of one size.
+      per group, each queue's draws seeded by ``seed``, None meaning 0; a
+      ``Service`` carries its own ``servers`` and ``seed``, so giving them
+      too is an error, as is giving either without ``service_time``): each
+      group is queued at its LPIG time for one of ``servers`` workers
+      (None: every group has its own, as on an unbound workqueue), served
+      for its service time and answered SUCCESS when that ends, unless a
+      timeout (``policy.response_timeout``) came first (the late answer is
+      then stale). With bounded workers latency is queueing delay plus
+      service time. A function of the group sizes is called once per group,
+      with an array of one size.
     - ``handler``: the queue's ``default_handler``. A callable is called once
       per group (the slow path): a code it returns answers the group at
       once, a group it leaves pending is answered after ``service_time`` if
@@ -316,6 +314,11 @@ def replay(faults: np.ndarray | Iterable[np.ndarray | tuple[np.ndarray, np.ndarr
     chunking, 1 included. ``progress=True`` shows a tqdm bar on stderr (``total``: the number of
     faults, when ``faults`` is an iterable). ``breakdown=False`` leaves the
     per-device and per-PASID tables empty and saves their cost.
+
+    ``iopf.distributed.replay`` takes the same options with the same
+    meanings and defaults, except ``total`` and ``unit_names`` (it reads
+    its shards from files, whose ``format`` it takes instead) and a
+    ``units`` array of one unit per record.
 
     >>> import iopf
     >>> r = iopf.replay(iopf.trace.synthetic(5_000, seed=1), policy="linux")
@@ -441,16 +444,21 @@ def _by_unit(units: np.ndarray | None) -> list[tuple[int, np.ndarray | None]]:
     return [(int(k), order[bounds[i]:bounds[i + 1]]) for i, k in enumerate(keys)]
 
 
-def _service(service_time: ServiceTime | None, servers: int | None, seed: int) -> Service | None:
+def _service(service_time: ServiceTime | None, servers: int | None,
+             seed: int | None) -> Service | None:
     """The service model the arguments describe (a function of sizes: drawn by it)."""
     if isinstance(service_time, Service):
-        if servers is not None:
-            raise ValueError("servers is given by the Service itself")
+        for name, value in (("servers", servers), ("seed", seed)):
+            if value is not None:
+                raise ValueError(f"{name} is given by the Service itself")
         return service_time
     if service_time is None:
-        if servers is not None:
-            raise ValueError("servers needs a service_time")
+        for name, value in (("servers", servers), ("seed", seed)):
+            if value is not None:
+                raise ValueError(f"{name} needs a service_time")
         return None
+    if seed is None:
+        seed = 0
     if callable(service_time):
         return Service(0, servers, seed=seed)
     if isinstance(service_time, (float, np.floating)) and float(service_time).is_integer():

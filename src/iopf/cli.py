@@ -30,6 +30,7 @@ from . import __version__, policies, trace
 from ._replay import ReplayReport, _rate, replay
 from .service import Service
 from .trace import LoadStats, TraceError
+from .trace._io import same_file
 
 __all__ = ["main"]
 
@@ -295,15 +296,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _replay_cmd(args: argparse.Namespace) -> int:
     _check_json(args)   # before any work, on either path
-    if _sharded(args):
-        return _replay_distributed(args)
-    args.trace = args.trace[0] if args.trace else None
-    _synthetic_only(args)
     if args.servers is not None and args.service_time is None:
         raise ValueError("--servers needs --service-time (how long each group is served)")
     if args.plot is not None:
         _check_output(args.plot, "--plot")
     plt = _pyplot() if args.plot is not None else None   # fail before the long part
+    if _sharded(args):
+        return _replay_distributed(args, plt)
+    args.trace = args.trace[0] if args.trace else None
+    _synthetic_only(args)
     policy = policies.PRESETS[args.policy]
     if args.timeout is not None:
         policy = policy.replace(response_timeout=args.timeout)
@@ -323,10 +324,8 @@ def _replay_cmd(args: argparse.Namespace) -> int:
         name = args.trace
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        service = None if args.service_time is None else \
-            Service(args.service_time, args.servers, seed=args.service_seed)
         report = replay(source, policy=policy, strategy=args.strategy,
-                        service_time=service, batch_size=args.batch_size,
+                        service_time=_service(args), batch_size=args.batch_size,
                         progress=progress, total=total, unit_names=load.units)
     except ValueError as e:
         if args.trace is None or isinstance(e, TraceError):
@@ -352,13 +351,19 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service(args: argparse.Namespace) -> Service | None:
+    """The service model of --service-time, --servers and --service-seed (both paths)."""
+    return None if args.service_time is None else \
+        Service(args.service_time, args.servers, seed=args.service_seed)
+
+
 def _sharded(args: argparse.Namespace) -> bool:
     """Several traces, a dataset directory or a cluster option: the Dask path."""
     return (len(args.trace) > 1 or args.workers is not None or args.scheduler is not None
             or args.shard_by is not None or any(os.path.isdir(t) for t in args.trace))
 
 
-def _replay_distributed(args: argparse.Namespace) -> int:
+def _replay_distributed(args: argparse.Namespace, plt: Any) -> int:
     if not args.trace:
         raise ValueError("a sharded replay needs TRACE files or a dataset directory")
     if args.faults is not None or args.seed is not None or args.skip_bad:
@@ -385,18 +390,22 @@ def _replay_distributed(args: argparse.Namespace) -> int:
         client = Client(args.scheduler)
     try:
         report = distributed.replay(source, policy=policy, client=client, shard_by=shard_by,
-                                    strategy=args.strategy, service_time=args.service_time,
+                                    strategy=args.strategy, service_time=_service(args),
                                     batch_size=args.batch_size, workers=args.workers,
                                     progress=progress, format=args.format)
     finally:
         if client is not None:
             client.close()
     report.extra["trace"] = " ".join(args.trace)
-    return _result(args, report, str(report))
+    text = str(report)
+    if plt is not None:
+        _plot_latency(plt, report, args.plot, report.extra["trace"])
+        text += f"\nwrote {args.plot}"
+    return _result(args, report, text)
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if trace.same_file(args.input, args.output):
+    if same_file(args.input, args.output):
         raise ValueError(f"{args.output}: is the input; write the output elsewhere")
     out_fmt = _output_format(args.output, args.to_format, "--to")   # fail before reading
     _check_json(args)

@@ -17,15 +17,16 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from . import policies
-from ._partition import SHARD_KEYS, Shard, read_shard, read_shard_meta, shards_of
-from ._replay import ReplayReport, ServiceTime
+from ._partition import (SHARD_KEYS, DeviceUnits, Shard, read_shard, read_shard_meta,
+                         shards_of)
+from ._replay import ReplayReport, ServiceTime, _service
 from ._replay import replay as _replay_one
 from .policies import Policy
 from .queue import Handler
@@ -47,30 +48,47 @@ class ShardError(ValueError):
 
 
 def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = None,
-           shard_by: str = "iommu", units: Mapping[int, int] | None = None,
+           shard_by: str = "iommu", units: DeviceUnits | None = None,
            strategy: str = "hash", handler: Handler | Response | None = None,
-           service_time: ServiceTime | None = None, answer: bool = True,
-           batch_size: int = 65536, workers: int | None = None,
-           progress: bool = False, format: str | None = None) -> ReplayReport:
+           service_time: ServiceTime | None = None, servers: int | None = None,
+           seed: int | None = None, answer: bool = True, batch_size: int = 65536,
+           workers: int | None = None, progress: bool = False, breakdown: bool = True,
+           format: str | None = None) -> ReplayReport:
     """Replay ``source`` with one Dask task per shard and merge the reports.
 
     ``source``: a dataset directory written by ``iopf.trace.partition``
     (partitioned ``by=shard_by``), or trace files: a path, a glob or a list
     (a fleet; each file is a host). With files, ``shard_by="host"`` makes
     one shard per file; ``"iommu"`` one per IOMMU unit of each file (the
-    units a ``prq_report`` trace records, or those ``units`` maps devices
-    to, which override them; a file of one unit is one shard) and
-    ``"device"`` one per device, every such task reading the whole file and
-    keeping its records (partition large traces first).
+    units a ``prq_report`` trace records, or those ``units`` gives, which
+    override them; a file of one unit is one shard) and ``"device"`` one per
+    device, every such task reading the whole file and keeping its records
+    (partition large traces first). ``format`` names the files' format
+    (default: from the extension or the content, as ``iopf.trace.load``).
 
-    ``shard_by="device"`` is refused for a policy whose queue couples
-    devices (``queue_depth`` or ``discard_on_overflow``): a device's
-    overflow there depends on the other devices of its IOMMU unit.
+    ``shard_by="device"`` is refused when the queue couples devices: a
+    policy with ``queue_depth`` or ``discard_on_overflow``, or a bounded
+    number of ``servers`` (a unit's workqueue): a device's overflow or wait
+    there depends on the other devices of its IOMMU unit.
 
     ``client``: a ``distributed.Client``; None starts a ``LocalCluster``
     with ``workers`` single-threaded worker processes (default: one per
-    core) for this call. The other options are those of ``iopf.replay``;
-    ``handler`` must pickle. ``progress=True`` shows a bar of shards done.
+    core) for this call.
+
+    The replay's options have the names, meanings and defaults of
+    ``iopf.replay``: ``policy``, ``strategy``, ``handler`` (it must pickle),
+    ``service_time``, ``servers``, ``seed``, ``answer``, ``batch_size``,
+    ``breakdown`` and ``units``. Each shard replays on queues of its own, as
+    each IOMMU unit does in ``iopf.replay``: ``servers`` are a queue's
+    workers and ``seed`` seeds each queue's draws (so shards by device draw
+    other, equally distributed, service times than one queue per unit).
+    ``units`` is a device id -> unit mapping or a function of the ``dev``
+    array; it applies to trace files (a dataset's shards were cut by
+    ``partition(..., units=)`` already, so it is refused there), and a
+    unit per record, which ``iopf.replay`` also takes, is refused: the
+    records are read on the workers. ``progress=True`` shows a bar of shards
+    done (``iopf.replay``'s counts faults, hence its ``total``). Not here:
+    ``total`` and ``unit_names`` (a shard's unit names come from its trace).
 
     The report's ``shards`` lists every shard's faults and times;
     ``wall_seconds`` is the elapsed time from the first task sent to the
@@ -81,16 +99,20 @@ def replay(source: Any, *, policy: Policy | str = policies.PCIE, client: Any = N
     policy = policies.resolve(policy)
     if shard_by not in SHARD_KEYS:
         raise ValueError(f"shard_by must be one of {', '.join(SHARD_KEYS)}, not {shard_by!r}")
-    if shard_by == "device" and (policy.queue_depth is not None or policy.discard_on_overflow):
-        raise ValueError(
-            "shard_by='device' is not exact for this policy: its queue is shared by the "
-            "devices of an IOMMU unit (queue_depth or discard_on_overflow is set), so one "
-            "device's overflow depends on the others; shard by 'iommu' or 'host'")
     options: dict[str, Any] = {
         "policy": policy, "strategy": strategy, "handler": handler,
-        "service_time": service_time, "answer": answer, "batch_size": batch_size}
+        "service_time": service_time, "servers": servers, "seed": seed, "answer": answer,
+        "batch_size": batch_size, "breakdown": breakdown}
     # Bad options fail here, once, rather than in every task.
     _replay_one(np.empty(0, FAULT_DTYPE), **options)
+    service = _service(service_time, servers, seed)
+    if shard_by == "device" and (policy.queue_depth is not None or policy.discard_on_overflow
+                                 or (service is not None and service.servers is not None)):
+        raise ValueError(
+            "shard_by='device' is not exact for this replay: its queue is shared by the "
+            "devices of an IOMMU unit (queue_depth, discard_on_overflow or a bounded number "
+            "of servers is set), so one device's overflow or wait depends on the others; "
+            "shard by 'iommu' or 'host'")
     shards = shards_of(source, shard_by, units=units, format=format)
     if not shards:
         raise ValueError(f"{source}: no shard to replay")
@@ -112,13 +134,13 @@ def replay_shard(shard: Shard, options: dict[str, Any]) -> ReplayReport:
     """Replay one shard in this process (what a worker runs)."""
     path = ", ".join(shard.paths)
     try:
-        # A shard that holds several of the units its trace records (a host)
-        # replays them with a queue each, as iopf.replay does; a units=
-        # mapping decided the shard's unit instead.
+        # A shard that holds several units (a host) replays them with a queue
+        # each, as iopf.replay does: the units its trace records, or those
+        # of the units= mapping, which override them.
         names: list[str] = []
         records = read_shard_meta(shard, units=names) if shard.units is None \
             else read_shard(shard)
-        report = _replay_one(records, unit_names=names, **options)
+        report = _replay_one(records, units=shard.units, unit_names=names, **options)
     except (ValueError, OSError, ImportError) as e:
         # Messages of the trace readers name the file already; replay's
         # record errors do not.

@@ -498,21 +498,55 @@ class Queue:
                 while i < n:
                     i = core.run(arr, i)
                     if core.dispatch:
-                        group = self._pending_group(core.last_cookie)
-                        try:
-                            _, dev, pasid, _, flags = group._lpig()
-                            self._dispatch(self._handler_for(dev, pasid, flags), group)
-                        except Exception as exc:  # answered already; raised after the batch
-                            errors.append(exc)
+                        self._dispatch_formed(errors)
             finally:  # even when interrupted: the core's output is taken, responses delivered
                 batch = GroupBatch(self, *core.take_groups())
                 self._deliver()
+        self._raise_handler_errors(errors)
+        return batch
+
+    def _report_group(self, time: int, dev: int, pasid: int, grpid: int, flags: int,
+                      last_flags: int, perm: int, n: int, addr: int, stride: int) -> int:
+        """Report the n requests of one group given by their fields (request i
+        at ``addr + i * stride``, the last with ``last_flags``; see the core's
+        ``report_group``): what report_batch does with their records, without
+        the arrays. The cookie of the group the last request completed, or 0.
+
+        For models that send whole groups (iopf.sim). Every request is checked
+        before any is applied; only the last may complete a group.
+        """
+        errors: list[BaseException] = []
+        with self._lock:
+            self._check_reentry()
+            core = self.core
+            try:
+                cookie: int = core.report_group(time, dev, pasid, grpid, flags, last_flags, perm,
+                                                n, addr, stride)
+                if core.dispatch:
+                    self._dispatch_formed(errors)
+            finally:
+                self._deliver()
+        self._raise_handler_errors(errors)
+        return cookie
+
+    def _dispatch_formed(self, errors: list[BaseException]) -> None:
+        """Call the Python handler of the group the core just formed
+        (``core.dispatch``); what it raises is kept in errors, raised after
+        the whole call (the group is answered already)."""
+        group = self._pending_group(self.core.last_cookie)
+        try:
+            _, dev, pasid, _, flags = group._lpig()
+            self._dispatch(self._handler_for(dev, pasid, flags), group)
+        except Exception as exc:
+            errors.append(exc)
+
+    @staticmethod
+    def _raise_handler_errors(errors: list[BaseException]) -> None:
         if errors:
             first = errors[0]
             if len(errors) > 1:
                 first.add_note(f"{len(errors) - 1} more handler errors in this batch")
             raise first
-        return batch
 
     @staticmethod
     def _as_batch(faults: np.ndarray) -> np.ndarray:
@@ -703,7 +737,7 @@ class Queue:
         if self._on_response is None:
             return
         if self.core.has_responses:
-            self._undelivered.extend(self.core.take_responses().tolist())
+            self._undelivered.extend(self.core.take_response_list())
         pending = self._undelivered
         while pending and self._on_response is not None:
             t, dev, pasid, grpid, code, flags, cookie, n, reason = pending.popleft()

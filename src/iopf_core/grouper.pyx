@@ -1992,8 +1992,36 @@ cdef class Grouper:
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
                 "heap": self.heap_len, "bytes": self.sizeof()}
 
+    def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
+                     stride=4096):
+        """Report the ``n`` requests of one group given by their fields, as
+        run() reports their FAULT_DTYPE records, without the array; the
+        cookie of the group the last request completed, or 0.
+
+        Request i has ``time``, ``dev``, ``pasid``, ``grpid``, ``perm``,
+        address ``addr + i * stride`` and private fields 0; the first n-1
+        have ``flags``, the last ``last_flags``. Only the last may complete a
+        group; if that group waits for a Python handler, ``dispatch`` is set
+        (as after report()).
+
+        Every request is checked before any is applied: a field that does
+        not fit (as check() refuses it), an address past 64 bits, or a
+        request before the last that would complete a group raises
+        ValueError and nothing changes. The fields are copied into C first,
+        so nothing the caller holds is read again. A failure while applying
+        (MemoryError) leaves the requests before it applied and the rest
+        not, and ``position`` is its index, as in run().
+        """
+        return report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr, stride)
+
+    def take_response_list(self):
+        """take_responses() as a list of tuples (RESPONSE_DTYPE's fields, in
+        order), without the array: for callers that use them one by one."""
+        return take_response_list(self)
+
 
 include "queue_support.pxi"
+include "group_entry.pxi"
 
 # The strategies: where partials wait for their LPIG.
 include "hash.pxi"

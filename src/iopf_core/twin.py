@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
+import operator
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -375,6 +376,44 @@ class PyGrouper:
         self.position = n
         return n
 
+    @_exclusive
+    def report_group(self, time: int, dev: int, pasid: int, grpid: int, flags: int,
+                     last_flags: int, perm: int, n: int, addr: int, stride: int = 4096) -> int:
+        """The n requests of one group from their fields (request i at address
+        addr + i * stride, the last with last_flags), all checked before any
+        is applied; as run() on their records. The cookie of the group the
+        last one completed, or 0."""
+        # The compiled core's checks, in its order (the same errors).
+        time, dev, pasid, grpid, flags, last_flags, perm, n, addr, stride = map(
+            operator.index, (time, dev, pasid, grpid, flags, last_flags, perm, n, addr, stride))
+        if not (0 <= time <= U64 and all(0 <= v < 1 << 32 for v in (dev, pasid, grpid, flags,
+                                                                    last_flags, perm))
+                and -(1 << 63) <= n < 1 << 63):
+            for f in (flags, last_flags):
+                check_record(None, (time, dev, pasid, grpid, f, perm), self.pasid_bits,
+                             self.grpid_bits)
+            raise ValueError(f"a field of the group is out of range: time={time!r} dev={dev!r} "
+                             f"pasid={pasid!r} grpid={grpid!r} n={n!r}")
+        if n < 1:
+            raise ValueError(f"a group has at least one request, got n={n}")
+        if not (0 <= addr <= U64 and 0 <= stride <= U64):
+            raise ValueError(f"the addresses addr={addr!r} + i * stride={stride!r} do not fit "
+                             "its record (64 bits, ascending)")
+        if addr + (n - 1) * stride > U64:
+            raise ValueError(f"the address of request {n - 1} ({addr:#x} + {n - 1} * "
+                             f"{stride:#x}) does not fit its record (64 bits)")
+        for f in (flags, last_flags):
+            check_record(None, (time, dev, pasid, grpid, f, perm), self.pasid_bits, self.grpid_bits)
+        if n > 1 and self._kind(flags, perm) == 1:   # one group: only the last completes it
+            raise ValueError("request 0 would complete a group before the last one under this "
+                             "policy: report one group per call")
+        for i in range(n):
+            self.position = i
+            self._report((time, dev, pasid, grpid, last_flags if i == n - 1 else flags, perm,
+                          addr + i * stride, (0, 0)), collect=False)
+        self.position = n
+        return self.last_cookie
+
     def _report(self, rec: tuple, collect: bool) -> int:
         """0; 1 if a group completed (last_cookie); 2 if it awaits a Python handler."""
         p = self.policy
@@ -601,6 +640,9 @@ class PyGrouper:
         gt = np.array(self.outbox_gtime, dtype=np.uint64)
         self.outbox, self.outbox_gtime = [], []
         return (out, gt) if group_times else out
+
+    def take_response_list(self) -> list[tuple[int, ...]]:
+        return self.take_responses().tolist()  # type: ignore[no-any-return]
 
     # -- flush, discard, remove, expire -------------------------------------------------
     def _drop_partials(self, doomed: Any, counter: str) -> None:

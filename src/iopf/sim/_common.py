@@ -1,7 +1,6 @@
 """What the models of iopf.sim share: durations and a few constants."""
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import SupportsFloat, Union
 
@@ -22,8 +21,6 @@ NEEDS_PASID = int(Flag.NEEDS_PASID)
 READ = int(Perm.READ)
 #: What the queue's rules make of a request (``SimQueue.kinds``).
 KIND_PARTIAL, KIND_LAST, KIND_STOP = 0, 1, 2
-#: One FAULT_DTYPE record (packed, 52 bytes): time dev pasid grpid flags perm addr private[2].
-REC = struct.Struct("<QIIIIIQQQ")
 
 
 def duration(value: Duration, name: str) -> Callable[[np.random.Generator], SupportsFloat] | int:

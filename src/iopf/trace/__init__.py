@@ -72,10 +72,12 @@ from . import iommufd as _iommufd
 from . import npy as _npy
 from . import parquet as _parquet
 from . import prq_report as _prq
+# The I/O helpers stay in their private module (the command line imports
+# same_file from there): they are not part of iopf.trace.
+from . import _io
 from ._common import CSV_HEADER as _CSV_HEADER  # noqa: F401  (kept: the tests build CSVs with it)
 from ._common import (FORMATS, META_DTYPE, LoadStats, OptionalDependencyError, PathLike,
                       TraceError)
-from ._io import COMPRESSED_EXTENSIONS, Input, open_input, same_file, write_atomically
 from .arrow import to_arrow, to_pandas
 from .iommufd import IOMMUFD_DTYPE
 from .responses import PAIR_DTYPE, load_responses, pair
@@ -84,7 +86,7 @@ from .workload import synthetic
 __all__ = [
     "FORMATS", "IOMMUFD_DTYPE", "META_DTYPE", "PAIR_DTYPE", "TraceError",
     "OptionalDependencyError", "LoadStats", "detect_format", "load", "iter_chunks", "save",
-    "synthetic", "load_responses", "pair", "to_arrow", "to_pandas", "same_file",
+    "synthetic", "load_responses", "pair", "to_arrow", "to_pandas",
 ]
 
 _EXTENSIONS = {
@@ -117,7 +119,7 @@ def detect_format(path: PathLike, format: str | None = None) -> str:
     ext = _extension(os.fspath(path))
     if ext in _EXTENSIONS:
         return _EXTENSIONS[ext]
-    with open_input(path) as src:
+    with _io.open_input(path) as src:
         return _format_of(src, None)
 
 
@@ -130,12 +132,12 @@ def _check_format(format: str, path: PathLike) -> str:
 
 def _extension(name: str) -> str:
     root, ext = os.path.splitext(name)
-    if ext.lower() in COMPRESSED_EXTENSIONS:
+    if ext.lower() in _io.COMPRESSED_EXTENSIONS:
         ext = os.path.splitext(root)[1]
     return ext.lower()
 
 
-def _format_of(src: Input, format: str | None) -> str:
+def _format_of(src: _io.Input, format: str | None) -> str:
     if format is not None:
         return _check_format(format, src.name)
     if src.ext in _EXTENSIONS:
@@ -160,7 +162,7 @@ _FTRACE_CONTEXT = re.compile(
     re.MULTILINE)
 
 
-def _sniff(src: Input) -> str:
+def _sniff(src: _io.Input) -> str:
     head = src.head
     if not head.strip():
         raise TraceError("empty file", path=src.name)
@@ -275,7 +277,7 @@ def _batches(path: PathLike, format: str | None, skip_bad: bool, chunk_size: int
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     st = stats if stats is not None else LoadStats()
-    src = open_input(path)
+    src = _io.open_input(path)
     try:
         fmt = _format_of(src, format)
         st.format = fmt
@@ -289,7 +291,7 @@ def _batches(path: PathLike, format: str | None, skip_bad: bool, chunk_size: int
     return _stream(src, fmt, batches, st, meta)
 
 
-def _stream(src: Input, fmt: str, batches: Iterator[tuple[np.ndarray, Any]],
+def _stream(src: _io.Input, fmt: str, batches: Iterator[tuple[np.ndarray, Any]],
             stats: LoadStats, meta: bool) -> Iterator[tuple[np.ndarray, Any]]:
     done = 0
     try:
@@ -363,7 +365,7 @@ def save(path: PathLike, faults: Any, *, format: str | None = None,
             int(meta["unit"].max()) >= len(units):
         raise ValueError("meta names a unit beyond units")
     writer = _WRITERS[fmt]
-    write_atomically(path, lambda f: writer(f, arr, meta, units))
+    _io.write_atomically(path, lambda f: writer(f, arr, meta, units))
 
 
 def _as_faults(faults: Any) -> np.ndarray:
