@@ -44,7 +44,8 @@ def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) ->
         raise ValueError(f"{where}perm {perm:#x} has bits outside READ|WRITE|EXEC|PRIV")
     if not 0 <= dev <= 0xFFFFFFFF or not 0 <= time <= U64:
         raise ValueError(f"{where}dev or time out of range")
-    if not 0 <= rec[6] <= U64 or not 0 <= rec[7][0] <= U64 or not 0 <= rec[7][1] <= U64:
+    if len(rec) == 8 and not (0 <= rec[6] <= U64 and 0 <= rec[7][0] <= U64
+                              and 0 <= rec[7][1] <= U64):   # (a group's fields stop at perm)
         raise ValueError(f"{where}addr or private out of range")
 
 
