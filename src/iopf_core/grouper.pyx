@@ -1549,7 +1549,7 @@ cdef class Grouper:
     # as its per-instance report and report_values; they go to its locked
     # Python methods whenever Python code could run inside (fast is off) or
     # another thread holds the queue.
-    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values, slow_respond=None):
+    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values, slow_respond):
         """For iopf.Queue: queue (held weakly: the queue holds the grouper),
         its Group and Fault classes, and its locked report, report_values
         and respond functions."""
