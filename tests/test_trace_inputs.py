@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pathlib import Path
 
@@ -598,3 +598,97 @@ def test_csv_acceptance_does_not_depend_on_neighbours(tmp_path: Path) -> None:
         assert results[0] == results[1], (field, results)
         expect_ok = field in (" 7 ", "\t7", "0x1F", "0X1f", "007", "18446744073709551615")
         assert (results[0][1] == 0) == expect_ok, (field, results)
+
+
+_CSV_FIELDS = st.one_of(
+    st.integers(0, 2**32 - 1).map(str), st.integers(0, 2**64 + 1).map(str),
+    st.integers(0, 2**64 + 1).map(hex), st.integers(0, 2**32).map(lambda v: f"0X{v:X}"),
+    st.sampled_from(["", " 7 ", "\t7", "7\t", "+1", "-1", "007", "0x", "0x" + "0" * 17 + "1",
+                     "1e3", "1_0", "\u0663", "\u00a07", "\"7\"", "7#", "4294967296"]))
+
+
+@st.composite
+def csv_blocks(draw: st.DrawFn) -> bytes:
+    """A CSV input: a header, then records, mostly good, with odd fields,
+    blank, spaces-only and comment lines, CRLF and lone CR line ends."""
+    names = draw(st.sampled_from([list(trace._CSV_HEADER.split(",")),
+                                  ["addr", "dev", "pasid", "grpid", "flags", "perm"]]))
+    good = st.one_of(st.integers(0, 2**32 - 1).map(str), st.integers(0, 2**32 - 1).map(hex))
+    lines = [",".join(names)]
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["good", "good", "good", "odd", "short", "blank", "spaces",
+                                     "comment"]))
+        if kind in ("good", "odd", "short"):
+            fields = draw(st.lists(good, min_size=len(names), max_size=len(names)))
+            if kind == "odd":
+                fields[draw(st.integers(0, len(names) - 1))] = draw(_CSV_FIELDS)
+            if kind == "short":
+                fields.pop()
+            lines.append(",".join(fields))
+        else:
+            lines.append({"blank": "", "spaces": "  ", "comment": "# note"}[kind])
+    ends = [draw(st.sampled_from(["\n", "\n", "\r\n", "\r", "\r\r\n"])) for _ in lines]
+    text = "".join(line + end for line, end in zip(lines, ends))
+    if draw(st.booleans()):
+        text = text.rstrip("\r\n")        # no line end at the end of the input
+    return text.encode("utf-8")
+
+
+def _csv_outcome(data: bytes, skip_bad: bool, gz: bool = False,
+                 **patches: object) -> tuple[object, ...]:
+    """What loading ``data`` gives (a gzip file is read as a stream, not
+    mapped), the file's path left out."""
+    from iopf.trace import csv as trace_csv
+    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+        for name, value in patches.items():
+            mp.setattr(trace_csv, name, value)
+        p = write(Path(d) / ("t.csv.gz" if gz else "t.csv"), gzip.compress(data) if gz else data)
+        stats = LoadStats()
+        try:
+            # chunk_size=1: blocks as small as the patched BLOCK_BYTES allows.
+            f = trace.load(p, skip_bad=skip_bad, stats=stats, chunk_size=1)
+        except TraceError as e:
+            return ("error", str(e).replace(str(p), ""))
+        return (f.tobytes(), stats.skipped, [e.replace(str(p), "") for e in stats.errors])
+
+
+_SIX = b"dev,pasid,grpid,flags,perm,addr\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(csv_blocks(), st.booleans(), st.sampled_from([1 << 20, 64]))
+# A lone CR between two records (pyarrow would end a line there), with and
+# without a blank line in the block.
+@example(_SIX + b"1,1,1,1,1,1\r2,2,2,2,2,2\n3,3,3,3,3,3\n", True, 1 << 20)
+@example(_SIX + b"1,1,1,1,1,1\r2,2,2,2,2,2\n\n3,3,3,3,3,3\n", True, 1 << 20)
+def test_csv_fast_readers_accept_exactly_what_the_rule_accepts(data: bytes, skip_bad: bool,
+                                                               block: int) -> None:
+    """Whichever reader parses a block (pyarrow over a mapped file or over a
+    stream's buffer, numpy, or the rule alone) and however the input is cut
+    into blocks (lines longer than a block included), the records, the lines
+    refused and their numbers are the same."""
+    from iopf.trace import csv as trace_csv
+    rule = _csv_outcome(data, skip_bad, _fast=lambda *args: None)
+    assert _csv_outcome(data, skip_bad, BLOCK_BYTES=block) == rule
+    assert _csv_outcome(data, skip_bad, gz=True, BLOCK_BYTES=block) == rule
+    if trace_csv._pyarrow() is not None:
+        assert _csv_outcome(data, skip_bad, BLOCK_BYTES=block, _pa=False) == rule
+        assert _csv_outcome(data, skip_bad, gz=True, BLOCK_BYTES=block, _pa=False) == rule
+
+
+def test_csv_in_small_blocks_of_a_mapped_file(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mapped file cut into many blocks: the chunks hold every record
+    once, in order, and a bad line's number is counted across blocks."""
+    from iopf.trace import csv as trace_csv
+    monkeypatch.setattr(trace_csv, "BLOCK_BYTES", 1000)
+    faults = trace.synthetic(5000, seed=3)
+    p = tmp_path / "t.csv"
+    trace.save(p, faults)
+    chunks = list(trace.iter_chunks(p, chunk_size=7))
+    assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
+    np.testing.assert_array_equal(np.concatenate(chunks), faults)
+    with open(p, "a") as f:
+        f.write("0x1,2,3\n")
+    with pytest.raises(TraceError, match=r"t\.csv:5002: bad CSV record \(3 fields"):
+        trace.load(p, chunk_size=7)
