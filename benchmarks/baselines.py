@@ -110,6 +110,11 @@ class DictQueue:
         self.pending[self.cookie] = group
         return self.cookie, group
 
+    def report_values(self, dev: int, pasid: int, grpid: int, flags: int, addr: int,
+                      perm: int = 1, time: int = 0) -> tuple[int, list[tuple]] | None:
+        """The same for a model that holds no tuples: it makes one."""
+        return self.report((time, dev, pasid, grpid, flags, perm, addr, (0, 0)))
+
     def respond(self, cookie: int, code: int) -> bool:
         group = self.pending.pop(cookie, None)
         if group is None:

@@ -235,6 +235,94 @@ def test_raw_report_checks_every_field(strategy):
     assert g is not None and len(g) == 2 and g.grpid == 65535
 
 
+def test_report_values_arguments(strategy):
+    """Queue.report_values parses its own arguments on a compiled core: every
+    spelling of a call means what it means in Python, and a wrong call is a
+    TypeError that changes nothing (a float or a bool is refused, as ``Fault``
+    refuses it, not truncated)."""
+    q = iopf.Queue(strategy=strategy)
+    perm, time = "per" + "m", "ti" + "me"     # keyword names Python did not intern
+    calls = [((1, 2, 3, 3, 0x1000), {}),
+             ((1, 2, 4, 3, 0x2000), {"perm": 2}),
+             ((1, 2, 5, 3, 0x3000), {"time": 7}),
+             ((1, 2, 6, 3, 0x4000), {"time": 9, "perm": 3}),
+             ((1, 2, 7, 3, 0x5000), {perm: 2, time: 11}),
+             ((np.uint32(1), 2, 8, 3, 0x6000), {"perm": np.uint8(1), "time": np.uint64(12)}),
+             ((1, 2, 9, 3), {"addr": 0x7000, "time": 13})]
+    for args, kw in calls:
+        g = q.report_values(*args, **kw)
+        assert g is not None and len(g) == 1
+        want = (kw.get("time", kw.get(time, 0)), *args[:4], kw.get("perm", kw.get(perm, 1)),
+                args[4] if len(args) == 5 else kw["addr"])
+        assert g.faults.tolist()[0][:7] == want
+    before = queue_state(q)
+    for args, kw in [((1, 2, 3, 3), {}), ((1, 2, 3, 3, 0, 1), {}), ((1, 2, 3, 3, 0), {"prem": 1}),
+                     ((1, 2, 3, 3, 0), {"perm": None}), ((1, 2, 3, 3, 0), {"time": 1.5}),
+                     ((1, 2, 3, 3, "0"), {}), ((1, 2, 3, 3), {"adr": 0}),
+                     ((1.0, 2, 3, 3, 0), {}), ((1, 2, 3, 3, 0), {"perm": True}),   # as Fault: no
+                     ((1, 2, 3, np.bool_(True), 0), {})]:                          # float, no bool
+        with pytest.raises(TypeError):
+            q.report_values(*args, **kw)
+        assert queue_state(q) == before
+    for args, kw in [((1, 2, 3, 3, -1), {}), ((1, 2, 3, 3, 0), {"time": -1}),
+                     ((1 << 32, 2, 3, 3, 0), {}), ((1, 2, 3, 3, 0), {"perm": 0x10})]:
+        with pytest.raises(ValueError):
+            q.report_values(*args, **kw)
+        assert queue_state(q) == before
+
+
+def test_group_respond_codes(strategy):
+    """Group.respond reads the code in C on a compiled core: the queue's rule
+    still holds (a Response or an int 0..2, never a bool), and a refused code
+    answers nothing."""
+    q = iopf.Queue(strategy=strategy)
+    groups = [q.report_values(1, 1, i, 3, 0) for i in range(6)]
+    before = queue_state(q)
+    for g in groups:
+        assert g is not None
+        for code in (True, np.bool_(False), 1.0, "0", None):
+            with pytest.raises(TypeError):
+                g.respond(code)        # type: ignore[arg-type]
+        for code in (3, -1, 2**64, -(2**70)):
+            with pytest.raises(ValueError):
+                g.respond(code)
+        assert queue_state(q) == before
+    codes = [Response.SUCCESS, 1, np.uint8(2), Response.FAILURE, 0, np.int64(1)]
+    assert [g.respond(c) for g, c in zip(groups, codes)] == [True] * 6  # type: ignore[union-attr]
+    assert [g.respond(0) for g in groups] == [False] * 6                # type: ignore[union-attr]
+    assert q.take_responses()["code"].tolist() == [int(c) for c in codes]
+
+
+def test_queue_respond_arguments(strategy):
+    """Queue.respond runs in C on a compiled core when nothing else can run
+    inside it: the same rules as its Python method (a Group of this queue or
+    an int cookie, a code 0..2, never a bool), and a refused call answers
+    nothing."""
+    q, other = iopf.Queue(strategy=strategy), iopf.Queue(strategy=strategy)
+    groups = [q.report_values(1, 1, i, 3, 0) for i in range(7)]
+    foreign = other.report_values(1, 1, 0, 3, 0)
+    before = queue_state(q)
+    for group, code, error in [(groups[0], True, TypeError), (groups[0], 3, ValueError),
+                               (groups[0], 1.0, TypeError), (True, 0, TypeError),
+                               (1.0, 0, TypeError), ("1", 0, TypeError), (None, 0, TypeError),
+                               (foreign, 0, ValueError)]:
+        with pytest.raises(error):
+            q.respond(group, code)     # type: ignore[arg-type]
+        assert queue_state(q) == before
+    # unknown cookies are stale answers, not errors
+    for cookie in (0, -1, 2**64, 10**30, 999):
+        assert q.respond(cookie, 0) is False
+    assert q.stats.stale_responses == 5
+    batch_group = q.pending()[1]           # a Group made in Python, not by report
+    answers = [(groups[0], Response.SUCCESS), (batch_group, 1), (groups[2].cookie, 2),
+               (np.uint64(groups[3].cookie), 0), (groups[4], np.int8(1))]
+    assert [q.respond(g, c) for g, c in answers] == [True] * 5
+    assert not q.respond(groups[0], 0) and not q.respond(groups[2].cookie, 0)
+    assert q.respond(groups[5], 0, time=50) and q.now == 50
+    assert q.respond(groups[6], 1, at=60) and q.take_responses()["code"].tolist() == [0, 1, 2, 0, 1, 0]
+    assert other.respond(foreign, 0)
+
+
 @pytest.mark.parametrize("pasid", MARKERS + [1 << 20, 1 << 31])
 def test_pasid_arguments_cannot_be_internal_markers(strategy, pasid):
     q = populated(strategy)

@@ -377,7 +377,7 @@ def test_responder_threads_answer_each_group_once(strategy: str) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> None:
-    """report, report_values and Group.respond skip the queue's lock when no
+    """report, report_values, respond and Group.respond skip the queue's lock when no
     Python code can run inside them; they must still never enter the core
     while another thread's batch runs in it without the GIL (big batches make
     that window wide). Each thread owns its devices, so the result must equal
@@ -396,8 +396,8 @@ def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> Non
             private = (int(priv[0]), int(priv[1]))
             g = (q.report(Fault(d, p, gi, ad, perm=pe, flags=fl, time=t, private=private)) if i % 2
                  else q.report_values(d, p, gi, fl, ad, perm=pe, time=t))
-            if g is not None:
-                g.respond(Response.SUCCESS)
+            if g is not None:   # both lock-free answers: the group's and the queue's
+                g.respond(Response.SUCCESS) if i % 3 else q.respond(g.cookie, Response.SUCCESS)
 
     alone = iopf.Queue(strategy=strategy)
     batches(alone)
@@ -408,3 +408,42 @@ def test_per_call_entries_wait_for_a_batch_without_the_gil(strategy: str) -> Non
     want, got = alone.stats.as_dict(), shared.stats.as_dict()
     assert got == want
     assert shared.partial_count == alone.partial_count
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_lock_free_entries_wait_while_another_thread_holds_the_queue(strategy: str) -> None:
+    """report, report_values, respond and Group.respond run without the lock
+    only while no other thread holds the queue: with its lock held elsewhere
+    each of them waits for it (a deterministic form of the race above; the
+    join timeout only gives a wrong entry time to finish, a right one never does)."""
+    q = iopf.Queue(strategy=strategy)
+    groups = [q.report_values(1, 1, i, 3, 0) for i in range(2)]
+    g0, g1 = groups
+    assert g0 is not None and g1 is not None
+    calls = [lambda: q.respond(g0, 0), lambda: g1.respond(0),
+             lambda: q.report_values(1, 1, 9, 3, 0), lambda: q.report(Fault(1, 1, 10, 0, last=True))]
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with q._lock:
+            held.set()
+            release.wait()
+
+    h = threading.Thread(target=holder)
+    h.start()
+    held.wait()
+    results: list[object] = []
+    workers = [threading.Thread(target=lambda f=f: results.append(f())) for f in calls]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(0.2)
+    waited = [w.is_alive() for w in workers]
+    answered = q.core.stats()["answered"]      # the core's counters: no lock taken
+    release.set()
+    h.join()
+    for w in workers:
+        w.join()
+    assert waited == [True] * 4 and answered == 0
+    assert sorted(map(bool, results)) == [True] * 4
+    assert q.stats.answered == 2 and q.stats.groups == 4

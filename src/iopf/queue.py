@@ -287,11 +287,13 @@ class Queue:
         self._fast = False
         self.default_handler = default_handler
         if COMPILED and isinstance(self.core, Grouper) and type(self).report is Queue.report:
-            # report and report_values go straight to the core's C entries,
-            # which take the methods below (with the lock) when they must.
-            self.core.bind(self, Group, Fault, Queue.report, Queue.report_values)
+            # report, report_values and respond go straight to the core's C
+            # entries, which take the methods below (with the lock) when they must.
+            self.core.bind(self, Group, Fault, Queue.report, Queue.report_values, Queue.respond)
             self.report = self.core.fast_report  # type: ignore[method-assign]
-            self.report_values = self.core.fast_report_values  # type: ignore[method-assign]
+            self.report_values = self.core.report_values_entry()  # type: ignore[method-assign]
+            if type(self).respond is Queue.respond:
+                self.respond = self.core.fast_respond  # type: ignore[method-assign]
 
     # -- configuration -----------------------------------------------------------------
     @property

@@ -181,7 +181,8 @@ cdef class Grouper:
     # queue's lock (no Python handler, no on_response), and what it needs to
     # make a Group or fall back to the queue's locked path.
     cdef public bint fast
-    cdef object queue_ref, group_cls, fault_cls, slow_report, slow_values
+    cdef object queue_ref, fault_cls, slow_report, slow_values, slow_respond
+    cdef type group_cls       # typed: GroupBase.__new__(group_cls) is then a direct tp_new call
     cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in one array (see node_grow)
     cdef Node* nodes
@@ -292,6 +293,7 @@ cdef class Grouper:
     cdef object bound_queue(self)
     cdef object report_tuple(self, object fault)
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
+    cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time)
     cdef object group_of(self, object raw)
     cdef object respond_call(self, uint64_t cookie, uint32_t code, time)
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
@@ -322,5 +324,6 @@ cdef class TreeGrouper(Grouper):
 # The data of an iopf.Group (iopf.queue.Group adds its properties): the
 # per-call path makes it in C, and answers through it in C.
 cdef class GroupBase:
-    cdef public object _queue, cookie, _faults, _raw
+    cdef public object _queue, _faults, _raw
+    cdef public uint64_t cookie   # in C: the per-call path makes and answers it without an int object
     cdef Grouper core     # the compiled core that made it, or None

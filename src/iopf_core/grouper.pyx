@@ -53,6 +53,10 @@ cdef extern from *:
 #: The tracemalloc domain of the core's C memory.
 TRACE_DOMAIN = IOPF_TRACE_DOMAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.long cimport PyLong_Check, PyLong_CheckExact, PyLong_AsLongAndOverflow
+from cpython.bool cimport PyBool_Check
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.pythread cimport (PyThread_get_thread_ident, PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_free_lock, PyThread_acquire_lock, PyThread_release_lock,
                                WAIT_LOCK, NOWAIT_LOCK)
@@ -67,9 +71,10 @@ cimport numpy as cnp
 
 cnp.import_array()
 U64 = np.dtype(np.uint64)
+cdef tuple _NO_ARGS = ()
 I64 = np.dtype(np.int64)
 
-from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_record
+from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_ints, check_record
 
 cdef enum:
     PASID_VALID = 1
@@ -1501,6 +1506,11 @@ cdef class Grouper:
         if len(rec) != 8 or not isinstance(rec[7], (tuple, list)) or len(rec[7]) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {rec!r}")
+        p0, p1 = rec[7]
+        if not ints9(PyTuple_GET_ITEM(rec, 0), PyTuple_GET_ITEM(rec, 1), PyTuple_GET_ITEM(rec, 2),
+                     PyTuple_GET_ITEM(rec, 3), PyTuple_GET_ITEM(rec, 4), PyTuple_GET_ITEM(rec, 5),
+                     PyTuple_GET_ITEM(rec, 6), <PyObject*>p0, <PyObject*>p1):
+            check_ints(rec)
         try:
             r.time = rec[0]; r.dev = rec[1]; r.pasid = rec[2]; r.grpid = rec[3]
             r.flags = rec[4]; r.perm = rec[5]; r.addr = rec[6]
@@ -1588,10 +1598,16 @@ cdef class Grouper:
         if not isinstance(p, (tuple, list)) or len(p) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {t!r}")
+        p0 = p[0]
+        p1 = p[1]
+        if not ints9(PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2),
+                     PyTuple_GET_ITEM(t, 3), PyTuple_GET_ITEM(t, 4), PyTuple_GET_ITEM(t, 5),
+                     PyTuple_GET_ITEM(t, 6), <PyObject*>p0, <PyObject*>p1):
+            check_ints(t)
         try:
             r.time = t[0]; r.dev = t[1]; r.pasid = t[2]; r.grpid = t[3]
             r.flags = t[4]; r.perm = t[5]; r.addr = t[6]
-            r.priv[0] = p[0]; r.priv[1] = p[1]
+            r.priv[0] = p0; r.priv[1] = p1
         except OverflowError:
             check_record(None, t, self.rules.pasid_bits, self.rules.grpid_bits)
             raise ValueError(f"field out of range in {t!r}")
@@ -1599,6 +1615,10 @@ cdef class Grouper:
 
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1):
         cdef FaultRec r
+        if not ints9(<PyObject*>time, <PyObject*>dev, <PyObject*>pasid, <PyObject*>grpid,
+                     <PyObject*>flags, <PyObject*>perm, <PyObject*>addr, <PyObject*>priv0,
+                     <PyObject*>priv1):
+            check_ints((time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1)))
         try:
             r.time = time; r.dev = dev; r.pasid = pasid; r.grpid = grpid
             r.flags = flags; r.perm = perm; r.addr = addr; r.priv[0] = priv0; r.priv[1] = priv1
@@ -1614,16 +1634,19 @@ cdef class Grouper:
     # as its per-instance report and report_values; they go to its locked
     # Python methods whenever Python code could run inside (fast is off) or
     # another thread holds the queue.
-    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values):
+    def bind(self, queue, group_cls, fault_cls, slow_report, slow_values, slow_respond):
         """For iopf.Queue: queue (held weakly: the queue holds the grouper),
-        its Group and Fault classes, and its locked report and report_values
-        functions."""
+        its Group and Fault classes, and its locked report, report_values
+        and respond functions."""
         import weakref
+        if not issubclass(group_cls, GroupBase):   # group_of() makes them with its tp_new
+            raise TypeError("group_cls must be a subclass of GroupBase")
         self.queue_ref = weakref.ref(queue)
         self.group_cls = group_cls
         self.fault_cls = fault_cls
         self.slow_report = slow_report
         self.slow_values = slow_values
+        self.slow_respond = slow_respond
 
     cdef object bound_queue(self):
         cdef object q = <object>PyWeakref_GetObject(self.queue_ref)
@@ -1635,7 +1658,10 @@ cdef class Grouper:
         """The Group of a group just completed (raw: its records), or None."""
         if raw is None:
             return None
-        cdef GroupBase g = GroupBase.__new__(self.group_cls)
+        # The class's tp_new itself: GroupBase.__new__(cls) went through a
+        # method lookup and tp_new_wrapper (a fifth of a report's time).
+        cdef GroupBase g = <GroupBase>(<PyTypeObject*>self.group_cls).tp_new(
+            self.group_cls, <PyObject*>_NO_ARGS, NULL)
         g._queue = self.bound_queue()
         g.cookie = self.last_cookie
         g._raw = raw
@@ -1653,12 +1679,40 @@ cdef class Grouper:
         return self.slow_report(self.bound_queue(), fault)
 
     def fast_report_values(self, dev, pasid, grpid, flags, addr, *, perm=1, time=0):
-        """Queue.report_values, bound to the queue (see bind)."""
+        """Queue.report_values, bound to the queue (see bind); report_values_entry()
+        is the same with a faster argument parser."""
+        return self.values_call(dev, pasid, grpid, flags, addr, perm, time)
+
+    def report_values_entry(self):
+        """fast_report_values as a function that parses its own arguments (the
+        queue's report_values)."""
+        return iopf_values_method(self)
+
+    cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time):
         if self.fast:
             done = self.report_fields(time, dev, pasid, grpid, flags, perm, addr, 0, 0)
             if done is not False:
                 return self.group_of(done)
         return self.slow_values(self.bound_queue(), dev, pasid, grpid, flags, addr, perm=perm, time=time)
+
+    def fast_respond(self, group, code, *, time=None, at=None):
+        """Queue.respond, bound to the queue (see bind): a Group of this queue
+        (exactly the bound class) or an int cookie, and a code 0..2 (never a
+        bool), answered now in C; anything else goes to the queue's method."""
+        cdef int overflow = 0
+        cdef long c = -1
+        cdef unsigned long long k = 0
+        if self.fast and at is None:
+            if type(group) is self.group_cls:
+                if (<GroupBase>group)._queue is self.bound_queue():
+                    k = (<GroupBase>group).cookie
+            else:
+                k = iopf_cookie(<PyObject*>group)   # 0: not an int in 1..2**64-1
+            if PyLong_Check(code) and not PyBool_Check(code):
+                c = PyLong_AsLongAndOverflow(code, &overflow)
+            if k and 0 <= c <= 2 and not overflow and not self.held_elsewhere():
+                return self.respond_call(k, <uint32_t>c, time)
+        return self.slow_respond(self.bound_queue(), group, code, time=time, at=at)
 
     def run(self, arr, Py_ssize_t start=0):
         """Report arr[start:] without the GIL; stop after a group that has a

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FAULT_DTYPE", "RESPONSE_DTYPE", "COUNTERS", "NO_PASID", "check_record"]
+__all__ = ["FAULT_DTYPE", "RESPONSE_DTYPE", "COUNTERS", "NO_PASID", "check_record", "check_ints"]
 
 #: The key PASID of a request without PASID_VALID: above every PASID of at
 #: most 31 bits, so it can never collide with a real one.
@@ -44,5 +44,20 @@ def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) ->
         raise ValueError(f"{where}perm {perm:#x} has bits outside READ|WRITE|EXEC|PRIV")
     if not 0 <= dev <= 0xFFFFFFFF or not 0 <= time <= U64:
         raise ValueError(f"{where}dev or time out of range")
+    if len(rec) == 8 and not (0 <= rec[6] <= U64 and 0 <= rec[7][0] <= U64
+                              and 0 <= rec[7][1] <= U64):   # (a group's fields stop at perm)
+        raise ValueError(f"{where}addr or private out of range")
 
 
+
+
+_NAMES = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr", "private[0]", "private[1]")
+
+
+def check_ints(rec: tuple) -> None:
+    """Raise TypeError naming the first field of a record given field by field
+    that is not an integer: a float or a bool is refused (as ``iopf.Fault``
+    does), never truncated. numpy integers are integers."""
+    for name, v in zip(_NAMES, (*rec[:7], *rec[7])):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, not {type(v).__name__} ({v!r})")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from iopf_core.records import COUNTERS, FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, check_record
+from iopf_core.records import COUNTERS, FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, check_ints, check_record
 
 # The values of iopf.types' enums (tests/test_types.py checks they agree).
 PASID_VALID, LAST_PAGE, NEEDS_PASID, PRIV_DATA = 1, 2, 4, 8
@@ -324,6 +324,7 @@ class PyGrouper:
                 or len(rec[7]) != 2):
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
                             f"(priv0, priv1)), not {rec!r}")
+        check_ints(rec)
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
         self.take_groups()
         self._report(tuple(rec), collect=True)
@@ -343,6 +344,7 @@ class PyGrouper:
     def report_values(self, time: int, dev: int, pasid: int, grpid: int, flags: int, perm: int,
                       addr: int, priv0: int = 0, priv1: int = 0) -> tuple[int, bytes] | None:
         rec = (time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1))
+        check_ints(rec)
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
         self.take_groups()
         self._report(rec, collect=True)
