@@ -247,6 +247,7 @@ cdef class Grouper:
     cdef int _cookies_init(self, uint32_t cap) except -1
     cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
     cdef int cookie_room(self, uint64_t n) except -1 nogil
+    cdef int cookie_grow(self, uint64_t n) except -1 nogil
     cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
     cdef void cookie_delete(self, uint32_t i) noexcept nogil
     cdef int heap_push(self, HeapItem it) except -1 nogil

@@ -346,7 +346,7 @@ cdef class Grouper:
     # (dev, kp): the table `chains` finds the newest Part of a (dev, kp), the
     # others link from it (cnext, cprev). Linked when a group gets its first
     # partial, unlinked when it completes or empties: nothing per fault.
-    cdef int part_room(self) except -1 nogil:
+    cdef inline int part_room(self) except -1 nogil:
         """Room for one more Part (pool, strategy, chain), before any change."""
         if self.parts.free == NIL:
             pool_grow(&self.parts)
@@ -658,8 +658,14 @@ cdef class Grouper:
                 return i
             i = (i + 1) & mask
 
-    cdef int cookie_room(self, uint64_t n) except -1 nogil:
+    cdef inline int cookie_room(self, uint64_t n) except -1 nogil:
         """Grow the table (x2) if it cannot hold n cookies at load 1/2."""
+        # Inline: every new group asks, and there is room nearly always.
+        if 2 * n > self.cookie_cap:
+            self.cookie_grow(n)
+        return 0
+
+    cdef int cookie_grow(self, uint64_t n) except -1 nogil:
         cdef uint32_t i, old_cap = self.cookie_cap
         cdef CookieSlot* old
         if 2 * n > old_cap:
@@ -678,7 +684,7 @@ cdef class Grouper:
             PyMem_RawFree(old)
         return 0
 
-    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
+    cdef inline int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
         cdef CookieSlot item
         self.cookie_room(self.c.pending_now + 1)
         item.cookie = cookie

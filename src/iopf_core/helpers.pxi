@@ -126,7 +126,8 @@ cdef void* grow(void* p, size_t* cap, size_t need, size_t item) except NULL nogi
     return q
 
 
-cdef int buf_reserve(Buf* b, size_t extra) except -1 nogil:
+cdef inline int buf_reserve(Buf* b, size_t extra) except -1 nogil:
+    # Inline: the hot paths call it with room already there (a test and a return).
     if b.len + extra > b.cap:
         b.data = <char*>grow(b.data, &b.cap, b.len + extra, 1)
     return 0

@@ -54,15 +54,20 @@ cdef int itab_resize(IdxTable* t, uint32_t cap) except -1 nogil:
     return 0
 
 
-cdef int itab_reserve(IdxTable* t, uint32_t more) except -1 nogil:
+cdef inline int itab_reserve(IdxTable* t, uint32_t more) except -1 nogil:
     """Room for `more` more keys (so that itab_insert cannot fail)."""
     # Load at most 3/4 (3/8 after a resize): a slot is 8 bytes, so even a
     # miss at the highest load reads about one cache line, and a held fault
     # in the worst case (its own group and (dev, PASID)) stays within 128 bytes.
+    # Inline: every new partial group asks, and there is room nearly always.
+    if 4 * (<uint64_t>t.count + more) <= 3 * <uint64_t>t.cap:
+        return 0
+    return itab_grow(t, more)
+
+
+cdef int itab_grow(IdxTable* t, uint32_t more) except -1 nogil:
     cdef uint64_t need = 4 * (<uint64_t>t.count + more)
     cdef uint64_t cap = t.cap if t.cap else MIN_CAP
-    if need <= 3 * <uint64_t>t.cap:
-        return 0
     while 3 * cap < need:
         cap *= 2
     if cap > 0x80000000u:
