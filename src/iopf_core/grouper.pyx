@@ -121,6 +121,7 @@ assert <int>REPORT_REFUSED < <int>R_DISPATCH
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
+#   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
 include "helpers.pxi"
 include "buffers.pxi"
