@@ -1301,6 +1301,9 @@ cdef class Grouper:
         """A call's time argument (None: now), checked; clock_to() makes it the clock."""
         if time is None:
             return self.now
+        if type(time) is not int and (PyBool_Check(time) or not isinstance(time, (int, np.integer))):
+            # A float or a bool is refused, never cut (as Fault refuses them).
+            raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
         return <uint64_t>time
 
     cdef inline void clock_to(self, uint64_t t) noexcept nogil:
