@@ -323,6 +323,43 @@ def test_queue_respond_arguments(strategy):
     assert other.respond(foreign, 0)
 
 
+def test_respond_time_is_an_int(strategy):
+    """An answer's ``time`` is refused as a float or a bool (TypeError), never
+    cut to an int, through Queue.respond and Group.respond alike, and the
+    refused call answers nothing. An answer now moves the clock to its time
+    even when stale; a scheduled one (``at=``) does not."""
+    q = iopf.Queue(strategy=strategy)
+    g = q.report_values(1, 1, 1, 3, 0)
+    assert g is not None
+    before = queue_state(q)
+    for bad in (1.5, 2.0, True, np.bool_(False), np.float64(3.0)):
+        with pytest.raises(TypeError, match="time must be an int"):
+            q.respond(g, 0, time=bad)      # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="time must be an int"):
+            g.respond(0, time=bad)         # type: ignore[arg-type]
+        assert queue_state(q) == before
+    assert q.respond(999, 0, time=4) is False and q.now == 4       # stale, the clock moves
+    assert q.respond(999, 0, time=8, at=20) is False and q.now == 4
+    assert g.respond(0, time=np.uint64(6)) and q.now == 6
+
+
+def test_report_group_refuses_bools(strategy):
+    """The whole-group entry of the SimPy adapter refuses a bool in any
+    field, as report_values does, and changes nothing."""
+    q = iopf.Queue(iopf.policies.VTD, strategy=strategy)
+    q.add_device(1)
+    q.attach(1, 1, 0)
+    before = queue_state(q)
+    fields = [0, 1, 1, 5, 1, 3, 1, 2, 0, 4096]
+    for i in range(len(fields)):
+        args = list(fields)
+        args[i] = True
+        with pytest.raises(TypeError, match="bool"):
+            q._report_group(*args)
+        assert queue_state(q) == before
+    assert q._report_group(*fields) != 0
+
+
 @pytest.mark.parametrize("pasid", MARKERS + [1 << 20, 1 << 31])
 def test_pasid_arguments_cannot_be_internal_markers(strategy, pasid):
     q = populated(strategy)

@@ -65,7 +65,7 @@ def test_bytes_per_held_partial(strategy):
 
     A node is 44 bytes; each open group adds a Part (28 bytes) and its share of
     the strategy's table (an 8-byte slot of the hash's index table at a load of
-    3/8 to 3/4, a 16-byte tree node), and each (device, PASID) with partials a
+    3/8 to 3/4, or a 24-byte tree node), and each (device, PASID) with partials a
     slot of the table of flush chains. Sizes just past a table's resize are the
     worst.
     """

@@ -636,8 +636,8 @@ def csv_blocks(draw: st.DrawFn) -> bytes:
 
 def _csv_outcome(data: bytes, skip_bad: bool, gz: bool = False,
                  **patches: object) -> tuple[object, ...]:
-    """What loading ``data`` gives (a gzip file is read as a stream, not
-    mapped), the file's path left out."""
+    """What loading ``data`` gives (a plain file or a gzip stream), the
+    file's path left out."""
     from iopf.trace import csv as trace_csv
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
         for name, value in patches.items():
@@ -663,8 +663,8 @@ _SIX = b"dev,pasid,grpid,flags,perm,addr\n"
 @example(_SIX + b"1,1,1,1,1,1\r2,2,2,2,2,2\n\n3,3,3,3,3,3\n", True, 1 << 20)
 def test_csv_fast_readers_accept_exactly_what_the_rule_accepts(data: bytes, skip_bad: bool,
                                                                block: int) -> None:
-    """Whichever reader parses a block (pyarrow over a mapped file or over a
-    stream's buffer, numpy, or the rule alone) and however the input is cut
+    """Whichever reader parses a block (pyarrow or numpy over a file's or a
+    stream's buffer, or the rule alone) and however the input is cut
     into blocks (lines longer than a block included), the records, the lines
     refused and their numbers are the same."""
     from iopf.trace import csv as trace_csv
@@ -676,9 +676,9 @@ def test_csv_fast_readers_accept_exactly_what_the_rule_accepts(data: bytes, skip
         assert _csv_outcome(data, skip_bad, gz=True, BLOCK_BYTES=block, _pa=False) == rule
 
 
-def test_csv_in_small_blocks_of_a_mapped_file(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """A mapped file cut into many blocks: the chunks hold every record
+def test_csv_in_small_blocks_of_a_file(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file read in many blocks: the chunks hold every record
     once, in order, and a bad line's number is counted across blocks."""
     from iopf.trace import csv as trace_csv
     monkeypatch.setattr(trace_csv, "BLOCK_BYTES", 1000)
@@ -692,3 +692,31 @@ def test_csv_in_small_blocks_of_a_mapped_file(tmp_path: Path,
         f.write("0x1,2,3\n")
     with pytest.raises(TraceError, match=r"t\.csv:5002: bad CSV record \(3 fields"):
         trace.load(p, chunk_size=7)
+
+
+def test_csv_truncated_while_read_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """A CSV that another process truncates while it is read (a shell's
+    ``>``, logrotate's copytruncate) ends the load with the records read so
+    far or an error naming the file, never a crash of the reader (a mapped
+    file would die of SIGBUS). Run in a subprocess so a crash fails here."""
+    p = tmp_path / "t.csv"
+    trace.save(p, trace.synthetic(200_000, seed=4))
+    code = f"""
+import os, iopf.trace as trace
+from iopf.trace import csv
+csv.BLOCK_BYTES = 1 << 16
+chunks = trace.iter_chunks({str(p)!r}, chunk_size=1024)
+n = len(next(chunks))
+os.truncate({str(p)!r}, 1 << 17)
+try:
+    for c in chunks:
+        n += len(c)
+except trace.TraceError as e:
+    print("error", e)
+print("read", n)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "read " in run.stdout
+    assert int(run.stdout.split("read ")[1]) < 200_000

@@ -7,8 +7,12 @@ from cpython.number cimport PyNumber_Index
 
 
 cdef inline object as_int(object v):
-    """An integer argument as an int: a float is refused (TypeError), not cut."""
-    return v if type(v) is int else PyNumber_Index(v)
+    """An integer argument as an int: a float or a bool is refused (TypeError), not cut."""
+    if type(v) is int:
+        return v
+    if PyBool_Check(v):
+        raise TypeError(f"a field of the group must be an int, not bool ({v!r})")
+    return PyNumber_Index(v)
 
 
 cdef object report_group(Grouper g, time, dev, pasid, grpid, flags, last_flags, perm, n,

@@ -121,6 +121,7 @@ assert <int>REPORT_REFUSED < <int>R_DISPATCH
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
+#   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
 include "helpers.pxi"
 include "buffers.pxi"
@@ -1306,6 +1307,9 @@ cdef class Grouper:
         """A call's time argument (None: now), checked; clock_to() makes it the clock."""
         if time is None:
             return self.now
+        if type(time) is not int and (PyBool_Check(time) or not isinstance(time, (int, np.integer))):
+            # A float or a bool is refused, never cut (as Fault refuses them).
+            raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
         return <uint64_t>time
 
     cdef inline void clock_to(self, uint64_t t) noexcept nogil:

@@ -96,6 +96,14 @@ def _u(bits: int, *values: Any) -> None:
             raise OverflowError(f"{v} does not fit in an unsigned {bits}-bit int")
 
 
+def _int_time(time: Any) -> int:
+    """A call's time argument: a float or a bool is refused, never cut."""
+    if isinstance(time, bool) or not isinstance(time, (int, np.integer)):
+        raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
+    _u(64, time)
+    return int(time)
+
+
 class _Pending:
     __slots__ = ("cookie", "time", "dev", "kpasid", "faults", "handle")
 
@@ -241,6 +249,7 @@ class PyGrouper:
     def _time(self, time: int | None) -> int:
         if time is None:
             return self.now
+        time = _int_time(time)
         self.now = max(self.now, time)
         return time
 
@@ -384,6 +393,9 @@ class PyGrouper:
         is applied; as run() on their records. The cookie of the group the
         last one completed, or 0."""
         # The compiled core's checks, in its order (the same errors).
+        if any(isinstance(v, bool) for v in (time, dev, pasid, grpid, flags, last_flags, perm,
+                                             n, addr, stride)):
+            raise TypeError("a field of the group must be an int, not bool")
         time, dev, pasid, grpid, flags, last_flags, perm, n, addr, stride = map(
             operator.index, (time, dev, pasid, grpid, flags, last_flags, perm, n, addr, stride))
         if not (0 <= time <= U64 and all(0 <= v < 1 << 32 for v in (dev, pasid, grpid, flags,
@@ -520,10 +532,15 @@ class PyGrouper:
                 at: int | None = None) -> bool:
         _u(64, cookie)
         _u(32, code, reason)
-        for t in (time, at):
-            if t is not None:
-                _u(64, t)
+        if at is not None:
+            _u(64, at)
         self._check_code(code, reason)
+        # An answer now moves the clock to time even when stale, as the
+        # compiled core does; a scheduled one only checks time.
+        if at is None:
+            t = self._time(time)
+        elif time is not None:
+            _int_time(time)
         g = self.pending.get(cookie)
         if g is None:  # answered already: stale
             self.counters["stale_responses"] += 1
@@ -531,7 +548,7 @@ class PyGrouper:
         if at is not None:
             self._push(at, cookie, code, reason)
         else:
-            self._answer(g, code, reason, self._time(time))
+            self._answer(g, code, reason, t)
         return True
 
     @_exclusive

@@ -44,6 +44,10 @@ class SimQueue:
     6.11+ answers every request of a group without handler, partials too) are
     what a device sees as unexpected responses: counted in ``unmatched``,
     like responses to groups no event waits on.
+
+    Requests go into the queue a whole group per call, through the queue's
+    own entry for that (no arrays): a ``Queue`` subclass that overrides
+    ``report`` or ``report_batch`` does not see them.
     """
 
     def __init__(self, env: simpy.Environment, queue: Queue | Policy | None = None, *,

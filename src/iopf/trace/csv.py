@@ -12,8 +12,8 @@ rule) or numpy's when a block holds nothing but digits, commas and line
 ends; a block either fast reader refuses is read line by line by the rule
 itself, so a line's fate never depends on its neighbours.
 
-Speed: with pyarrow, a regular file is mapped into memory and parsed in
-place; other inputs are read into one buffer from pyarrow's memory pool.
+Speed: with pyarrow, every input is read into one buffer from pyarrow's
+memory pool and parsed there.
 pyarrow reads the 32-bit columns as 32-bit and the others as 64-bit
 unsigned integers, and each of its batches is written into the records
 while in cache.
@@ -65,14 +65,12 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     # Find the header now so that an input without one fails at the call.
     f = src.stream
     lineno = 0
-    offset = 0                # bytes read so far: where the records start
     names: list[str] | None = None
     while True:
         raw = f.readline()
         if not raw:
             break
         lineno += 1
-        offset += len(raw)
         line = raw.decode("utf-8", errors="replace")
         if lineno == 1:
             line = line.removeprefix("\ufeff")   # spreadsheets start with a BOM
@@ -85,18 +83,19 @@ def read(src: Input, *, skip_bad: bool, chunk_size: int,
     if names is None:
         raise TraceError("empty file (no CSV header)", path=src.name)
     stats.time_source = "field" if "time" in names else "none"
-    return _blocks(src, names, lineno, offset, skip_bad, chunk_size, stats)
+    return _blocks(src, names, lineno, skip_bad, chunk_size, stats)
 
 
-def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bool,
+def _blocks(src: Input, names: list[str], lineno: int, skip_bad: bool,
             chunk_size: int, stats: LoadStats) -> Iterator[tuple[np.ndarray, None]]:
     # Blocks as large as a chunk of records (about 60 bytes each): a whole
     # load of a million records is then parsed and assembled at once.
     size = max(BLOCK_BYTES, chunk_size * 64)
-    blocks = _mapped(src.path, offset, size) if src.path is not None else None
-    if blocks is None:
-        blocks = _whole_lines(src.stream, size if src.size is None else
-                              max(1 << 16, min(size, src.size + 1)))  # no bigger than the file
+    # Read, not mapped: a mapped file that another process truncates kills
+    # the reader with SIGBUS, and a mapping's pages stay resident while the
+    # rest of the file is read; the copy costs a few percent.
+    blocks = _whole_lines(src.stream, size if src.size is None else
+                          min(size, src.size + 1))  # no bigger than the file
     first = lineno + 1            # the number of the next block's first line
     for block, owned in blocks:
         fast = _fast(block, owned, names)
@@ -114,31 +113,6 @@ def _blocks(src: Input, names: list[str], lineno: int, offset: int, skip_bad: bo
 # Python object's buffer then needs the interpreter, which at exit aborts
 # the process ("terminate called without an active exception").
 Blocks = Iterator[tuple[memoryview, Any]]
-
-
-def _mapped(path: str, offset: int, size: int) -> Blocks | None:
-    """With pyarrow, a regular file's records from ``offset`` on, in blocks
-    of whole lines of the file mapped into memory by pyarrow: the readers
-    parse the page cache in place, with no copy. Else None."""
-    pa = _pyarrow()
-    if pa is None:
-        return None
-    try:
-        whole = pa.memory_map(path).read_buffer()
-    except (OSError, pa.ArrowException):     # a file system without mmap
-        return None
-    return _cut(whole, offset, size)
-
-
-def _cut(whole: Any, start: int, size: int) -> Blocks:
-    view = memoryview(whole).cast("B")
-    while start < len(view):
-        end = min(start + size, len(view))
-        if end < len(view):
-            # After the block's last line end, or the end of a longer line.
-            end = _after_last_newline(view, end, start) or _after_next_newline(view, end)
-        yield view[start:end], whole.slice(start, end - start)
-        start = end
 
 
 def _whole_lines(f: io.BufferedIOBase, size: int) -> Blocks:
@@ -181,16 +155,6 @@ def _after_last_newline(buf: memoryview, end: int, start: int = 0) -> int:
             return lo + at + 1
         end = lo
     return 0
-
-
-def _after_next_newline(buf: memoryview, start: int) -> int:
-    """The offset just past the first line end from ``start`` on (or the end)."""
-    while start < len(buf):
-        at = bytes(buf[start:start + (1 << 16)]).find(b"\n")
-        if at >= 0:
-            return start + at + 1
-        start += 1 << 16
-    return len(buf)
 
 
 def _fill(out: np.ndarray, names: list[str], columns: list[np.ndarray]) -> None:
