@@ -80,7 +80,9 @@ ctypedef struct PartPool:
 
 # An open-addressed table of record indexes (linear probing, backward-shift
 # delete, load at most 3/4): 8 bytes a slot, the records themselves dense in
-# their pool. The slot keeps its key's hash, so that a probe reads the record
+# their pool. The one table of the core for records: partial groups (hash
+# strategy), flush chains and (dev, PASID) entries; the cookies keep their
+# own Robin Hood table (docs/performance.md says why). The slot keeps its key's hash, so that a probe reads the record
 # only on a hash match and a resize never reads records.
 ctypedef struct IdxSlot:
     uint32_t hash
@@ -194,8 +196,11 @@ cdef class Grouper:
     cdef Pend* pends
     cdef uint32_t pend_cap, pend_free
     # tables
+    # (dev, PASID) entries: records in one array (indices stable while an entry
+    # lives; free ones on a list through qhead) and the index table of them
     cdef Entry* entries
-    cdef uint32_t entry_cap, entry_count, n_limited
+    cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
+    cdef IdxTable etab
     cdef CookieSlot* cookies
     cdef uint32_t cookie_cap
     cdef HeapItem* heap

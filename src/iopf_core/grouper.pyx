@@ -132,7 +132,7 @@ include "parts.pxi"
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
     """How many handlers dev has attached (the VT-d driver's iopf_refcount)."""
     cdef uint32_t i, k = 0
-    for i in range(g.entry_cap):
+    for i in range(g.entry_used):
         if (g.entries[i].dev == dev and g.entries[i].handle and g.entries[i].pasid != KEY_EMPTY
                 and g.entries[i].pasid != KEY_DEVICE):
             k += 1
@@ -245,6 +245,7 @@ cdef class Grouper:
         itab_free(&self.chains)
         PyMem_RawFree(self.pends); self.pends = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
+        itab_free(&self.etab)
         PyMem_RawFree(self.cookies); self.cookies = NULL
         PyMem_RawFree(self.heap); self.heap = NULL
         PyMem_RawFree(self.sv.free); self.sv.free = NULL
@@ -540,83 +541,80 @@ cdef class Grouper:
         return i
 
     # -- entries: (dev, key PASID) -> chains, attachment; (dev, KEY_DEVICE) -> limit -----
+    # Records in one array (a free list through qhead, pasid KEY_EMPTY when free),
+    # found through the index table etab: an entry keeps its index while it
+    # lives (a growth moves the array, never an index), so walks go over
+    # [0, entry_used) and skip the free records.
     cdef int _entries_init(self, uint32_t cap) except -1:
-        cdef uint32_t i
         self.entries = <Entry*>xmalloc(cap * sizeof(Entry))
         if self.entries == NULL:
             raise MemoryError()
-        for i in range(cap):
-            self.entries[i].pasid = KEY_EMPTY
         self.entry_cap = cap
+        self.entry_free = NIL
+        itab_resize(&self.etab, cap)     # never empty: entry_find needs no test
         return 0
 
     cdef inline int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil:
-        cdef uint32_t mask = self.entry_cap - 1
-        cdef uint32_t i = <uint32_t>(mix3(dev, pasid, 0) & mask)
+        cdef uint32_t h = entry_hash(dev, pasid), mask = self.etab.cap - 1, i = h & mask
+        cdef const Entry* x
         while True:
-            if self.entries[i].pasid == KEY_EMPTY:
+            if self.etab.slots[i].idx == NIL:
                 return -1
-            if self.entries[i].dev == dev and self.entries[i].pasid == pasid:
-                return i
+            if self.etab.slots[i].hash == h:
+                x = &self.entries[self.etab.slots[i].idx]
+                if x.dev == dev and x.pasid == pasid:
+                    return self.etab.slots[i].idx
             i = (i + 1) & mask
 
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil:
-        """Find or create; creating may move every entry (indices go stale)."""
+        """Find or create (the indices of other entries stay valid)."""
         cdef int64_t f = self.entry_find(dev, pasid)
         if f >= 0:
             return f
         self.entry_room()
-        cdef uint32_t mask = self.entry_cap - 1
-        cdef uint32_t i = <uint32_t>(mix3(dev, pasid, 0) & mask)
-        while self.entries[i].pasid != KEY_EMPTY:
-            i = (i + 1) & mask
+        cdef uint32_t i = self.entry_free
+        if i != NIL:
+            self.entry_free = self.entries[i].qhead
+        else:
+            i = self.entry_used
+            self.entry_used += 1
         memset(&self.entries[i], 0, sizeof(Entry))
         self.entries[i].dev = dev
         self.entries[i].pasid = pasid
         self.entries[i].qhead = NIL
         self.entries[i].qtail = NIL
+        itab_insert(&self.etab, entry_hash(dev, pasid), i)
         self.entry_count += 1
         return i
 
     cdef int entry_room(self, uint32_t more=1) except -1 nogil:
-        """Room for `more` more entries at load 1/2 (x2 per step, in one move:
-        every entry moves)."""
-        cdef uint32_t i, j, mask, old_cap = self.entry_cap, cap = self.entry_cap
-        cdef Entry* old
-        if 2 * (<uint64_t>self.entry_count + more) > cap:
-            while 2 * (<uint64_t>self.entry_count + more) > cap:
-                if cap >= 0x80000000u:
-                    return raise_nomem()
+        """Room for `more` more entries (records and table slots), so that
+        entry_get cannot fail. A growth that succeeds before one that fails
+        changes nothing anyone sees (all or nothing)."""
+        cdef uint64_t need = <uint64_t>self.entry_count + more
+        cdef uint64_t cap = self.entry_cap
+        cdef Entry* e
+        if need > cap:
+            while need > cap:
                 cap *= 2
-            old = self.entries
-            mask = cap - 1
-            self.entries = <Entry*>xmalloc(cap * sizeof(Entry))
-            if self.entries == NULL:
-                self.entries = old
+            if cap > 0x80000000u:
                 return raise_nomem()
-            for i in range(cap):
-                self.entries[i].pasid = KEY_EMPTY
-            for i in range(old_cap):
-                if old[i].pasid != KEY_EMPTY:
-                    j = <uint32_t>(mix3(old[i].dev, old[i].pasid, 0) & mask)
-                    while self.entries[j].pasid != KEY_EMPTY:
-                        j = (j + 1) & mask
-                    self.entries[j] = old[i]
-            self.entry_cap = cap
-            PyMem_RawFree(old)
-        return 0
+            e = <Entry*>xrealloc(self.entries, cap * sizeof(Entry))
+            if e == NULL:
+                return raise_nomem()
+            self.entries = e
+            self.entry_cap = <uint32_t>cap
+        return itab_reserve(&self.etab, more)
 
     cdef void entry_delete(self, uint32_t i) noexcept nogil:
-        cdef uint32_t mask = self.entry_cap - 1, j = i, k
-        while True:
+        cdef uint32_t mask = self.etab.cap - 1
+        cdef uint32_t j = entry_hash(self.entries[i].dev, self.entries[i].pasid) & mask
+        while self.etab.slots[j].idx != i:
             j = (j + 1) & mask
-            if self.entries[j].pasid == KEY_EMPTY:
-                break
-            k = <uint32_t>(mix3(self.entries[j].dev, self.entries[j].pasid, 0) & mask)
-            if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
-                self.entries[i] = self.entries[j]
-                i = j
+        itab_delete(&self.etab, j)
         self.entries[i].pasid = KEY_EMPTY
+        self.entries[i].qhead = self.entry_free
+        self.entry_free = i
         self.entry_count -= 1
 
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil:
@@ -1243,13 +1241,11 @@ cdef class Grouper:
 
     cdef void tidy_all(self) noexcept nogil:
         """Delete every entry with nothing on it (after a sweep over the table)."""
-        cdef uint32_t i = 0
-        while i < self.entry_cap:
+        cdef uint32_t i
+        for i in range(self.entry_used):     # a delete moves no other entry
             if (self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE and
                     self.entries[i].qhead == NIL and self.entries[i].handle == 0):
-                self.entry_delete(i)   # may pull a later entry into i: look at i again
-            else:
-                i += 1
+                self.entry_delete(i)
 
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
@@ -1382,7 +1378,7 @@ cdef class Grouper:
                     while p != NIL:
                         count += self.list_len(P(&self.parts, p).head)
                         p = P(&self.parts, p).cnext
-            for i in range(self.entry_cap):
+            for i in range(self.entry_used):
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
                     n = self.entries[i].qhead
                     while n != NIL:
@@ -1460,7 +1456,7 @@ cdef class Grouper:
             # remove_device_ reserves its responses before it changes anything,
             # and the handle is cleared after it (all or nothing).
             self.remove_device_(dev, t)
-            e = self.entry_find(dev, kpasid)     # a handle keeps the entry; it may have moved
+            # e is still the entry: a handle keeps it, and an entry keeps its index.
             self.entries[e].handle = 0
             self.entries[e].auto_code = 0
             self.entry_tidy(dev, kpasid)
@@ -2074,7 +2070,8 @@ cdef class Grouper:
         """Bytes of C memory this grouper holds (all of it visible to tracemalloc,
         in TRACE_DOMAIN; output arrays still alive hold theirs besides)."""
         return (sizeof(Spare) + self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
-                + self.entry_cap * sizeof(Entry) + self.cookie_cap * sizeof(CookieSlot)
+                + self.entry_cap * sizeof(Entry) + self.etab.cap * sizeof(IdxSlot)
+                + self.cookie_cap * sizeof(CookieSlot)
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)

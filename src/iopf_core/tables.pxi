@@ -23,6 +23,10 @@ cdef inline void cookie_place(CookieSlot* t, uint32_t mask, CookieSlot item) noe
     t[i] = item
 
 
+cdef inline uint32_t entry_hash(uint32_t dev, uint32_t pasid) noexcept nogil:
+    return <uint32_t>mix3(dev, pasid, 0)
+
+
 cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
     cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
     return (x > y) - (x < y)
@@ -30,7 +34,8 @@ cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
 
 # --- the index table: open addressing, linear probing, backward-shift delete ---
 # One implementation for every table of records that live in a pool (the
-# strategy's partial groups, the flush chains): a slot is the key's hash and
+# strategy's partial groups, the flush chains, the (dev, PASID) entries):
+# a slot is the key's hash and
 # the record's index. Backward shift keeps every probe chain as short as if
 # the deleted keys had never been there, with no tombstones to sweep; no one
 # holds a slot position across a change of the table.
