@@ -151,3 +151,33 @@ def test_batch_output_memory_is_reused():
     # and the live batch was not written over by the later one.
     assert second.faults.tobytes() == kept.faults.tobytes() == arr.tobytes()
     assert len(second) == len(kept) == 10_000
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_entries_are_reused_and_keep_their_attachments(strategy):
+    """(device, PASID) entries freed by detach are reused (no growth over
+    rounds), and deleting some never loses another's attachment."""
+    import random
+    q = iopf.Queue(strategy=strategy)
+    keys = [(d, p) for d in range(1, 9) for p in range(1, 65)]
+    code = {}
+    for d, p in keys:
+        q.attach(d, p, iopf.Response.SUCCESS)
+        code[d, p] = int(iopf.Response.SUCCESS)
+    first = q.core.get_state()
+    rng = random.Random(11)
+    for _ in range(5):
+        gone = rng.sample(keys, len(keys) // 2)
+        for d, p in gone:
+            assert q.detach(d, p)
+        for d, p in rng.sample(gone, len(gone)):
+            q.attach(d, p, iopf.Response.INVALID)
+            code[d, p] = int(iopf.Response.INVALID)
+    state = q.core.get_state()
+    assert state["entries"] == first["entries"]
+    assert state["entry_capacity"] == first["entry_capacity"]
+    for i, (d, p) in enumerate(keys):       # every attachment still answers its groups
+        q.report(iopf.Fault(d, p, i % 512, 0x1000, last=True))
+    out = q.take_responses()
+    assert [(int(r["dev"]), int(r["pasid"]), int(r["code"])) for r in out] == [
+        (d, p, code[d, p]) for d, p in keys]

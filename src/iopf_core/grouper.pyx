@@ -571,7 +571,12 @@ cdef class Grouper:
         cdef int64_t f = self.entry_find(dev, pasid)
         if f >= 0:
             return f
-        self.entry_room()
+        # The test of entry_room, inline: a group of a (dev, PASID) with no
+        # handler makes its entry when it goes pending and drops it when
+        # answered, so this runs once a group.
+        if (self.entry_count >= self.entry_cap
+                or 4 * (<uint64_t>self.etab.count + 1) > 3 * <uint64_t>self.etab.cap):
+            self.entry_room()
         cdef uint32_t i = self.entry_free
         if i != NIL:
             self.entry_free = self.entries[i].qhead
