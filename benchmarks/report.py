@@ -1,7 +1,7 @@
 """Turn a pytest-benchmark JSON file into the README tables and a plot.
 
     python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json
-    python benchmarks/report.py bench.json --plot benchmarks/lpig.png > benchmarks/RESULTS.md
+    python benchmarks/report.py bench.json --plot benchmarks/lpig.png  # "All groups" of RESULTS.md
 
 Times are the minimum of the rounds (the machine is shared: the least
 disturbed round is the best estimate), divided by the faults one round
