@@ -74,7 +74,8 @@ U64 = np.dtype(np.uint64)
 cdef tuple _NO_ARGS = ()
 I64 = np.dtype(np.int64)
 
-from iopf_core.records import FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, check_ints, check_record
+from iopf_core.records import (FAULT_DTYPE, RESPONSE_DTYPE, COUNTERS, MAX_CODE, check_answers,
+                               check_ints, check_record)
 
 cdef enum:
     PASID_VALID = 1
@@ -112,6 +113,7 @@ assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
 assert sizeof(Node) == 44
 assert sizeof(Part) == 28
 assert <int>REPORT_REFUSED < <int>R_DISPATCH
+assert C_MAX == MAX_CODE
 
 
 # The core is one extension module in several files (Cython cannot split a
@@ -1813,18 +1815,7 @@ cdef class Grouper:
     def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None, at=None):
         """Answer many groups, in order; a bool array of which were sent.
         Everything is checked first: a bad argument answers nothing."""
-        kv_a = np.asarray(cookies)
-        cv_a = np.asarray(codes)
-        if kv_a.ndim != 1 or cv_a.ndim != 1 or kv_a.shape[0] != cv_a.shape[0]:
-            raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
-                             f"{kv_a.shape} and {cv_a.shape}")
-        for name, a in (("cookies", kv_a), ("codes", cv_a)):
-            if a.size and a.dtype.kind not in "iu":
-                raise TypeError(f"{name} must be integers, not {a.dtype}")
-            if a.size and a.min() < 0:
-                raise ValueError(f"{name} must not be negative")
-        if cv_a.size and cv_a.max() > C_MAX:
-            raise ValueError(f"codes must be response codes 0..{C_MAX}, got {cv_a.max()}")
+        kv_a, cv_a = check_answers(cookies, codes)
         check_code_reason(0, reason)
         cdef const uint64_t[::1] kv = np.ascontiguousarray(kv_a, dtype=np.uint64)
         cdef const uint32_t[::1] cv = np.ascontiguousarray(cv_a, dtype=np.uint32)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FAULT_DTYPE", "RESPONSE_DTYPE", "COUNTERS", "NO_PASID", "check_record", "check_ints"]
+__all__ = ["FAULT_DTYPE", "RESPONSE_DTYPE", "COUNTERS", "NO_PASID", "check_record", "check_ints",
+           "check_answers"]
 
 #: The key PASID of a request without PASID_VALID: above every PASID of at
 #: most 31 bits, so it can never collide with a real one.
@@ -49,6 +50,26 @@ def check_record(i: int | None, rec: tuple, pasid_bits: int, grpid_bits: int) ->
         raise ValueError(f"{where}addr or private out of range")
 
 
+#: The largest response code (FAILURE).
+MAX_CODE = 2
+
+
+def check_answers(cookies: object, codes: object) -> tuple[np.ndarray, np.ndarray]:
+    """respond_batch's arguments as arrays, checked before anything is
+    answered: 1-D, the same length, integers, no negative cookie, codes
+    0..MAX_CODE."""
+    k, c = np.asarray(cookies), np.asarray(codes)
+    if k.ndim != 1 or c.ndim != 1 or k.shape[0] != c.shape[0]:
+        raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
+                         f"{k.shape} and {c.shape}")
+    for name, a in (("cookies", k), ("codes", c)):
+        if a.size and a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be integers, not {a.dtype}")
+        if a.size and a.min() < 0:
+            raise ValueError(f"{name} must not be negative")
+    if c.size and c.max() > MAX_CODE:
+        raise ValueError(f"codes must be response codes 0..{MAX_CODE}, got {c.max()}")
+    return k, c
 
 
 _NAMES = ("time", "dev", "pasid", "grpid", "flags", "perm", "addr", "private[0]", "private[1]")

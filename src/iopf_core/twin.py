@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from iopf_core.records import COUNTERS, FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, check_ints, check_record
+from iopf_core.records import (COUNTERS, FAULT_DTYPE, NO_PASID, RESPONSE_DTYPE, check_answers,
+                               check_ints, check_record)
 
 # The values of iopf.types' enums (tests/test_types.py checks they agree).
 PASID_VALID, LAST_PAGE, NEEDS_PASID, PRIV_DATA = 1, 2, 4, 8
@@ -554,17 +555,7 @@ class PyGrouper:
     @_exclusive
     def respond_batch(self, cookies: np.ndarray, codes: np.ndarray, reason: int = CALLER,
                       time: int | None = None, at: Any = None) -> np.ndarray:
-        k, c = np.asarray(cookies), np.asarray(codes)
-        if k.ndim != 1 or c.ndim != 1 or k.shape[0] != c.shape[0]:
-            raise ValueError(f"cookies and codes must be 1-D of the same length, got shapes "
-                             f"{k.shape} and {c.shape}")
-        for name, a in (("cookies", k), ("codes", c)):
-            if a.size and a.dtype.kind not in "iu":
-                raise TypeError(f"{name} must be integers, not {a.dtype}")
-            if a.size and a.min() < 0:
-                raise ValueError(f"{name} must not be negative")
-        if c.size and c.max() > FAILURE:
-            raise ValueError(f"codes must be response codes 0..{FAILURE}, got {c.max()}")
+        k, c = check_answers(cookies, codes)
         self._check_code(0, reason)
         k, c = k.tolist(), c.tolist()
         ats = [None] * len(k) if at is None else np.broadcast_to(
