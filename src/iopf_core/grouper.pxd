@@ -68,15 +68,15 @@ cdef packed struct Node:
 # tree: (dev, key PASID, grpid); list: (dev, KEY_LIST, KEY_LIST), the
 # device's one list), in arrival order, and its place on the flush chain of
 # (dev, kp): every Part with that dev and kp, so that a flush visits only
-# them. 28 bytes, in a pool of fixed chunks (indexes stay valid).
+# them. 28 bytes, in one growable array (indexes stay valid).
 ctypedef struct Part:
     uint32_t head, tail       # its faults (Node.next)
     uint32_t dev, kp, grpid   # its key
     uint32_t cnext, cprev     # the flush chain of (dev, kp)
 
 ctypedef struct PartPool:
-    Part** chunks
-    uint32_t n_chunks, chunks_cap, cap, free, used
+    Part* parts               # one array (see pool_grow), cap a multiple of CHUNK
+    uint32_t cap, free, used
 
 # An open-addressed table of record indexes (linear probing, backward-shift
 # delete, load at most 3/4): 8 bytes a slot, the records themselves dense in
@@ -148,6 +148,7 @@ ctypedef struct Rules:
     uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
     uint64_t timeout, depth
     bint require_device, attach_adds_device
+    bint checks_partial       # require_handler, require_device or has_depth: a partial is not simply held
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
 ctypedef struct Buf:           # a growable byte buffer
@@ -193,6 +194,7 @@ cdef class Grouper:
     cdef PartPool parts
     cdef IdxTable chains
     cdef bint per_device      # ListGrouper: a Part is a device's whole list
+    cdef bint hashed          # HashGrouper: report_one searches its table inline (no method call)
     cdef Pend* pends
     cdef uint32_t pend_cap, pend_free
     # tables
@@ -288,6 +290,9 @@ cdef class Grouper:
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef void count_in(self, const FaultRec* r) noexcept nogil
     cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
+    cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
+    cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1
@@ -314,7 +319,7 @@ cdef class ListGrouper(Grouper):
 
 
 cdef class TreeGrouper(Grouper):
-    cdef TNode** tc           # chunks of CHUNK nodes, as the pool of Parts
+    cdef TNode** tc           # chunks of CHUNK tree nodes, one for every CHUNK Parts
     cdef uint32_t tc_n, tc_cap, root
     cdef TNode* T(self, uint32_t i) noexcept nogil
     cdef uint32_t t_find(self, uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil

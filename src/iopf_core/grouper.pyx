@@ -104,7 +104,7 @@ cdef enum:
     KIND_STOP = 2
     BY_SERVICE = 0x100        # HeapItem.reason mark: an answer of the service model
     MIN_CAP = 16
-    CHUNK_BITS = 10           # 1024 Parts (28 KiB) a chunk: slack stays small
+    CHUNK_BITS = 10           # the least growth of the nodes and Parts (1024): slack stays small
     CHUNK = 1 << CHUNK_BITS
     CHUNK_MASK = CHUNK - 1
 
@@ -213,6 +213,7 @@ cdef class Grouper:
         r.timeout = policy.response_timeout or 0
         r.has_depth = policy.queue_depth is not None
         r.depth = policy.queue_depth or 0
+        r.checks_partial = r.require_handler or r.require_device or r.has_depth
         self.policy = policy
         self.inited = True
 
@@ -1025,6 +1026,49 @@ cdef class Grouper:
         self.last_cookie = 0
         self.dispatch = False
 
+    cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
+        """s_find, with the hash strategy's search inline (the request path)."""
+        cdef int64_t i
+        if self.hashed:
+            i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
+            return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
+        return self.s_find(dev, sk, gk)
+
+    cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
+        """Hold request r, taken (count_in done), as the newest fault of Part part
+        (a free node made sure of)."""
+        cdef uint32_t n = self.node_free
+        cdef Node* node = self.N(n)
+        cdef Part* x = P(&self.parts, part)
+        self.node_free = node.next
+        self.node_used += 1
+        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
+        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
+        node.flags = <uint8_t>(r.flags | r.perm << 4); node.pad = 0
+        node.next = NIL
+        if x.head == NIL:
+            x.head = n
+        else:
+            self.N(x.tail).next = n
+        x.tail = n
+        self.c.partial_now += 1
+
+    cdef inline int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil:
+        """Hold partial r in its group (strategy key sk), which the rules have
+        let through: REPORT_HELD."""
+        cdef uint32_t gk = KEY_LIST if self.per_device else r.grpid
+        cdef uint32_t part = self.find_part(r.dev, sk, gk)
+        if part == NIL:
+            self.part_room()        # part_new below then cannot fail
+        if self.node_free == NIL:
+            self.node_grow()
+        self.count_in(r)
+        self.hold(r.dev, 1)
+        if part == NIL:
+            part = self.part_new(r.dev, sk, gk)
+        self.hold_partial(part, r)
+        return REPORT_HELD
+
     cdef inline int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
         """Apply one request that bad_rec() accepted, from memory the caller cannot
         change: a ReportResult, or R_DISPATCH if the group it completed waits for a
@@ -1050,6 +1094,11 @@ cdef class Grouper:
             self.c.stop_markers += 1
             return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
+        sk = self.skey(kp)
+        if not last and not (p.checks_partial or self.n_limited):
+            # The most common request: a partial that no rule below could
+            # refuse or drop goes straight to its group.
+            return self.take_partial(r, sk)
         ei = -1
         if last or p.require_handler:   # a partial needs its handler only to be refused
             ei = self.entry_find(dev, kp)
@@ -1075,10 +1124,12 @@ cdef class Grouper:
             di = self.entry_find(dev, KEY_DEVICE)
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
+        if not last:
+            return self.take_partial(r, sk)
         # A constant handler answers the group it completes in C (one response).
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
         out = 0
-        if last and collect:
+        if collect:
             # The group's faults go to the batch output. Counting them walks
             # the group (the whole device list for ListGrouper: twice the cost
             # of an LPIG), so only when the room left might not hold them all.
@@ -1086,25 +1137,17 @@ cdef class Grouper:
             if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
                 out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
-        if (self.node_free == NIL or (last and (
-                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
+        if (self.node_free == NIL
+                or self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
                 or (p.has_timeout and self.heap_len == self.heap_cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
                 or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
                 or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
                 or (auto and (self.outbox.len + sizeof(RespRec) > self.outbox.cap
-                             or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))))):
-            self.reserve(1, last, 1 if last and auto else 0, out)
-        # The partial group of this key: the strategy's key, (dev, KEY_LIST) for the list.
-        sk = self.skey(kp)
-        part = NIL
-        if last:
-            if ei < 0:
-                self.entry_room()       # entry_get below then cannot fail
-        else:
-            part = self.s_find(dev, sk, KEY_LIST if self.per_device else r.grpid)
-            if part == NIL:
-                self.part_room()        # part_new below then cannot fail
+                              or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))):
+            self.reserve(1, 1, 1 if auto else 0, out)
+        if ei < 0:
+            self.entry_room()       # entry_get below then cannot fail
         n = self.node_alloc()
         node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
@@ -1113,15 +1156,6 @@ cdef class Grouper:
         node.next = NIL
         self.count_in(r)
         self.hold(dev, 1)
-        if not last:                                                            # partial
-            if part == NIL:
-                part = self.part_new(dev, sk, KEY_LIST if self.per_device else r.grpid)
-                P(&self.parts, part).head = n
-            else:
-                self.N(P(&self.parts, part).tail).next = n
-            P(&self.parts, part).tail = n
-            self.c.partial_now += 1
-            return REPORT_HELD
         # Every partial with the key, stale or of another PASID, then the LPIG.
         head = NIL
         if self.per_device:

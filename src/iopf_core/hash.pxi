@@ -6,6 +6,9 @@ cdef class HashGrouper(Grouper):
 
     strategy = "hash"
 
+    def __cinit__(self, *args, **kwargs):
+        self.hashed = True
+
     def __dealloc__(self):
         itab_free(&self.table)
 

@@ -2,58 +2,60 @@
 # tables find them. Part of grouper.pyx (included at module level).
 
 cdef inline Part* P(const PartPool* pp, uint32_t i) noexcept nogil:
-    return &pp.chunks[i >> CHUNK_BITS][i & CHUNK_MASK]
+    return &pp.parts[i]
 
 
 cdef int pool_grow(PartPool* pp) except -1 nogil:
-    """Add one chunk of Parts to the free list (fixed chunks: indexes stay valid)."""
-    cdef size_t cap = pp.chunks_cap
-    cdef uint32_t i, base = pp.cap
-    cdef Part* chunk
-    if pp.cap >= 0xFFFFFFFFu - CHUNK:
+    """Grow the Parts by CHUNK and put the new ones on the free list.
+
+    One array, as the nodes: a Part is then one load away from its index
+    (through a table of chunks it was two dependent loads, on every probe of
+    every table that finds Parts). Indexes stay valid; no Part* is held
+    across a call that may grow the pool (part_room runs first). A step of
+    one CHUNK keeps the slack small (the tree's worst case per held partial
+    is close to its 128-byte bound); a large block is grown by mremap, not
+    copied.
+    """
+    cdef uint64_t cap = <uint64_t>pp.cap + CHUNK
+    cdef uint32_t i
+    cdef Part* a
+    if cap >= 0xFFFFFFFFu:
         return raise_nomem()
-    if pp.n_chunks == pp.chunks_cap:
-        pp.chunks = <Part**>grow(pp.chunks, &cap, cap + 1, sizeof(Part*))
-        pp.chunks_cap = <uint32_t>cap
-    chunk = <Part*>xmalloc(CHUNK * sizeof(Part))
-    if chunk == NULL:
+    a = <Part*>xrealloc(pp.parts, cap * sizeof(Part))
+    if a == NULL:
         return raise_nomem()
-    pp.chunks[pp.n_chunks] = chunk
-    pp.n_chunks += 1
-    for i in range(CHUNK - 1):
-        chunk[i].cnext = base + i + 1
-    chunk[CHUNK - 1].cnext = pp.free
-    pp.free = base
-    pp.cap += CHUNK
+    pp.parts = a
+    for i in range(pp.cap, <uint32_t>cap - 1):
+        a[i].cnext = i + 1
+    a[cap - 1].cnext = pp.free
+    pp.free = pp.cap
+    pp.cap = <uint32_t>cap
     return 0
 
 
 cdef inline uint32_t pool_alloc(PartPool* pp) noexcept nogil:
     """A free Part (the caller made sure there is one: pool_grow)."""
     cdef uint32_t i = pp.free
-    pp.free = P(pp, i).cnext
+    pp.free = pp.parts[i].cnext
     pp.used += 1
     return i
 
 
 cdef inline void pool_release(PartPool* pp, uint32_t i) noexcept nogil:
-    P(pp, i).cnext = pp.free
+    pp.parts[i].cnext = pp.free
     pp.free = i
     pp.used -= 1
 
 
 cdef void pool_free(PartPool* pp) noexcept nogil:
-    cdef uint32_t i
-    for i in range(pp.n_chunks):
-        PyMem_RawFree(pp.chunks[i])
-    PyMem_RawFree(pp.chunks)
-    pp.chunks = NULL
-    pp.n_chunks = pp.chunks_cap = pp.cap = pp.used = 0
+    PyMem_RawFree(pp.parts)
+    pp.parts = NULL
+    pp.cap = pp.used = 0
     pp.free = NIL
 
 
 cdef inline size_t pool_sizeof(const PartPool* pp) noexcept nogil:
-    return pp.cap * sizeof(Part) + pp.chunks_cap * sizeof(Part*)
+    return pp.cap * sizeof(Part)
 
 
 cdef inline uint32_t part_hash(uint32_t dev, uint32_t kp, uint32_t grp) noexcept nogil:

@@ -147,7 +147,7 @@ cdef class TreeGrouper(Grouper):
         """A chunk of tree nodes for every chunk of Parts (nothing moves or is copied)."""
         cdef size_t cap = self.tc_cap
         cdef TNode* chunk
-        while self.tc_n < self.parts.n_chunks:     # one, unless an earlier call failed
+        while <uint64_t>self.tc_n * CHUNK < self.parts.cap:     # whole chunks: see pool_grow
             if self.tc_n == self.tc_cap:
                 self.tc = <TNode**>grow(self.tc, &cap, cap + 1, sizeof(TNode*))
                 self.tc_cap = <uint32_t>cap
