@@ -77,6 +77,7 @@ ctypedef struct Part:
 ctypedef struct PartPool:
     Part* parts               # one array (see pool_grow), cap a multiple of CHUNK
     uint32_t cap, free, used
+    uint32_t recent           # the Part that took the last partial (NIL: none), see find_part
 
 # An open-addressed table of record indexes (linear probing, backward-shift
 # delete, load at most 3/4): 8 bytes a slot, the records themselves dense in

@@ -161,6 +161,7 @@ cdef class Grouper:
         self.next_cookie = 1
         self.next_handle = 1
         self.parts.free = NIL
+        self.parts.recent = NIL
         self._entries_init(MIN_CAP)
         self._cookies_init(MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
@@ -1027,8 +1028,15 @@ cdef class Grouper:
         self.dispatch = False
 
     cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
-        """s_find, with the hash strategy's search inline (the request path)."""
+        """s_find for a partial: the Part that took the last partial if it has
+        this key (a device sends a group's requests together: no search for
+        most partials), else a search, the hash strategy's inline."""
         cdef int64_t i
+        cdef const Part* x
+        if self.parts.recent != NIL:
+            x = P(&self.parts, self.parts.recent)
+            if x.dev == dev and x.kp == sk and x.grpid == gk:
+                return self.parts.recent
         if self.hashed:
             i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
             return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
@@ -1042,6 +1050,7 @@ cdef class Grouper:
         cdef Part* x = P(&self.parts, part)
         self.node_free = node.next
         self.node_used += 1
+        self.parts.recent = part
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
         node.flags = <uint8_t>(r.flags | r.perm << 4); node.pad = 0

@@ -42,6 +42,8 @@ cdef inline uint32_t pool_alloc(PartPool* pp) noexcept nogil:
 
 
 cdef inline void pool_release(PartPool* pp, uint32_t i) noexcept nogil:
+    if pp.recent == i:          # a free Part keeps its old key: never a hit
+        pp.recent = NIL
     pp.parts[i].cnext = pp.free
     pp.free = i
     pp.used -= 1
@@ -51,7 +53,7 @@ cdef void pool_free(PartPool* pp) noexcept nogil:
     PyMem_RawFree(pp.parts)
     pp.parts = NULL
     pp.cap = pp.used = 0
-    pp.free = NIL
+    pp.free = pp.recent = NIL
 
 
 cdef inline size_t pool_sizeof(const PartPool* pp) noexcept nogil:
