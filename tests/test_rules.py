@@ -248,6 +248,31 @@ def test_G4_stale_partial_swept_into_next_group(make_queue, feed, policy):
     assert q.partial_count == 0
 
 
+@pytest.mark.parametrize("end", ["lpig", "flush", "discard"])
+def test_G4_key_reused_right_after_its_group_ends(make_queue, feed, end):
+    """G4: a partial group ends (its LPIG, a flush of its PASID, a discard) and
+    the very next request reuses its key: it opens a new group and takes
+    nothing from the old one (the compiled core tries the group of the last
+    partial before any search, so this is the case where a freed group could
+    be found again)."""
+    q = make_queue()
+    q.add_device(1)
+    q.attach(1, 5, Recorder())
+    first = [P(1, 5, 7, 0xA000, time=1), P(1, 5, 7, 0xB000, time=2)]
+    ends = {"lpig": [L(1, 5, 7, 0xC000, time=3)], "flush": [], "discard": []}
+    done = feed(q, first + ends[end])
+    if end == "flush":
+        q.flush_pasid(1, 5)
+    elif end == "discard":
+        q.discard_partial()
+    assert q.partial_count == 0
+    assert [addrs(g) for g in done] == ([[0xA000, 0xB000, 0xC000]] if end == "lpig" else [])
+    [g] = feed(q, [P(1, 5, 7, 0xD000, time=4), P(1, 5, 8, 0xE000, time=5),
+                   P(1, 5, 7, 0xF000, time=6), L(1, 5, 7, 0x10000, time=7)])
+    assert addrs(g) == [0xD000, 0xF000, 0x10000]
+    assert q.partial_count == 1
+
+
 @pytest.mark.parametrize("policy", [PCIE, LINUX], ids=["PCIE", "LINUX"])
 def test_G4_partials_survive_detach_and_are_absorbed(make_queue, feed, policy):
     """G4/F2: partials survive a PASID detach and are absorbed by the next LPIG with the
