@@ -111,7 +111,8 @@ ctypedef struct TNode:
 ctypedef struct Pend:
     uint64_t cookie, time
     uint64_t handle
-    uint32_t dev, kpasid, nfaults
+    uint32_t dev, nfaults
+    uint32_t entry            # its (dev, key PASID) entry, which lives while a group is chained on it
     uint32_t head, tail
     uint32_t qnext, qprev
 

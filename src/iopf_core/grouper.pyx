@@ -1199,7 +1199,6 @@ cdef class Grouper:
         self.next_cookie += 1
         g.time = r.time
         g.dev = dev
-        g.kpasid = kp
         g.handle = handle
         g.nfaults = nf
         g.head = head
@@ -1207,6 +1206,7 @@ cdef class Grouper:
         g.qnext = NIL
         if ei < 0:          # (found above, the entries have not moved since)
             ei = self.entry_get(dev, kp)
+        g.entry = <uint32_t>ei
         g.qprev = self.entries[ei].qtail
         if g.qprev == NIL:
             self.entries[ei].qhead = q
@@ -1306,9 +1306,7 @@ cdef class Grouper:
             return 0
         cdef uint32_t q = self.cookies[ci].idx, n, nx
         cdef Pend* g = &self.pends[q]
-        ei = self.entry_find(g.dev, g.kpasid)
-        if ei < 0:          # cannot happen: a pending group's chain has an entry
-            return raise_corrupt()
+        ei = g.entry
         self.cookie_delete(<uint32_t>ci)
         if g.qprev == NIL:
             self.entries[ei].qhead = g.qnext

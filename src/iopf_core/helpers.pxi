@@ -64,10 +64,6 @@ cdef int check_code_reason(uint32_t code, uint32_t reason) except -1:
     return 0
 
 
-cdef int raise_corrupt() except -1 with gil:
-    raise SystemError("iopf_core: internal tables inconsistent (please report this)")
-
-
 cdef int raise_uninit() except -1 with gil:
     raise RuntimeError("iopf_core: the grouper was not initialised (call __init__ with a policy)")
 
