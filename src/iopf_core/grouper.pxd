@@ -232,7 +232,7 @@ cdef class Grouper:
     cdef void part_drop(self, uint32_t p) noexcept nogil
     cdef void part_unlink(self, uint32_t p) noexcept nogil
     cdef int part_room(self) except -1 nogil
-    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid) noexcept nogil
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, uint32_t* tail) noexcept nogil
     cdef uint32_t part_free_nodes(self, uint32_t p, uint32_t kp, bint whole) noexcept nogil
     cdef uint32_t drop_chain(self, uint32_t pos) noexcept nogil
     cdef int enter(self) except -1 nogil
@@ -271,7 +271,7 @@ cdef class Grouper:
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
-    cdef int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil
+    cdef uint32_t collect(self, uint32_t head, uint64_t cookie, uint32_t dev) noexcept nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil

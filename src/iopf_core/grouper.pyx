@@ -403,9 +403,10 @@ cdef class Grouper:
                     self.chains.slots[c].idx = x.cnext
         pool_release(&self.parts, p)
 
-    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid) noexcept nogil:
+    cdef uint32_t part_take(self, uint32_t p, uint32_t kp, uint32_t grpid, uint32_t* tail) noexcept nogil:
         """Unlink from Part p (a device's list) its faults of group (kp, grpid) and
-        return them as a list in arrival order; an emptied Part is dropped."""
+        return them as a list in arrival order (its last in *tail, NIL if none);
+        an emptied Part is dropped."""
         cdef Part* x = P(&self.parts, p)
         cdef uint32_t n, prev = NIL, nx, ghead = NIL, gtail = NIL
         cdef Node* y
@@ -432,6 +433,7 @@ cdef class Grouper:
             n = nx
         if x.head == NIL:
             self.part_drop(p)
+        tail[0] = gtail
         return ghead
 
     cdef uint32_t part_free_nodes(self, uint32_t p, uint32_t kp, bint whole) noexcept nogil:
@@ -923,23 +925,22 @@ cdef class Grouper:
         f.priv[0] = n.priv0
         f.priv[1] = n.priv1
 
-    cdef inline int collect(self, uint32_t head, uint32_t nfaults, uint64_t cookie, uint32_t dev) except -1 nogil:
-        """Append a completed group to the batch output."""
-        buf_reserve(&self.out_faults, nfaults * sizeof(FaultRec))
-        buf_reserve(&self.out_offsets, sizeof(int64_t))
-        buf_reserve(&self.out_cookies, sizeof(uint64_t))
+    cdef inline uint32_t collect(self, uint32_t head, uint64_t cookie, uint32_t dev) noexcept nogil:
+        """Append a completed group to the batch output (room made by the
+        caller); returns its number of faults (one walk counts and copies)."""
         cdef FaultRec* f = <FaultRec*>(self.out_faults.data + self.out_faults.len)
-        cdef uint32_t n = head
+        cdef uint32_t n = head, nfaults = 0
         while n != NIL:
             self.node_to_rec(self.N(n), dev, f)
             f += 1
+            nfaults += 1
             n = self.N(n).next
         self.out_faults.len += nfaults * sizeof(FaultRec)
         (<int64_t*>(self.out_offsets.data + self.out_offsets.len))[0] = self.out_faults.len // sizeof(FaultRec)
         self.out_offsets.len += sizeof(int64_t)
         (<uint64_t*>(self.out_cookies.data + self.out_cookies.len))[0] = cookie
         self.out_cookies.len += sizeof(uint64_t)
-        return 0
+        return nfaults
 
     # -- the per-fault rules ------------------------------------------------------------
     cdef inline bint bad_rec(self, const FaultRec* r) noexcept nogil:
@@ -1166,27 +1167,24 @@ cdef class Grouper:
         self.count_in(r)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
-        head = NIL
+        head = tail = NIL
         if self.per_device:
             part = self.s_find(dev, sk, KEY_LIST)
             if part != NIL:
-                head = self.part_take(part, self.node_key(node), r.grpid)
+                head = self.part_take(part, self.node_key(node), r.grpid, &tail)
         else:
             part = self.s_pop(dev, sk, r.grpid)
             if part != NIL:
                 head = P(&self.parts, part).head
+                tail = P(&self.parts, part).tail
                 self.part_unlink(part)
-        nf = 1
-        tail = NIL
-        m = head
-        while m != NIL:
-            tail = m
-            nf += 1
-            m = self.N(m).next
         if tail == NIL:
             head = n
         else:
             self.N(tail).next = n
+        # The group's size: counted as it is copied out (the one walk of its
+        # faults, which went cold while the group was open), or by a walk.
+        nf = self.collect(head, self.next_cookie, dev) if collect else self.list_len(head)
         self.c.partial_now -= nf - 1
         self.c.grouped += nf
         self.c.groups += 1
@@ -1225,8 +1223,6 @@ cdef class Grouper:
             self.heap_push(tmo)
             self.heap_seq += 1
         self.last_cookie = g.cookie
-        if collect:
-            self.collect(head, nf, g.cookie, dev)
         if auto == AUTO_SERVE:
             self.serve_cookie(self.last_cookie, r.time, False, 0, self.sv.code)
             return REPORT_GROUPED
