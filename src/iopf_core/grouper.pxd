@@ -118,6 +118,12 @@ ctypedef struct CookieSlot:
     uint64_t cookie
     uint32_t idx
 
+# The cookies of the pending groups (cookies.pxi): Robin Hood on the cookie
+# itself as home slot, load at most 1/2; cookie 0 marks a free slot.
+ctypedef struct CookieTable:
+    CookieSlot* slots
+    uint32_t cap
+
 # One entry of the time heap: a group's timeout (reason TIMEOUT) or a
 # scheduled answer. Ordered on (time, seq): ties go in scheduling order.
 ctypedef struct HeapItem:
@@ -201,8 +207,7 @@ cdef class Grouper:
     cdef Entry* entries
     cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
     cdef IdxTable etab
-    cdef CookieSlot* cookies
-    cdef uint32_t cookie_cap
+    cdef CookieTable cookies
     cdef HeapItem* heap
     cdef uint32_t heap_len, heap_cap
     cdef uint64_t heap_seq, heap_answers, tmo_quantum
@@ -249,12 +254,6 @@ cdef class Grouper:
     cdef void entry_delete(self, uint32_t i) noexcept nogil
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
-    cdef int _cookies_init(self, uint32_t cap) except -1
-    cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
-    cdef int cookie_room(self, uint64_t n) except -1 nogil
-    cdef int cookie_grow(self, uint64_t n) except -1 nogil
-    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
-    cdef void cookie_delete(self, uint32_t i) noexcept nogil
     cdef int heap_push(self, HeapItem it) except -1 nogil
     cdef void heap_sift_down(self, uint32_t i) noexcept nogil
     cdef void heap_pop(self) noexcept nogil

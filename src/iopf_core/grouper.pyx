@@ -122,6 +122,7 @@ assert C_MAX == MAX_CODE
 #   buffers.pxi        batch output lent to numpy and reused
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
+#   cookies.pxi        the cookie table of the pending groups (Robin Hood)
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
 #   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
@@ -129,6 +130,7 @@ include "helpers.pxi"
 include "buffers.pxi"
 include "tables.pxi"
 include "parts.pxi"
+include "cookies.pxi"
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
@@ -162,7 +164,7 @@ cdef class Grouper:
         self.next_handle = 1
         self.parts.free = NIL
         self._entries_init(MIN_CAP)
-        self._cookies_init(MIN_CAP)
+        cookies_init(&self.cookies, MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
         if self.spare == NULL:
             raise MemoryError()
@@ -248,7 +250,7 @@ cdef class Grouper:
         PyMem_RawFree(self.pends); self.pends = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
         itab_free(&self.etab)
-        PyMem_RawFree(self.cookies); self.cookies = NULL
+        PyMem_RawFree(self.cookies.slots); self.cookies.slots = NULL
         PyMem_RawFree(self.heap); self.heap = NULL
         PyMem_RawFree(self.sv.free); self.sv.free = NULL
         PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
@@ -639,77 +641,6 @@ cdef class Grouper:
             if i >= 0:
                 self.entries[i].outstanding = <uint32_t>(self.entries[i].outstanding + n)
 
-    # -- cookies: open addressing on the cookie, backward-shift delete ------------------
-    # Cookies are handed out in sequence and mostly answered in about that
-    # order, so the cookie itself is the home slot: consecutive groups land
-    # in consecutive slots (one cache miss per 4 groups instead of one per
-    # group: cookie_insert went from 28% of a batch to noise).
-    cdef int _cookies_init(self, uint32_t cap) except -1:
-        self.cookies = <CookieSlot*>xmalloc(cap * sizeof(CookieSlot))
-        if self.cookies == NULL:
-            raise MemoryError()
-        memset(self.cookies, 0, cap * sizeof(CookieSlot))
-        self.cookie_cap = cap
-        return 0
-
-    cdef inline int64_t cookie_find(self, uint64_t cookie) noexcept nogil:
-        cdef uint32_t mask = self.cookie_cap - 1
-        cdef uint32_t i = <uint32_t>(cookie & mask)
-        if cookie == 0:
-            return -1
-        while True:
-            if self.cookies[i].cookie == 0:
-                return -1
-            if self.cookies[i].cookie == cookie:
-                return i
-            i = (i + 1) & mask
-
-    cdef inline int cookie_room(self, uint64_t n) except -1 nogil:
-        """Grow the table (x2) if it cannot hold n cookies at load 1/2."""
-        # Inline: every new group asks, and there is room nearly always.
-        if 2 * n > self.cookie_cap:
-            self.cookie_grow(n)
-        return 0
-
-    cdef int cookie_grow(self, uint64_t n) except -1 nogil:
-        cdef uint32_t i, old_cap = self.cookie_cap
-        cdef CookieSlot* old
-        if 2 * n > old_cap:
-            if old_cap >= 0x80000000u:
-                return raise_nomem()
-            old = self.cookies
-            self.cookies = <CookieSlot*>xmalloc(2 * old_cap * sizeof(CookieSlot))
-            if self.cookies == NULL:
-                self.cookies = old
-                return raise_nomem()
-            memset(self.cookies, 0, 2 * old_cap * sizeof(CookieSlot))
-            self.cookie_cap = 2 * old_cap
-            for i in range(old_cap):
-                if old[i].cookie:
-                    cookie_place(self.cookies, self.cookie_cap - 1, old[i])
-            PyMem_RawFree(old)
-        return 0
-
-    cdef inline int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
-        cdef CookieSlot item
-        self.cookie_room(self.c.pending_now + 1)
-        item.cookie = cookie
-        item.idx = idx
-        cookie_place(self.cookies, self.cookie_cap - 1, item)
-        return 0
-
-    cdef void cookie_delete(self, uint32_t i) noexcept nogil:
-        # Robin Hood order lets the backward shift stop at the first slot that
-        # holds its own home: with cookies answered in about the order they
-        # were given, that is the next slot. (Scanning to the end of the run
-        # instead made answering N groups in order cost O(N^2).)
-        cdef uint32_t mask = self.cookie_cap - 1, j = (i + 1) & mask
-        while self.cookies[j].cookie and ((j - <uint32_t>self.cookies[j].cookie) & mask) != 0:
-            self.cookies[i] = self.cookies[j]
-            i = j
-            j = (j + 1) & mask
-        self.cookies[i].cookie = 0
-
     # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
     # A timeout of a group answered meanwhile is skipped when it comes up; a
     # scheduled answer stays until it is due (it then counts as stale: one answer per group).
@@ -757,7 +688,7 @@ cdef class Grouper:
     cdef void heap_rebuild(self) noexcept nogil:
         cdef uint32_t i, n = 0
         for i in range(self.heap_len):
-            if self.heap[i].reason != R_TIMEOUT or self.cookie_find(self.heap[i].cookie) >= 0:
+            if self.heap[i].reason != R_TIMEOUT or cookie_find(&self.cookies, self.heap[i].cookie) >= 0:
                 self.heap[n] = self.heap[i]
                 n += 1
         self.heap_len = n
@@ -769,7 +700,7 @@ cdef class Grouper:
     cdef void heap_clean(self) noexcept nogil:
         """Pop the timeouts of answered groups off the top: the top is then a real deadline."""
         while (self.heap_len and self.heap[0].reason == R_TIMEOUT
-               and self.cookie_find(self.heap[0].cookie) < 0):
+               and cookie_find(&self.cookies, self.heap[0].cookie) < 0):
             self.heap_pop()
 
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at,
@@ -777,7 +708,7 @@ cdef class Grouper:
         """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not
         pending (`pending`: the caller has just checked)."""
         cdef HeapItem it
-        if not pending and self.cookie_find(cookie) < 0:
+        if not pending and cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
         it.time = at
@@ -802,7 +733,7 @@ cdef class Grouper:
                 it = self.heap[0]
                 self.heap_pop()
                 if it.reason == R_TIMEOUT:
-                    if self.cookie_find(it.cookie) >= 0:
+                    if cookie_find(&self.cookies, it.cookie) >= 0:
                         self.respond_cookie(it.cookie, it.code, R_TIMEOUT, it.time)
                 elif timeouts_only:      # put back afterwards, with its place in line
                     if nkept == kcap:
@@ -845,7 +776,7 @@ cdef class Grouper:
         cdef Service* v = &self.sv
         cdef uint64_t d, start = arrival, done
         cdef uint32_t i, ch, k = v.servers
-        if self.cookie_find(cookie) < 0:
+        if cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
         d = duration if given else self.sv_draw()
@@ -1000,7 +931,7 @@ cdef class Grouper:
         if groups:
             if self.pend_free == NIL:
                 self.pend_grow()
-            self.cookie_room(self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
+            cookie_room(&self.cookies, self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
             if self.rules.has_timeout and self.heap_len == self.heap_cap:
                 if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
                     self.heap_rebuild()   # as heap_push: drop answered groups instead of growing
@@ -1087,7 +1018,7 @@ cdef class Grouper:
                 out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
         if (self.node_free == NIL or (last and (
-                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
+                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
                 or (p.has_timeout and self.heap_len == self.heap_cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
                 or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
@@ -1170,7 +1101,7 @@ cdef class Grouper:
         else:
             self.pends[g.qprev].qnext = q
         self.entries[ei].qtail = q
-        self.cookie_insert(g.cookie, q)
+        cookie_insert(&self.cookies, g.cookie, q, self.c.pending_now + 1)
         if p.has_timeout:
             tmo.time = add_sat(g.time, p.timeout)
             if self.tmo_quantum and tmo.time % self.tmo_quantum:
@@ -1257,16 +1188,16 @@ cdef class Grouper:
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
         """Answer a pending group (once only): 1 if sent, 0 if stale."""
-        cdef int64_t ci = self.cookie_find(cookie), ei
+        cdef int64_t ci = cookie_find(&self.cookies, cookie), ei
         if ci < 0:
             self.c.stale_responses += 1
             return 0
-        cdef uint32_t q = self.cookies[ci].idx, n, nx
+        cdef uint32_t q = self.cookies.slots[ci].idx, n, nx
         cdef Pend* g = &self.pends[q]
         ei = self.entry_find(g.dev, g.kpasid)
         if ei < 0:          # cannot happen: a pending group's chain has an entry
             return raise_corrupt()
-        self.cookie_delete(<uint32_t>ci)
+        cookie_delete(&self.cookies, <uint32_t>ci)
         if g.qprev == NIL:
             self.entries[ei].qhead = g.qnext
         else:
@@ -1957,9 +1888,9 @@ cdef class Grouper:
         cdef uint32_t i
         cdef int64_t e
         found = []
-        for i in range(self.cookie_cap):
-            if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
-                found.append(self.cookies[i].cookie)
+        for i in range(self.cookies.cap):
+            if self.cookies.slots[i].cookie and self.pends[self.cookies.slots[i].idx].dev == dev:
+                found.append(self.cookies.slots[i].cookie)
         # Newest first, as iopf_queue_remove_device walks fault_param->faults,
         # where iopf_group_alloc adds each group at the head.
         found.sort(reverse=True)
@@ -2019,9 +1950,9 @@ cdef class Grouper:
         try:
             out = np.empty(self.c.pending_now, dtype=np.uint64)
             v = out
-            for i in range(self.cookie_cap):
-                if self.cookies[i].cookie:
-                    v[k] = self.cookies[i].cookie
+            for i in range(self.cookies.cap):
+                if self.cookies.slots[i].cookie:
+                    v[k] = self.cookies.slots[i].cookie
                     k += 1
             if k:
                 qsort(&v[0], k, sizeof(uint64_t), cmp_u64)
@@ -2038,12 +1969,12 @@ cdef class Grouper:
         cdef uint32_t n
         self.enter()
         try:
-            ci = self.cookie_find(cookie)
+            ci = cookie_find(&self.cookies, cookie)
             if ci < 0:
                 return None
-            g = &self.pends[self.cookies[ci].idx]
+            g = &self.pends[self.cookies.slots[ci].idx]
             out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
-            g = &self.pends[self.cookies[ci].idx]
+            g = &self.pends[self.cookies.slots[ci].idx]
             f = <FaultRec*>cnp.PyArray_DATA(out)
             n = g.head
             while n != NIL:
@@ -2067,7 +1998,7 @@ cdef class Grouper:
         in TRACE_DOMAIN; output arrays still alive hold theirs besides)."""
         return (sizeof(Spare) + self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.etab.cap * sizeof(IdxSlot)
-                + self.cookie_cap * sizeof(CookieSlot)
+                + self.cookies.cap * sizeof(CookieSlot)
                 + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
@@ -2080,7 +2011,7 @@ cdef class Grouper:
                 "parts_used": self.parts.used, "part_capacity": self.parts.cap,
                 "chains": self.chains.count,
                 "pend_capacity": self.pend_cap, "entries": self.entry_count,
-                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
+                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                 "heap": self.heap_len, "bytes": self.sizeof()}
 
     def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
