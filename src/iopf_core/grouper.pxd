@@ -130,6 +130,13 @@ ctypedef struct HeapItem:
     uint64_t time, seq, cookie
     uint32_t code, reason
 
+# The time heap (heap.pxi): a binary min-heap of HeapItems; seq numbers the
+# items pushed, answers counts the scheduled answers in it (the rest are timeouts).
+ctypedef struct TimeHeap:
+    HeapItem* items
+    uint32_t len, cap
+    uint64_t seq, answers
+
 # The service model (the kernel's workqueue): `servers` workers (0: one per
 # group), each group served FIFO for a duration drawn per group.
 ctypedef struct Service:
@@ -208,9 +215,8 @@ cdef class Grouper:
     cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
     cdef IdxTable etab
     cdef CookieTable cookies
-    cdef HeapItem* heap
-    cdef uint32_t heap_len, heap_cap
-    cdef uint64_t heap_seq, heap_answers, tmo_quantum
+    cdef TimeHeap heap
+    cdef uint64_t tmo_quantum
     cdef bint has_service
     cdef public bint auto_advance
     cdef Service sv
@@ -254,11 +260,6 @@ cdef class Grouper:
     cdef void entry_delete(self, uint32_t i) noexcept nogil
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
-    cdef int heap_push(self, HeapItem it) except -1 nogil
-    cdef void heap_sift_down(self, uint32_t i) noexcept nogil
-    cdef void heap_pop(self) noexcept nogil
-    cdef void heap_rebuild(self) noexcept nogil
-    cdef void heap_clean(self) noexcept nogil
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at, bint pending=*) except -1 nogil
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
     cdef uint64_t sv_draw(self) noexcept nogil

@@ -123,6 +123,7 @@ assert C_MAX == MAX_CODE
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
 #   cookies.pxi        the cookie table of the pending groups (Robin Hood)
+#   heap.pxi           the time heap: timeouts and scheduled answers
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
 #   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
@@ -131,6 +132,7 @@ include "buffers.pxi"
 include "tables.pxi"
 include "parts.pxi"
 include "cookies.pxi"
+include "heap.pxi"
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
@@ -251,7 +253,7 @@ cdef class Grouper:
         PyMem_RawFree(self.entries); self.entries = NULL
         itab_free(&self.etab)
         PyMem_RawFree(self.cookies.slots); self.cookies.slots = NULL
-        PyMem_RawFree(self.heap); self.heap = NULL
+        PyMem_RawFree(self.heap.items); self.heap.items = NULL
         PyMem_RawFree(self.sv.free); self.sv.free = NULL
         PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
         PyMem_RawFree(self.sv.fifo); self.sv.fifo = NULL
@@ -641,68 +643,7 @@ cdef class Grouper:
             if i >= 0:
                 self.entries[i].outstanding = <uint32_t>(self.entries[i].outstanding + n)
 
-    # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
-    # A timeout of a group answered meanwhile is skipped when it comes up; a
-    # scheduled answer stays until it is due (it then counts as stale: one answer per group).
-    cdef int heap_push(self, HeapItem it) except -1 nogil:
-        cdef size_t cap = self.heap_cap
-        cdef uint32_t i, p
-        if self.heap_len == self.heap_cap:
-            if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
-                self.heap_rebuild()   # drop answered groups' timeouts instead of growing
-            if self.heap_len == self.heap_cap:
-                self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
-                self.heap_cap = <uint32_t>cap
-        i = self.heap_len
-        self.heap_len += 1
-        while i > 0:
-            p = (i - 1) // 2
-            if not item_before(&it, &self.heap[p]):
-                break
-            self.heap[i] = self.heap[p]
-            i = p
-        self.heap[i] = it
-        return 0
-
-    cdef void heap_sift_down(self, uint32_t i) noexcept nogil:
-        cdef HeapItem it = self.heap[i]
-        cdef uint32_t ch
-        while True:
-            ch = 2 * i + 1
-            if ch >= self.heap_len:
-                break
-            if ch + 1 < self.heap_len and item_before(&self.heap[ch + 1], &self.heap[ch]):
-                ch += 1
-            if item_before(&it, &self.heap[ch]):
-                break
-            self.heap[i] = self.heap[ch]
-            i = ch
-        self.heap[i] = it
-
-    cdef void heap_pop(self) noexcept nogil:
-        self.heap_len -= 1
-        if self.heap_len:
-            self.heap[0] = self.heap[self.heap_len]
-            self.heap_sift_down(0)
-
-    cdef void heap_rebuild(self) noexcept nogil:
-        cdef uint32_t i, n = 0
-        for i in range(self.heap_len):
-            if self.heap[i].reason != R_TIMEOUT or cookie_find(&self.cookies, self.heap[i].cookie) >= 0:
-                self.heap[n] = self.heap[i]
-                n += 1
-        self.heap_len = n
-        i = n // 2
-        while i > 0:
-            i -= 1
-            self.heap_sift_down(i)
-
-    cdef void heap_clean(self) noexcept nogil:
-        """Pop the timeouts of answered groups off the top: the top is then a real deadline."""
-        while (self.heap_len and self.heap[0].reason == R_TIMEOUT
-               and cookie_find(&self.cookies, self.heap[0].cookie) < 0):
-            self.heap_pop()
-
+    # -- time heap (heap.pxi): scheduling answers, sending what is due -------------
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at,
                       bint pending=False) except -1 nogil:
         """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not
@@ -712,13 +653,13 @@ cdef class Grouper:
             self.c.stale_responses += 1
             return 0
         it.time = at
-        it.seq = self.heap_seq
+        it.seq = self.heap.seq
         it.cookie = cookie
         it.code = code
         it.reason = reason
-        self.heap_push(it)
-        self.heap_seq += 1
-        self.heap_answers += 1
+        heap_push(&self.heap, it, &self.cookies, self.c.pending_now)
+        self.heap.seq += 1
+        self.heap.answers += 1
         return 1
 
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil:
@@ -729,9 +670,9 @@ cdef class Grouper:
         if now > self.now:
             self.now = now
         try:
-            while self.heap_len and self.heap[0].time <= now:
-                it = self.heap[0]
-                self.heap_pop()
+            while self.heap.len and self.heap.items[0].time <= now:
+                it = self.heap.items[0]
+                heap_pop(&self.heap)
                 if it.reason == R_TIMEOUT:
                     if cookie_find(&self.cookies, it.cookie) >= 0:
                         self.respond_cookie(it.cookie, it.code, R_TIMEOUT, it.time)
@@ -741,13 +682,13 @@ cdef class Grouper:
                     kept[nkept] = it
                     nkept += 1
                 else:
-                    self.heap_answers -= 1
+                    self.heap.answers -= 1
                     if (self.respond_cookie(it.cookie, it.code, it.reason & 0xFF, it.time) == 0
                             and it.reason & BY_SERVICE):
                         self.sv.stale += 1
         finally:
             for i in range(nkept):
-                self.heap_push(kept[i])   # room: the heap held them a moment ago
+                heap_push(&self.heap, kept[i], &self.cookies, self.c.pending_now)   # room: the heap held them a moment ago
             PyMem_RawFree(kept)
         return 0
 
@@ -925,20 +866,14 @@ cdef class Grouper:
         nodes: new held faults (0 or 1); groups: new pending groups (0 or 1);
         sends: responses; out_faults: faults of a group to collect (0: none).
         """
-        cdef size_t cap
         if nodes and self.node_free == NIL:
             self.node_grow()
         if groups:
             if self.pend_free == NIL:
                 self.pend_grow()
             cookie_room(&self.cookies, self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
-            if self.rules.has_timeout and self.heap_len == self.heap_cap:
-                if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
-                    self.heap_rebuild()   # as heap_push: drop answered groups instead of growing
-                if self.heap_len == self.heap_cap:
-                    cap = self.heap_cap
-                    self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
-                    self.heap_cap = <uint32_t>cap
+            if self.rules.has_timeout:
+                heap_room(&self.heap, &self.cookies, self.c.pending_now)   # as heap_push
             if out_faults:
                 buf_reserve(&self.out_faults, out_faults * sizeof(FaultRec))
                 buf_reserve(&self.out_offsets, sizeof(int64_t))
@@ -972,7 +907,7 @@ cdef class Grouper:
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
-        if self.auto_advance and self.heap_len and self.heap[0].time <= r.time:
+        if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
             self.advance_to(r.time, False)    # what falls due before this request comes first
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
@@ -1019,7 +954,7 @@ cdef class Grouper:
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
         if (self.node_free == NIL or (last and (
                 self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
-                or (p.has_timeout and self.heap_len == self.heap_cap)
+                or (p.has_timeout and self.heap.len == self.heap.cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
                 or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
                 or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
@@ -1106,12 +1041,12 @@ cdef class Grouper:
             tmo.time = add_sat(g.time, p.timeout)
             if self.tmo_quantum and tmo.time % self.tmo_quantum:
                 tmo.time = add_sat(tmo.time, self.tmo_quantum - tmo.time % self.tmo_quantum)
-            tmo.seq = self.heap_seq
+            tmo.seq = self.heap.seq
             tmo.cookie = g.cookie
             tmo.code = p.timeout_code
             tmo.reason = R_TIMEOUT
-            self.heap_push(tmo)
-            self.heap_seq += 1
+            heap_push(&self.heap, tmo, &self.cookies, self.c.pending_now)
+            self.heap.seq += 1
         self.last_cookie = g.cookie
         if collect:
             self.collect(head, nf, g.cookie, dev)
@@ -1785,8 +1720,8 @@ cdef class Grouper:
 
     def next_deadline(self):
         """The earliest scheduled answer or timeout, or None."""
-        self.heap_clean()
-        return self.heap[0].time if self.heap_len else None
+        heap_clean(&self.heap, &self.cookies)
+        return self.heap.items[0].time if self.heap.len else None
 
     def set_service(self, uint32_t servers, uint32_t kind, double a, double b, samples,
                     uint64_t seed, uint32_t code):
@@ -1999,7 +1934,7 @@ cdef class Grouper:
         return (sizeof(Spare) + self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.etab.cap * sizeof(IdxSlot)
                 + self.cookies.cap * sizeof(CookieSlot)
-                + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
+                + self.heap.cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
                 + pool_sizeof(&self.parts) + self.chains.cap * sizeof(IdxSlot)
@@ -2012,7 +1947,7 @@ cdef class Grouper:
                 "chains": self.chains.count,
                 "pend_capacity": self.pend_cap, "entries": self.entry_count,
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
-                "heap": self.heap_len, "bytes": self.sizeof()}
+                "heap": self.heap.len, "bytes": self.sizeof()}
 
     def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
                      stride=4096):
