@@ -124,6 +124,7 @@ assert C_MAX == MAX_CODE
 #   parts.pxi          partial groups (Part): their pool, found through tables
 #   cookies.pxi        the cookie table of the pending groups (Robin Hood)
 #   heap.pxi           the time heap: timeouts and scheduled answers
+#   service.pxi        the service model: workers, FIFO, drawn durations
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
 #   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
@@ -133,6 +134,7 @@ include "tables.pxi"
 include "parts.pxi"
 include "cookies.pxi"
 include "heap.pxi"
+include "service.pxi"
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
@@ -254,9 +256,7 @@ cdef class Grouper:
         itab_free(&self.etab)
         PyMem_RawFree(self.cookies.slots); self.cookies.slots = NULL
         PyMem_RawFree(self.heap.items); self.heap.items = NULL
-        PyMem_RawFree(self.sv.free); self.sv.free = NULL
-        PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
-        PyMem_RawFree(self.sv.fifo); self.sv.fifo = NULL
+        sv_clear(&self.sv)
         PyMem_RawFree(self.outbox_gtime.data); self.outbox_gtime.data = NULL
         PyMem_RawFree(self.out_faults.data); self.out_faults.data = NULL
         PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
@@ -692,73 +692,15 @@ cdef class Grouper:
             PyMem_RawFree(kept)
         return 0
 
-    # -- the service model: FIFO over `servers` workers -------------------------------
-    cdef uint64_t sv_draw(self) noexcept nogil:
-        """One service time (ns) from the model's distribution."""
-        cdef Service* v = &self.sv
-        cdef double x
-        if v.kind == SV_CONST:
-            return <uint64_t>v.a
-        if v.kind == SV_SAMPLES:
-            return v.samples[splitmix64(&v.rng) % v.nsamples]
-        if v.kind == SV_EXP:
-            x = -log(unit(&v.rng)) * v.a
-        else:   # lognormal: a = log-mean, b = sigma (Box-Muller, one draw of the pair)
-            x = sqrt(-2.0 * log(unit(&v.rng)))
-            x = exp(v.a + v.b * x * cos(6.283185307179586 * unit(&v.rng)))
-        x = x + 0.5
-        if x >= 1.8446744073709552e19:
-            return U64_MAX
-        return <uint64_t>x
-
+    # -- the service model (service.pxi) -------------------------------------------
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given,
                           uint64_t duration, uint32_t code) except -1 nogil:
         """Queue a pending group for the next free worker; schedule its answer when done."""
-        cdef Service* v = &self.sv
-        cdef uint64_t d, start = arrival, done
-        cdef uint32_t i, ch, k = v.servers
+        cdef uint64_t done
         if cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
-        d = duration if given else self.sv_draw()
-        if k:
-            if v.free[0] > start:
-                start = v.free[0]
-            done = add_sat(start, d)
-            i = 0                       # the earliest free worker takes it: sift down
-            while True:
-                ch = 2 * i + 1
-                if ch >= k:
-                    break
-                if ch + 1 < k and v.free[ch + 1] < v.free[ch]:
-                    ch += 1
-                if done <= v.free[ch]:
-                    break
-                v.free[i] = v.free[ch]
-                i = ch
-            v.free[i] = done
-        else:
-            done = add_sat(start, d)
-        v.served += 1
-        v.busy += d
-        v.wait += start - arrival
-        if start - arrival > v.max_wait:
-            v.max_wait = start - arrival
-        # The backlog: groups still waiting at this arrival (FIFO: starts only grow).
-        while v.fifo_len and v.fifo[v.fifo_head] <= arrival:
-            v.fifo_head += 1
-            v.fifo_len -= 1
-        if start > arrival:
-            if v.fifo_head + v.fifo_len == v.fifo_cap:
-                if v.fifo_head:
-                    memmove(v.fifo, v.fifo + v.fifo_head, v.fifo_len * sizeof(uint64_t))
-                    v.fifo_head = 0
-                else:
-                    v.fifo = <uint64_t*>grow(v.fifo, &v.fifo_cap, v.fifo_len + 1, sizeof(uint64_t))
-            v.fifo[v.fifo_head + v.fifo_len] = start
-            v.fifo_len += 1
-            if v.fifo_len > v.max_backlog:
-                v.max_backlog = v.fifo_len
+        sv_serve(&self.sv, arrival, duration if given else sv_draw(&self.sv), &done)
         return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
 
         # -- output ----------------------------------------------------------------------
@@ -1743,10 +1685,7 @@ cdef class Grouper:
                 PyMem_RawFree(free)
                 raise MemoryError()
             memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
-        PyMem_RawFree(self.sv.free)
-        PyMem_RawFree(self.sv.samples)
-        PyMem_RawFree(self.sv.fifo)
-        memset(&self.sv, 0, sizeof(Service))
+        sv_clear(&self.sv)
         self.sv.servers = servers
         self.sv.kind = kind
         self.sv.a = a
