@@ -78,6 +78,12 @@ ctypedef struct PartPool:
     Part** chunks
     uint32_t n_chunks, chunks_cap, cap, free, used
 
+# The held faults (nodes.pxi): one array of Nodes, the free ones on a list
+# through Node.next; used counts the others.
+ctypedef struct NodeStore:
+    Node* items
+    uint32_t cap, free, used
+
 # An open-addressed table of record indexes (linear probing, backward-shift
 # delete, load at most 3/4): 8 bytes a slot, the records themselves dense in
 # their pool. The one table of the core for records: partial groups (hash
@@ -113,6 +119,12 @@ ctypedef struct Pend:
     uint32_t dev, kpasid, nfaults
     uint32_t head, tail
     uint32_t qnext, qprev
+
+# The pending groups (nodes.pxi): one array of Pends, the free ones on a list
+# through Pend.qnext.
+ctypedef struct PendPool:
+    Pend* items
+    uint32_t cap, free
 
 ctypedef struct CookieSlot:
     uint64_t cookie
@@ -200,14 +212,12 @@ cdef class Grouper:
     cdef type group_cls       # typed: GroupBase.__new__(group_cls) is then a direct tp_new call
     cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in one array (see node_grow)
-    cdef Node* nodes
-    cdef uint32_t node_cap, node_free, node_used
+    cdef NodeStore nodes
     # partial groups, and their flush chains: (dev, kp) -> the newest Part
     cdef PartPool parts
     cdef IdxTable chains
     cdef bint per_device      # ListGrouper: a Part is a device's whole list
-    cdef Pend* pends
-    cdef uint32_t pend_cap, pend_free
+    cdef PendPool pends
     # tables
     # (dev, PASID) entries: records in one array (indices stable while an entry
     # lives; free ones on a list through qhead) and the index table of them
@@ -248,11 +258,6 @@ cdef class Grouper:
     cdef bint bad_kpasid(self, uint32_t kpasid) noexcept nogil
     cdef int check_kpasid(self, uint32_t kpasid) except -1
     cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil
-    cdef int node_grow(self) except -1 nogil
-    cdef uint32_t node_alloc(self) except NIL nogil
-    cdef void node_release(self, uint32_t i) noexcept nogil
-    cdef int pend_grow(self) except -1 nogil
-    cdef uint32_t pend_alloc(self) except NIL nogil
     cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil

@@ -122,6 +122,7 @@ assert C_MAX == MAX_CODE
 #   buffers.pxi        batch output lent to numpy and reused
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
+#   nodes.pxi          the node store (held faults) and the pending-group pool
 #   cookies.pxi        the cookie table of the pending groups (Robin Hood)
 #   heap.pxi           the time heap: timeouts and scheduled answers
 #   service.pxi        the service model: workers, FIFO, drawn durations
@@ -132,6 +133,7 @@ include "helpers.pxi"
 include "buffers.pxi"
 include "tables.pxi"
 include "parts.pxi"
+include "nodes.pxi"
 include "cookies.pxi"
 include "heap.pxi"
 include "service.pxi"
@@ -162,8 +164,8 @@ cdef class Grouper:
     def __cinit__(self, *args, **kwargs):
         # The tables are made here, not in __init__: a second __init__ call
         # must not leak the first ones.
-        self.node_free = NIL
-        self.pend_free = NIL
+        self.nodes.free = NIL
+        self.pends.free = NIL
         self.next_cookie = 1
         self.next_handle = 1
         self.parts.free = NIL
@@ -248,10 +250,10 @@ cdef class Grouper:
 
     def __dealloc__(self):
         cdef uint32_t i
-        PyMem_RawFree(self.nodes); self.nodes = NULL
+        PyMem_RawFree(self.nodes.items); self.nodes.items = NULL
         pool_free(&self.parts)
         itab_free(&self.chains)
-        PyMem_RawFree(self.pends); self.pends = NULL
+        PyMem_RawFree(self.pends.items); self.pends.items = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
         itab_free(&self.etab)
         PyMem_RawFree(self.cookies.slots); self.cookies.slots = NULL
@@ -321,7 +323,7 @@ cdef class Grouper:
         return k
 
     cdef inline Node* N(self, uint32_t i) noexcept nogil:
-        return &self.nodes[i]
+        return &self.nodes.items[i]
 
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil:
         """Length of a group list (linked by next)."""
@@ -444,7 +446,7 @@ cdef class Grouper:
         while n != NIL:
             nx = self.N(n).next
             if whole or self.node_kpasid(self.N(n)) == kp:
-                self.node_release(n)
+                node_release(&self.nodes, n)
                 k += 1
             else:
                 if prev == NIL:
@@ -471,7 +473,7 @@ cdef class Grouper:
             n = P(&self.parts, p).head
             while n != NIL:
                 m = self.N(n).next
-                self.node_release(n)
+                node_release(&self.nodes, n)
                 k += 1
                 n = m
             self.s_remove(p)
@@ -480,71 +482,6 @@ cdef class Grouper:
         itab_delete(&self.chains, c)
         self.hold(dev, -<int64_t>k)
         return k
-
-    # -- pools -----------------------------------------------------------------------
-    cdef int node_grow(self) except -1 nogil:
-        """Grow the node array by an eighth (at least CHUNK nodes) and add the new
-        nodes to the free list.
-
-        One array, so that walking a list is one load a node (the list
-        strategy's scan is such a walk; through a table of chunks it was 1.6x
-        a plain C list). An eighth keeps the slack small; glibc grows a large
-        block in place or with mremap, without copying it. No Node* is held
-        across a call that may grow the pool (reserve() runs first).
-        """
-        cdef uint64_t cap = self.node_cap + (self.node_cap // 8 if self.node_cap // 8 > CHUNK else CHUNK)
-        cdef uint32_t i
-        cdef Node* a
-        if cap > 0xFFFFFFFEu:
-            if self.node_cap >= 0xFFFFFFFEu:
-                return raise_nomem()
-            cap = 0xFFFFFFFEu
-        a = <Node*>xrealloc(self.nodes, cap * sizeof(Node))
-        if a == NULL:
-            return raise_nomem()
-        self.nodes = a
-        for i in range(self.node_cap, <uint32_t>cap - 1):
-            a[i].next = i + 1
-        a[cap - 1].next = self.node_free
-        self.node_free = self.node_cap
-        self.node_cap = <uint32_t>cap
-        return 0
-
-    cdef inline uint32_t node_alloc(self) except NIL nogil:
-        cdef uint32_t i
-        if self.node_free == NIL:
-            self.node_grow()
-        i = self.node_free
-        self.node_free = self.N(i).next
-        self.node_used += 1
-        return i
-
-    cdef inline void node_release(self, uint32_t i) noexcept nogil:
-        self.N(i).next = self.node_free
-        self.node_free = i
-        self.node_used -= 1
-
-    cdef int pend_grow(self) except -1 nogil:
-        """Add free pending-group slots (the pool may move: no Pend* across this)."""
-        cdef uint32_t i
-        cdef size_t cap = self.pend_cap
-        if self.pend_cap >= 0x7FFFFFFFu:
-            return raise_nomem()
-        self.pends = <Pend*>grow(self.pends, &cap, cap + 1, sizeof(Pend))
-        for i in range(self.pend_cap, <uint32_t>cap):
-            self.pends[i].qnext = i + 1
-        self.pends[cap - 1].qnext = self.pend_free
-        self.pend_free = self.pend_cap
-        self.pend_cap = <uint32_t>cap
-        return 0
-
-    cdef inline uint32_t pend_alloc(self) except NIL nogil:
-        cdef uint32_t i
-        if self.pend_free == NIL:
-            self.pend_grow()
-        i = self.pend_free
-        self.pend_free = self.pends[i].qnext
-        return i
 
     # -- entries: (dev, key PASID) -> chains, attachment; (dev, KEY_DEVICE) -> limit -----
     # Records in one array (a free list through qhead, pasid KEY_EMPTY when free),
@@ -808,11 +745,11 @@ cdef class Grouper:
         nodes: new held faults (0 or 1); groups: new pending groups (0 or 1);
         sends: responses; out_faults: faults of a group to collect (0: none).
         """
-        if nodes and self.node_free == NIL:
-            self.node_grow()
+        if nodes and self.nodes.free == NIL:
+            node_grow(&self.nodes)
         if groups:
-            if self.pend_free == NIL:
-                self.pend_grow()
+            if self.pends.free == NIL:
+                pend_grow(&self.pends)
             cookie_room(&self.cookies, self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
             if self.rules.has_timeout:
                 heap_room(&self.heap, &self.cookies, self.c.pending_now)   # as heap_push
@@ -894,8 +831,8 @@ cdef class Grouper:
             if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
                 out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
-        if (self.node_free == NIL or (last and (
-                self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
+        if (self.nodes.free == NIL or (last and (
+                self.pends.free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
                 or (p.has_timeout and self.heap.len == self.heap.cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
                 or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
@@ -913,7 +850,7 @@ cdef class Grouper:
             part = self.s_find(dev, sk, KEY_LIST if self.per_device else r.grpid)
             if part == NIL:
                 self.part_room()        # part_new below then cannot fail
-        n = self.node_alloc()
+        n = node_alloc(&self.nodes)
         node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
@@ -958,8 +895,8 @@ cdef class Grouper:
         self.c.pending_now += 1
         self.pending_faults += nf
         # The pending group, chained on its LPIG's (dev, key PASID).
-        q = self.pend_alloc()
-        cdef Pend* g = &self.pends[q]
+        q = pend_alloc(&self.pends)
+        cdef Pend* g = &self.pends.items[q]
         g.cookie = self.next_cookie
         self.next_cookie += 1
         g.time = r.time
@@ -976,7 +913,7 @@ cdef class Grouper:
         if g.qprev == NIL:
             self.entries[ei].qhead = q
         else:
-            self.pends[g.qprev].qnext = q
+            self.pends.items[g.qprev].qnext = q
         self.entries[ei].qtail = q
         cookie_insert(&self.cookies, g.cookie, q, self.c.pending_now + 1)
         if p.has_timeout:
@@ -1070,7 +1007,7 @@ cdef class Grouper:
             self.c.stale_responses += 1
             return 0
         cdef uint32_t q = self.cookies.slots[ci].idx, n, nx
-        cdef Pend* g = &self.pends[q]
+        cdef Pend* g = &self.pends.items[q]
         ei = self.entry_find(g.dev, g.kpasid)
         if ei < 0:          # cannot happen: a pending group's chain has an entry
             return raise_corrupt()
@@ -1078,25 +1015,24 @@ cdef class Grouper:
         if g.qprev == NIL:
             self.entries[ei].qhead = g.qnext
         else:
-            self.pends[g.qprev].qnext = g.qnext
+            self.pends.items[g.qprev].qnext = g.qnext
         if g.qnext == NIL:
             self.entries[ei].qtail = g.qprev
         else:
-            self.pends[g.qnext].qprev = g.qprev
+            self.pends.items[g.qnext].qprev = g.qprev
         if self.entries[ei].qhead == NIL and self.entries[ei].handle == 0:
             self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
         self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
         n = g.head
         while n != NIL:
             nx = self.N(n).next
-            self.node_release(n)
+            node_release(&self.nodes, n)
             n = nx
         self.hold(g.dev, -<int64_t>g.nfaults)
         self.pending_faults -= g.nfaults
         self.c.answered += 1
         self.c.pending_now -= 1
-        g.qnext = self.pend_free
-        self.pend_free = q
+        pend_release(&self.pends, q)
         return 1
 
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle,
@@ -1107,9 +1043,9 @@ cdef class Grouper:
             return 0
         cdef uint32_t q = self.entries[e].qhead, nx
         while q != NIL:
-            nx = self.pends[q].qnext        # pools do not move while answering
-            if not by_handle or self.pends[q].handle == handle:
-                self.respond_cookie(self.pends[q].cookie, code, reason, time)
+            nx = self.pends.items[q].qnext        # pools do not move while answering
+            if not by_handle or self.pends.items[q].handle == handle:
+                self.respond_cookie(self.pends.items[q].cookie, code, reason, time)
             q = nx
         return 0
 
@@ -1158,7 +1094,7 @@ cdef class Grouper:
             q = self.entries[e].qhead
             while q != NIL:
                 k += 1
-                q = self.pends[q].qnext
+                q = self.pends.items[q].qnext
         return k
 
     def add_device(self, uint32_t dev, uint32_t limit):
@@ -1197,8 +1133,8 @@ cdef class Grouper:
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
                     n = self.entries[i].qhead
                     while n != NIL:
-                        count += self.pends[n].nfaults
-                        n = self.pends[n].qnext
+                        count += self.pends.items[n].nfaults
+                        n = self.pends.items[n].qnext
             if e < 0:
                 e = self.entry_get(dev, KEY_DEVICE)
             self.entries[e].outstanding = count
@@ -1293,9 +1229,9 @@ cdef class Grouper:
         # yet read (it moves them to a private list, reversing them).
         cdef uint32_t q = self.entries[e].qtail, pv
         while q != NIL:
-            pv = self.pends[q].qprev        # pools do not move while answering
-            if self.pends[q].handle == handle:
-                self.respond_cookie(self.pends[q].cookie, C_INVALID, R_DETACHED, t)
+            pv = self.pends.items[q].qprev        # pools do not move while answering
+            if self.pends.items[q].handle == handle:
+                self.respond_cookie(self.pends.items[q].cookie, C_INVALID, R_DETACHED, t)
             q = pv
         if self.rules.flush_partial_on_detach:
             self.drop_where(2, dev, kpasid, &self.c.flushed)
@@ -1763,7 +1699,7 @@ cdef class Grouper:
         cdef int64_t e
         found = []
         for i in range(self.cookies.cap):
-            if self.cookies.slots[i].cookie and self.pends[self.cookies.slots[i].idx].dev == dev:
+            if self.cookies.slots[i].cookie and self.pends.items[self.cookies.slots[i].idx].dev == dev:
                 found.append(self.cookies.slots[i].cookie)
         # Newest first, as iopf_queue_remove_device walks fault_param->faults,
         # where iopf_group_alloc adds each group at the head.
@@ -1846,9 +1782,9 @@ cdef class Grouper:
             ci = cookie_find(&self.cookies, cookie)
             if ci < 0:
                 return None
-            g = &self.pends[self.cookies.slots[ci].idx]
+            g = &self.pends.items[self.cookies.slots[ci].idx]
             out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
-            g = &self.pends[self.cookies.slots[ci].idx]
+            g = &self.pends.items[self.cookies.slots[ci].idx]
             f = <FaultRec*>cnp.PyArray_DATA(out)
             n = g.head
             while n != NIL:
@@ -1870,7 +1806,7 @@ cdef class Grouper:
     def sizeof(self):
         """Bytes of C memory this grouper holds (all of it visible to tracemalloc,
         in TRACE_DOMAIN; output arrays still alive hold theirs besides)."""
-        return (sizeof(Spare) + self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
+        return (sizeof(Spare) + self.nodes.cap * sizeof(Node) + self.pends.cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.etab.cap * sizeof(IdxSlot)
                 + self.cookies.cap * sizeof(CookieSlot)
                 + self.heap.cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
@@ -1881,10 +1817,10 @@ cdef class Grouper:
 
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests."""
-        return {"nodes_used": self.node_used, "node_capacity": self.node_cap,
+        return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
                 "parts_used": self.parts.used, "part_capacity": self.parts.cap,
                 "chains": self.chains.count,
-                "pend_capacity": self.pend_cap, "entries": self.entry_count,
+                "pend_capacity": self.pends.cap, "entries": self.entry_count,
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                 "heap": self.heap.len, "bytes": self.sizeof()}
 
