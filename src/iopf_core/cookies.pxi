@@ -1,6 +1,6 @@
 # The cookie table: a pending group's cookie -> its Pend (CookieTable, see
-# grouper.pxd). Part of grouper.pyx (included at module level, after
-# tables.pxi: cookie_place). Robin Hood, not the index table: see cookie_delete.
+# grouper.pxd), Robin Hood and not the index table (docs/performance.md says
+# why). Part of grouper.pyx (included at module level, after tables.pxi).
 
 # Open addressing on the cookie, backward-shift delete.
 # Cookies are handed out in sequence and mostly answered in about that
