@@ -79,6 +79,12 @@ ctypedef struct PartPool:
     uint32_t cap, free, used
     uint32_t recent           # the Part that took the last partial (NIL: none), see find_part
 
+# The held faults (nodes.pxi): one array of Nodes, the free ones on a list
+# through Node.next; used counts the others.
+ctypedef struct NodeStore:
+    Node* items
+    uint32_t cap, free, used
+
 # An open-addressed table of record indexes (linear probing, backward-shift
 # delete, load at most 3/4): 8 bytes a slot, the records themselves dense in
 # their pool. The one table of the core for records: partial groups (hash
@@ -116,9 +122,21 @@ ctypedef struct Pend:
     uint32_t head, tail
     uint32_t qnext, qprev
 
+# The pending groups (nodes.pxi): one array of Pends, the free ones on a list
+# through Pend.qnext.
+ctypedef struct PendPool:
+    Pend* items
+    uint32_t cap, free
+
 ctypedef struct CookieSlot:
     uint64_t cookie
     uint32_t idx
+
+# The cookies of the pending groups (cookies.pxi): Robin Hood on the cookie
+# itself as home slot, load at most 1/2; cookie 0 marks a free slot.
+ctypedef struct CookieTable:
+    CookieSlot* slots
+    uint32_t cap
 
 # One entry of the time heap: a group's timeout (reason TIMEOUT) or a
 # scheduled answer. Ordered on (time, seq): ties go in scheduling order.
@@ -126,8 +144,15 @@ ctypedef struct HeapItem:
     uint64_t time, seq, cookie
     uint32_t code, reason
 
-# The service model (the kernel's workqueue): `servers` workers (0: one per
-# group), each group served FIFO for a duration drawn per group.
+# The time heap (heap.pxi): a binary min-heap of HeapItems; seq numbers the
+# items pushed, answers counts the scheduled answers in it (the rest are timeouts).
+ctypedef struct TimeHeap:
+    HeapItem* items
+    uint32_t len, cap
+    uint64_t seq, answers
+
+# The service model (service.pxi; the kernel's workqueue): `servers` workers
+# (0: one per group), each group served FIFO for a duration drawn per group.
 ctypedef struct Service:
     uint32_t servers, kind, code, nsamples
     double a, b
@@ -190,26 +215,22 @@ cdef class Grouper:
     cdef type group_cls       # typed: GroupBase.__new__(group_cls) is then a direct tp_new call
     cdef readonly uint8_t last_kind   # what the last request reported was (rec_kind)
     # pools: nodes in one array (see node_grow)
-    cdef Node* nodes
-    cdef uint32_t node_cap, node_free, node_used
+    cdef NodeStore nodes
     # partial groups, and their flush chains: (dev, kp) -> the newest Part
     cdef PartPool parts
     cdef IdxTable chains
     cdef bint per_device      # ListGrouper: a Part is a device's whole list
     cdef bint hashed          # HashGrouper: report_one searches its table inline (no method call)
-    cdef Pend* pends
-    cdef uint32_t pend_cap, pend_free
+    cdef PendPool pends
     # tables
     # (dev, PASID) entries: records in one array (indices stable while an entry
     # lives; free ones on a list through qhead) and the index table of them
     cdef Entry* entries
     cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
     cdef IdxTable etab
-    cdef CookieSlot* cookies
-    cdef uint32_t cookie_cap
-    cdef HeapItem* heap
-    cdef uint32_t heap_len, heap_cap
-    cdef uint64_t heap_seq, heap_answers, tmo_quantum
+    cdef CookieTable cookies
+    cdef TimeHeap heap
+    cdef uint64_t tmo_quantum
     cdef bint has_service
     cdef public bint auto_advance
     cdef Service sv
@@ -241,11 +262,6 @@ cdef class Grouper:
     cdef bint bad_kpasid(self, uint32_t kpasid) noexcept nogil
     cdef int check_kpasid(self, uint32_t kpasid) except -1
     cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil
-    cdef int node_grow(self) except -1 nogil
-    cdef uint32_t node_alloc(self) except NIL nogil
-    cdef void node_release(self, uint32_t i) noexcept nogil
-    cdef int pend_grow(self) except -1 nogil
-    cdef uint32_t pend_alloc(self) except NIL nogil
     cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
@@ -253,20 +269,8 @@ cdef class Grouper:
     cdef void entry_delete(self, uint32_t i) noexcept nogil
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
-    cdef int _cookies_init(self, uint32_t cap) except -1
-    cdef int64_t cookie_find(self, uint64_t cookie) noexcept nogil
-    cdef int cookie_room(self, uint64_t n) except -1 nogil
-    cdef int cookie_grow(self, uint64_t n) except -1 nogil
-    cdef int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil
-    cdef void cookie_delete(self, uint32_t i) noexcept nogil
-    cdef int heap_push(self, HeapItem it) except -1 nogil
-    cdef void heap_sift_down(self, uint32_t i) noexcept nogil
-    cdef void heap_pop(self) noexcept nogil
-    cdef void heap_rebuild(self) noexcept nogil
-    cdef void heap_clean(self) noexcept nogil
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at, bint pending=*) except -1 nogil
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
-    cdef uint64_t sv_draw(self) noexcept nogil
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil

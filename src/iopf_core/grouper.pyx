@@ -122,6 +122,10 @@ assert C_MAX == MAX_CODE
 #   buffers.pxi        batch output lent to numpy and reused
 #   tables.pxi         keys and the open-addressed tables
 #   parts.pxi          partial groups (Part): their pool, found through tables
+#   nodes.pxi          the node store (held faults) and the pending-group pool
+#   cookies.pxi        the cookie table of the pending groups (Robin Hood)
+#   heap.pxi           the time heap: timeouts and scheduled answers
+#   service.pxi        the service model: workers, FIFO, drawn durations
 #   queue_support.pxi  QueueLock and GroupBase, for iopf.Queue and iopf.Group
 #   group_entry.pxi    one whole group reported from its fields (iopf.sim)
 #   hash.pxi, list.pxi, tree.pxi   the strategies
@@ -129,6 +133,10 @@ include "helpers.pxi"
 include "buffers.pxi"
 include "tables.pxi"
 include "parts.pxi"
+include "nodes.pxi"
+include "cookies.pxi"
+include "heap.pxi"
+include "service.pxi"
 
 
 cdef uint32_t attachments(Grouper g, uint32_t dev) noexcept:
@@ -156,14 +164,14 @@ cdef class Grouper:
     def __cinit__(self, *args, **kwargs):
         # The tables are made here, not in __init__: a second __init__ call
         # must not leak the first ones.
-        self.node_free = NIL
-        self.pend_free = NIL
+        self.nodes.free = NIL
+        self.pends.free = NIL
         self.next_cookie = 1
         self.next_handle = 1
         self.parts.free = NIL
         self.parts.recent = NIL
         self._entries_init(MIN_CAP)
-        self._cookies_init(MIN_CAP)
+        cookies_init(&self.cookies, MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
         if self.spare == NULL:
             raise MemoryError()
@@ -244,17 +252,15 @@ cdef class Grouper:
 
     def __dealloc__(self):
         cdef uint32_t i
-        PyMem_RawFree(self.nodes); self.nodes = NULL
+        PyMem_RawFree(self.nodes.items); self.nodes.items = NULL
         pool_free(&self.parts)
         itab_free(&self.chains)
-        PyMem_RawFree(self.pends); self.pends = NULL
+        PyMem_RawFree(self.pends.items); self.pends.items = NULL
         PyMem_RawFree(self.entries); self.entries = NULL
         itab_free(&self.etab)
-        PyMem_RawFree(self.cookies); self.cookies = NULL
-        PyMem_RawFree(self.heap); self.heap = NULL
-        PyMem_RawFree(self.sv.free); self.sv.free = NULL
-        PyMem_RawFree(self.sv.samples); self.sv.samples = NULL
-        PyMem_RawFree(self.sv.fifo); self.sv.fifo = NULL
+        PyMem_RawFree(self.cookies.slots); self.cookies.slots = NULL
+        PyMem_RawFree(self.heap.items); self.heap.items = NULL
+        sv_clear(&self.sv)
         PyMem_RawFree(self.outbox_gtime.data); self.outbox_gtime.data = NULL
         PyMem_RawFree(self.out_faults.data); self.out_faults.data = NULL
         PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
@@ -319,7 +325,7 @@ cdef class Grouper:
         return k
 
     cdef inline Node* N(self, uint32_t i) noexcept nogil:
-        return &self.nodes[i]
+        return &self.nodes.items[i]
 
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil:
         """Length of a group list (linked by next)."""
@@ -444,7 +450,7 @@ cdef class Grouper:
         while n != NIL:
             nx = self.N(n).next
             if whole or self.node_kpasid(self.N(n)) == kp:
-                self.node_release(n)
+                node_release(&self.nodes, n)
                 k += 1
             else:
                 if prev == NIL:
@@ -471,7 +477,7 @@ cdef class Grouper:
             n = P(&self.parts, p).head
             while n != NIL:
                 m = self.N(n).next
-                self.node_release(n)
+                node_release(&self.nodes, n)
                 k += 1
                 n = m
             self.s_remove(p)
@@ -480,71 +486,6 @@ cdef class Grouper:
         itab_delete(&self.chains, c)
         self.hold(dev, -<int64_t>k)
         return k
-
-    # -- pools -----------------------------------------------------------------------
-    cdef int node_grow(self) except -1 nogil:
-        """Grow the node array by an eighth (at least CHUNK nodes) and add the new
-        nodes to the free list.
-
-        One array, so that walking a list is one load a node (the list
-        strategy's scan is such a walk; through a table of chunks it was 1.6x
-        a plain C list). An eighth keeps the slack small; glibc grows a large
-        block in place or with mremap, without copying it. No Node* is held
-        across a call that may grow the pool (reserve() runs first).
-        """
-        cdef uint64_t cap = self.node_cap + (self.node_cap // 8 if self.node_cap // 8 > CHUNK else CHUNK)
-        cdef uint32_t i
-        cdef Node* a
-        if cap > 0xFFFFFFFEu:
-            if self.node_cap >= 0xFFFFFFFEu:
-                return raise_nomem()
-            cap = 0xFFFFFFFEu
-        a = <Node*>xrealloc(self.nodes, cap * sizeof(Node))
-        if a == NULL:
-            return raise_nomem()
-        self.nodes = a
-        for i in range(self.node_cap, <uint32_t>cap - 1):
-            a[i].next = i + 1
-        a[cap - 1].next = self.node_free
-        self.node_free = self.node_cap
-        self.node_cap = <uint32_t>cap
-        return 0
-
-    cdef inline uint32_t node_alloc(self) except NIL nogil:
-        cdef uint32_t i
-        if self.node_free == NIL:
-            self.node_grow()
-        i = self.node_free
-        self.node_free = self.N(i).next
-        self.node_used += 1
-        return i
-
-    cdef inline void node_release(self, uint32_t i) noexcept nogil:
-        self.N(i).next = self.node_free
-        self.node_free = i
-        self.node_used -= 1
-
-    cdef int pend_grow(self) except -1 nogil:
-        """Add free pending-group slots (the pool may move: no Pend* across this)."""
-        cdef uint32_t i
-        cdef size_t cap = self.pend_cap
-        if self.pend_cap >= 0x7FFFFFFFu:
-            return raise_nomem()
-        self.pends = <Pend*>grow(self.pends, &cap, cap + 1, sizeof(Pend))
-        for i in range(self.pend_cap, <uint32_t>cap):
-            self.pends[i].qnext = i + 1
-        self.pends[cap - 1].qnext = self.pend_free
-        self.pend_free = self.pend_cap
-        self.pend_cap = <uint32_t>cap
-        return 0
-
-    cdef inline uint32_t pend_alloc(self) except NIL nogil:
-        cdef uint32_t i
-        if self.pend_free == NIL:
-            self.pend_grow()
-        i = self.pend_free
-        self.pend_free = self.pends[i].qnext
-        return i
 
     # -- entries: (dev, key PASID) -> chains, attachment; (dev, KEY_DEVICE) -> limit -----
     # Records in one array (a free list through qhead, pasid KEY_EMPTY when free),
@@ -643,155 +584,23 @@ cdef class Grouper:
             if i >= 0:
                 self.entries[i].outstanding = <uint32_t>(self.entries[i].outstanding + n)
 
-    # -- cookies: open addressing on the cookie, backward-shift delete ------------------
-    # Cookies are handed out in sequence and mostly answered in about that
-    # order, so the cookie itself is the home slot: consecutive groups land
-    # in consecutive slots (one cache miss per 4 groups instead of one per
-    # group: cookie_insert went from 28% of a batch to noise).
-    cdef int _cookies_init(self, uint32_t cap) except -1:
-        self.cookies = <CookieSlot*>xmalloc(cap * sizeof(CookieSlot))
-        if self.cookies == NULL:
-            raise MemoryError()
-        memset(self.cookies, 0, cap * sizeof(CookieSlot))
-        self.cookie_cap = cap
-        return 0
-
-    cdef inline int64_t cookie_find(self, uint64_t cookie) noexcept nogil:
-        cdef uint32_t mask = self.cookie_cap - 1
-        cdef uint32_t i = <uint32_t>(cookie & mask)
-        if cookie == 0:
-            return -1
-        while True:
-            if self.cookies[i].cookie == 0:
-                return -1
-            if self.cookies[i].cookie == cookie:
-                return i
-            i = (i + 1) & mask
-
-    cdef inline int cookie_room(self, uint64_t n) except -1 nogil:
-        """Grow the table (x2) if it cannot hold n cookies at load 1/2."""
-        # Inline: every new group asks, and there is room nearly always.
-        if 2 * n > self.cookie_cap:
-            self.cookie_grow(n)
-        return 0
-
-    cdef int cookie_grow(self, uint64_t n) except -1 nogil:
-        cdef uint32_t i, old_cap = self.cookie_cap
-        cdef CookieSlot* old
-        if 2 * n > old_cap:
-            if old_cap >= 0x80000000u:
-                return raise_nomem()
-            old = self.cookies
-            self.cookies = <CookieSlot*>xmalloc(2 * old_cap * sizeof(CookieSlot))
-            if self.cookies == NULL:
-                self.cookies = old
-                return raise_nomem()
-            memset(self.cookies, 0, 2 * old_cap * sizeof(CookieSlot))
-            self.cookie_cap = 2 * old_cap
-            for i in range(old_cap):
-                if old[i].cookie:
-                    cookie_place(self.cookies, self.cookie_cap - 1, old[i])
-            PyMem_RawFree(old)
-        return 0
-
-    cdef inline int cookie_insert(self, uint64_t cookie, uint32_t idx) except -1 nogil:
-        cdef CookieSlot item
-        self.cookie_room(self.c.pending_now + 1)
-        item.cookie = cookie
-        item.idx = idx
-        cookie_place(self.cookies, self.cookie_cap - 1, item)
-        return 0
-
-    cdef void cookie_delete(self, uint32_t i) noexcept nogil:
-        # Robin Hood order lets the backward shift stop at the first slot that
-        # holds its own home: with cookies answered in about the order they
-        # were given, that is the next slot. (Scanning to the end of the run
-        # instead made answering N groups in order cost O(N^2).)
-        cdef uint32_t mask = self.cookie_cap - 1, j = (i + 1) & mask
-        while self.cookies[j].cookie and ((j - <uint32_t>self.cookies[j].cookie) & mask) != 0:
-            self.cookies[i] = self.cookies[j]
-            i = j
-            j = (j + 1) & mask
-        self.cookies[i].cookie = 0
-
-    # -- time heap: timeouts and scheduled answers, in (time, seq) order -----------
-    # A timeout of a group answered meanwhile is skipped when it comes up; a
-    # scheduled answer stays until it is due (it then counts as stale: one answer per group).
-    cdef int heap_push(self, HeapItem it) except -1 nogil:
-        cdef size_t cap = self.heap_cap
-        cdef uint32_t i, p
-        if self.heap_len == self.heap_cap:
-            if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
-                self.heap_rebuild()   # drop answered groups' timeouts instead of growing
-            if self.heap_len == self.heap_cap:
-                self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
-                self.heap_cap = <uint32_t>cap
-        i = self.heap_len
-        self.heap_len += 1
-        while i > 0:
-            p = (i - 1) // 2
-            if not item_before(&it, &self.heap[p]):
-                break
-            self.heap[i] = self.heap[p]
-            i = p
-        self.heap[i] = it
-        return 0
-
-    cdef void heap_sift_down(self, uint32_t i) noexcept nogil:
-        cdef HeapItem it = self.heap[i]
-        cdef uint32_t ch
-        while True:
-            ch = 2 * i + 1
-            if ch >= self.heap_len:
-                break
-            if ch + 1 < self.heap_len and item_before(&self.heap[ch + 1], &self.heap[ch]):
-                ch += 1
-            if item_before(&it, &self.heap[ch]):
-                break
-            self.heap[i] = self.heap[ch]
-            i = ch
-        self.heap[i] = it
-
-    cdef void heap_pop(self) noexcept nogil:
-        self.heap_len -= 1
-        if self.heap_len:
-            self.heap[0] = self.heap[self.heap_len]
-            self.heap_sift_down(0)
-
-    cdef void heap_rebuild(self) noexcept nogil:
-        cdef uint32_t i, n = 0
-        for i in range(self.heap_len):
-            if self.heap[i].reason != R_TIMEOUT or self.cookie_find(self.heap[i].cookie) >= 0:
-                self.heap[n] = self.heap[i]
-                n += 1
-        self.heap_len = n
-        i = n // 2
-        while i > 0:
-            i -= 1
-            self.heap_sift_down(i)
-
-    cdef void heap_clean(self) noexcept nogil:
-        """Pop the timeouts of answered groups off the top: the top is then a real deadline."""
-        while (self.heap_len and self.heap[0].reason == R_TIMEOUT
-               and self.cookie_find(self.heap[0].cookie) < 0):
-            self.heap_pop()
-
+    # -- time heap (heap.pxi): scheduling answers, sending what is due -------------
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at,
                       bint pending=False) except -1 nogil:
         """Schedule the answer of a pending group at time `at`: 1, or 0 (stale) if not
         pending (`pending`: the caller has just checked)."""
         cdef HeapItem it
-        if not pending and self.cookie_find(cookie) < 0:
+        if not pending and cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
         it.time = at
-        it.seq = self.heap_seq
+        it.seq = self.heap.seq
         it.cookie = cookie
         it.code = code
         it.reason = reason
-        self.heap_push(it)
-        self.heap_seq += 1
-        self.heap_answers += 1
+        heap_push(&self.heap, it, &self.cookies, self.c.pending_now)
+        self.heap.seq += 1
+        self.heap.answers += 1
         return 1
 
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil:
@@ -802,11 +611,11 @@ cdef class Grouper:
         if now > self.now:
             self.now = now
         try:
-            while self.heap_len and self.heap[0].time <= now:
-                it = self.heap[0]
-                self.heap_pop()
+            while self.heap.len and self.heap.items[0].time <= now:
+                it = self.heap.items[0]
+                heap_pop(&self.heap)
                 if it.reason == R_TIMEOUT:
-                    if self.cookie_find(it.cookie) >= 0:
+                    if cookie_find(&self.cookies, it.cookie) >= 0:
                         self.respond_cookie(it.cookie, it.code, R_TIMEOUT, it.time)
                 elif timeouts_only:      # put back afterwards, with its place in line
                     if nkept == kcap:
@@ -814,83 +623,25 @@ cdef class Grouper:
                     kept[nkept] = it
                     nkept += 1
                 else:
-                    self.heap_answers -= 1
+                    self.heap.answers -= 1
                     if (self.respond_cookie(it.cookie, it.code, it.reason & 0xFF, it.time) == 0
                             and it.reason & BY_SERVICE):
                         self.sv.stale += 1
         finally:
             for i in range(nkept):
-                self.heap_push(kept[i])   # room: the heap held them a moment ago
+                heap_push(&self.heap, kept[i], &self.cookies, self.c.pending_now)   # room: the heap held them a moment ago
             PyMem_RawFree(kept)
         return 0
 
-    # -- the service model: FIFO over `servers` workers -------------------------------
-    cdef uint64_t sv_draw(self) noexcept nogil:
-        """One service time (ns) from the model's distribution."""
-        cdef Service* v = &self.sv
-        cdef double x
-        if v.kind == SV_CONST:
-            return <uint64_t>v.a
-        if v.kind == SV_SAMPLES:
-            return v.samples[splitmix64(&v.rng) % v.nsamples]
-        if v.kind == SV_EXP:
-            x = -log(unit(&v.rng)) * v.a
-        else:   # lognormal: a = log-mean, b = sigma (Box-Muller, one draw of the pair)
-            x = sqrt(-2.0 * log(unit(&v.rng)))
-            x = exp(v.a + v.b * x * cos(6.283185307179586 * unit(&v.rng)))
-        x = x + 0.5
-        if x >= 1.8446744073709552e19:
-            return U64_MAX
-        return <uint64_t>x
-
+    # -- the service model (service.pxi) -------------------------------------------
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given,
                           uint64_t duration, uint32_t code) except -1 nogil:
         """Queue a pending group for the next free worker; schedule its answer when done."""
-        cdef Service* v = &self.sv
-        cdef uint64_t d, start = arrival, done
-        cdef uint32_t i, ch, k = v.servers
-        if self.cookie_find(cookie) < 0:
+        cdef uint64_t done
+        if cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
-        d = duration if given else self.sv_draw()
-        if k:
-            if v.free[0] > start:
-                start = v.free[0]
-            done = add_sat(start, d)
-            i = 0                       # the earliest free worker takes it: sift down
-            while True:
-                ch = 2 * i + 1
-                if ch >= k:
-                    break
-                if ch + 1 < k and v.free[ch + 1] < v.free[ch]:
-                    ch += 1
-                if done <= v.free[ch]:
-                    break
-                v.free[i] = v.free[ch]
-                i = ch
-            v.free[i] = done
-        else:
-            done = add_sat(start, d)
-        v.served += 1
-        v.busy += d
-        v.wait += start - arrival
-        if start - arrival > v.max_wait:
-            v.max_wait = start - arrival
-        # The backlog: groups still waiting at this arrival (FIFO: starts only grow).
-        while v.fifo_len and v.fifo[v.fifo_head] <= arrival:
-            v.fifo_head += 1
-            v.fifo_len -= 1
-        if start > arrival:
-            if v.fifo_head + v.fifo_len == v.fifo_cap:
-                if v.fifo_head:
-                    memmove(v.fifo, v.fifo + v.fifo_head, v.fifo_len * sizeof(uint64_t))
-                    v.fifo_head = 0
-                else:
-                    v.fifo = <uint64_t*>grow(v.fifo, &v.fifo_cap, v.fifo_len + 1, sizeof(uint64_t))
-            v.fifo[v.fifo_head + v.fifo_len] = start
-            v.fifo_len += 1
-            if v.fifo_len > v.max_backlog:
-                v.max_backlog = v.fifo_len
+        sv_serve(&self.sv, arrival, duration if given else sv_draw(&self.sv), &done)
         return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
 
         # -- output ----------------------------------------------------------------------
@@ -997,20 +748,14 @@ cdef class Grouper:
         nodes: new held faults (0 or 1); groups: new pending groups (0 or 1);
         sends: responses; out_faults: faults of a group to collect (0: none).
         """
-        cdef size_t cap
-        if nodes and self.node_free == NIL:
-            self.node_grow()
+        if nodes and self.nodes.free == NIL:
+            node_grow(&self.nodes)
         if groups:
-            if self.pend_free == NIL:
-                self.pend_grow()
-            self.cookie_room(self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
-            if self.rules.has_timeout and self.heap_len == self.heap_cap:
-                if self.heap_len - self.heap_answers > 2 * self.c.pending_now + 64:
-                    self.heap_rebuild()   # as heap_push: drop answered groups instead of growing
-                if self.heap_len == self.heap_cap:
-                    cap = self.heap_cap
-                    self.heap = <HeapItem*>grow(self.heap, &cap, cap + 1, sizeof(HeapItem))
-                    self.heap_cap = <uint32_t>cap
+            if self.pends.free == NIL:
+                pend_grow(&self.pends)
+            cookie_room(&self.cookies, self.c.pending_now + 2)   # as cookie_insert, after pending_now += 1
+            if self.rules.has_timeout:
+                heap_room(&self.heap, &self.cookies, self.c.pending_now)   # as heap_push
             if out_faults:
                 buf_reserve(&self.out_faults, out_faults * sizeof(FaultRec))
                 buf_reserve(&self.out_offsets, sizeof(int64_t))
@@ -1046,11 +791,9 @@ cdef class Grouper:
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r, taken (count_in done), as the newest fault of Part part
         (a free node made sure of)."""
-        cdef uint32_t n = self.node_free
+        cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
-        self.node_free = node.next
-        self.node_used += 1
         self.parts.recent = part
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
@@ -1070,8 +813,8 @@ cdef class Grouper:
         cdef uint32_t part = self.find_part(r.dev, sk, gk)
         if part == NIL:
             self.part_room()        # part_new below then cannot fail
-        if self.node_free == NIL:
-            self.node_grow()
+        if self.nodes.free == NIL:
+            node_grow(&self.nodes)
         self.count_in(r)
         self.hold(r.dev, 1)
         if part == NIL:
@@ -1095,7 +838,7 @@ cdef class Grouper:
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
-        if self.auto_advance and self.heap_len and self.heap[0].time <= r.time:
+        if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
             self.advance_to(r.time, False)    # what falls due before this request comes first
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
@@ -1147,9 +890,9 @@ cdef class Grouper:
             if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
                 out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
-        if (self.node_free == NIL
-                or self.pend_free == NIL or 2 * (self.c.pending_now + 2) > self.cookie_cap
-                or (p.has_timeout and self.heap_len == self.heap_cap)
+        if (self.nodes.free == NIL
+                or self.pends.free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
+                or (p.has_timeout and self.heap.len == self.heap.cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
                 or self.out_offsets.len + sizeof(int64_t) > self.out_offsets.cap
                 or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
@@ -1158,7 +901,7 @@ cdef class Grouper:
             self.reserve(1, 1, 1 if auto else 0, out)
         if ei < 0:
             self.entry_room()       # entry_get below then cannot fail
-        n = self.node_alloc()
+        n = node_alloc(&self.nodes)
         node = self.N(n)
         node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
         node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
@@ -1191,8 +934,8 @@ cdef class Grouper:
         self.c.pending_now += 1
         self.pending_faults += nf
         # The pending group, chained on its LPIG's (dev, key PASID).
-        q = self.pend_alloc()
-        cdef Pend* g = &self.pends[q]
+        q = pend_alloc(&self.pends)
+        cdef Pend* g = &self.pends.items[q]
         g.cookie = self.next_cookie
         self.next_cookie += 1
         g.time = r.time
@@ -1209,19 +952,19 @@ cdef class Grouper:
         if g.qprev == NIL:
             self.entries[ei].qhead = q
         else:
-            self.pends[g.qprev].qnext = q
+            self.pends.items[g.qprev].qnext = q
         self.entries[ei].qtail = q
-        self.cookie_insert(g.cookie, q)
+        cookie_insert(&self.cookies, g.cookie, q, self.c.pending_now + 1)
         if p.has_timeout:
             tmo.time = add_sat(g.time, p.timeout)
             if self.tmo_quantum and tmo.time % self.tmo_quantum:
                 tmo.time = add_sat(tmo.time, self.tmo_quantum - tmo.time % self.tmo_quantum)
-            tmo.seq = self.heap_seq
+            tmo.seq = self.heap.seq
             tmo.cookie = g.cookie
             tmo.code = p.timeout_code
             tmo.reason = R_TIMEOUT
-            self.heap_push(tmo)
-            self.heap_seq += 1
+            heap_push(&self.heap, tmo, &self.cookies, self.c.pending_now)
+            self.heap.seq += 1
         self.last_cookie = g.cookie
         if auto == AUTO_SERVE:
             self.serve_cookie(self.last_cookie, r.time, False, 0, self.sv.code)
@@ -1296,36 +1039,35 @@ cdef class Grouper:
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
         """Answer a pending group (once only): 1 if sent, 0 if stale."""
-        cdef int64_t ci = self.cookie_find(cookie), ei
+        cdef int64_t ci = cookie_find(&self.cookies, cookie), ei
         if ci < 0:
             self.c.stale_responses += 1
             return 0
-        cdef uint32_t q = self.cookies[ci].idx, n, nx
-        cdef Pend* g = &self.pends[q]
+        cdef uint32_t q = self.cookies.slots[ci].idx, n, nx
+        cdef Pend* g = &self.pends.items[q]
         ei = g.entry
-        self.cookie_delete(<uint32_t>ci)
+        cookie_delete(&self.cookies, <uint32_t>ci)
         if g.qprev == NIL:
             self.entries[ei].qhead = g.qnext
         else:
-            self.pends[g.qprev].qnext = g.qnext
+            self.pends.items[g.qprev].qnext = g.qnext
         if g.qnext == NIL:
             self.entries[ei].qtail = g.qprev
         else:
-            self.pends[g.qnext].qprev = g.qprev
+            self.pends.items[g.qnext].qprev = g.qprev
         if self.entries[ei].qhead == NIL and self.entries[ei].handle == 0:
             self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
         self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
         n = g.head
         while n != NIL:
             nx = self.N(n).next
-            self.node_release(n)
+            node_release(&self.nodes, n)
             n = nx
         self.hold(g.dev, -<int64_t>g.nfaults)
         self.pending_faults -= g.nfaults
         self.c.answered += 1
         self.c.pending_now -= 1
-        g.qnext = self.pend_free
-        self.pend_free = q
+        pend_release(&self.pends, q)
         return 1
 
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle,
@@ -1336,9 +1078,9 @@ cdef class Grouper:
             return 0
         cdef uint32_t q = self.entries[e].qhead, nx
         while q != NIL:
-            nx = self.pends[q].qnext        # pools do not move while answering
-            if not by_handle or self.pends[q].handle == handle:
-                self.respond_cookie(self.pends[q].cookie, code, reason, time)
+            nx = self.pends.items[q].qnext        # pools do not move while answering
+            if not by_handle or self.pends.items[q].handle == handle:
+                self.respond_cookie(self.pends.items[q].cookie, code, reason, time)
             q = nx
         return 0
 
@@ -1387,7 +1129,7 @@ cdef class Grouper:
             q = self.entries[e].qhead
             while q != NIL:
                 k += 1
-                q = self.pends[q].qnext
+                q = self.pends.items[q].qnext
         return k
 
     def add_device(self, uint32_t dev, uint32_t limit):
@@ -1426,8 +1168,8 @@ cdef class Grouper:
                 if self.entries[i].dev == dev and self.entries[i].pasid != KEY_EMPTY:
                     n = self.entries[i].qhead
                     while n != NIL:
-                        count += self.pends[n].nfaults
-                        n = self.pends[n].qnext
+                        count += self.pends.items[n].nfaults
+                        n = self.pends.items[n].qnext
             if e < 0:
                 e = self.entry_get(dev, KEY_DEVICE)
             self.entries[e].outstanding = count
@@ -1522,9 +1264,9 @@ cdef class Grouper:
         # yet read (it moves them to a private list, reversing them).
         cdef uint32_t q = self.entries[e].qtail, pv
         while q != NIL:
-            pv = self.pends[q].qprev        # pools do not move while answering
-            if self.pends[q].handle == handle:
-                self.respond_cookie(self.pends[q].cookie, C_INVALID, R_DETACHED, t)
+            pv = self.pends.items[q].qprev        # pools do not move while answering
+            if self.pends.items[q].handle == handle:
+                self.respond_cookie(self.pends.items[q].cookie, C_INVALID, R_DETACHED, t)
             q = pv
         if self.rules.flush_partial_on_detach:
             self.drop_where(2, dev, kpasid, &self.c.flushed)
@@ -1891,8 +1633,8 @@ cdef class Grouper:
 
     def next_deadline(self):
         """The earliest scheduled answer or timeout, or None."""
-        self.heap_clean()
-        return self.heap[0].time if self.heap_len else None
+        heap_clean(&self.heap, &self.cookies)
+        return self.heap.items[0].time if self.heap.len else None
 
     def set_service(self, uint32_t servers, uint32_t kind, double a, double b, samples,
                     uint64_t seed, uint32_t code):
@@ -1914,10 +1656,7 @@ cdef class Grouper:
                 PyMem_RawFree(free)
                 raise MemoryError()
             memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
-        PyMem_RawFree(self.sv.free)
-        PyMem_RawFree(self.sv.samples)
-        PyMem_RawFree(self.sv.fifo)
-        memset(&self.sv, 0, sizeof(Service))
+        sv_clear(&self.sv)
         self.sv.servers = servers
         self.sv.kind = kind
         self.sv.a = a
@@ -1994,9 +1733,9 @@ cdef class Grouper:
         cdef uint32_t i
         cdef int64_t e
         found = []
-        for i in range(self.cookie_cap):
-            if self.cookies[i].cookie and self.pends[self.cookies[i].idx].dev == dev:
-                found.append(self.cookies[i].cookie)
+        for i in range(self.cookies.cap):
+            if self.cookies.slots[i].cookie and self.pends.items[self.cookies.slots[i].idx].dev == dev:
+                found.append(self.cookies.slots[i].cookie)
         # Newest first, as iopf_queue_remove_device walks fault_param->faults,
         # where iopf_group_alloc adds each group at the head.
         found.sort(reverse=True)
@@ -2056,9 +1795,9 @@ cdef class Grouper:
         try:
             out = np.empty(self.c.pending_now, dtype=np.uint64)
             v = out
-            for i in range(self.cookie_cap):
-                if self.cookies[i].cookie:
-                    v[k] = self.cookies[i].cookie
+            for i in range(self.cookies.cap):
+                if self.cookies.slots[i].cookie:
+                    v[k] = self.cookies.slots[i].cookie
                     k += 1
             if k:
                 qsort(&v[0], k, sizeof(uint64_t), cmp_u64)
@@ -2075,12 +1814,12 @@ cdef class Grouper:
         cdef uint32_t n
         self.enter()
         try:
-            ci = self.cookie_find(cookie)
+            ci = cookie_find(&self.cookies, cookie)
             if ci < 0:
                 return None
-            g = &self.pends[self.cookies[ci].idx]
+            g = &self.pends.items[self.cookies.slots[ci].idx]
             out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
-            g = &self.pends[self.cookies[ci].idx]
+            g = &self.pends.items[self.cookies.slots[ci].idx]
             f = <FaultRec*>cnp.PyArray_DATA(out)
             n = g.head
             while n != NIL:
@@ -2102,10 +1841,10 @@ cdef class Grouper:
     def sizeof(self):
         """Bytes of C memory this grouper holds (all of it visible to tracemalloc,
         in TRACE_DOMAIN; output arrays still alive hold theirs besides)."""
-        return (sizeof(Spare) + self.node_cap * sizeof(Node) + self.pend_cap * sizeof(Pend)
+        return (sizeof(Spare) + self.nodes.cap * sizeof(Node) + self.pends.cap * sizeof(Pend)
                 + self.entry_cap * sizeof(Entry) + self.etab.cap * sizeof(IdxSlot)
-                + self.cookie_cap * sizeof(CookieSlot)
-                + self.heap_cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
+                + self.cookies.cap * sizeof(CookieSlot)
+                + self.heap.cap * sizeof(HeapItem) + self.out_faults.cap + self.out_offsets.cap
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
                 + pool_sizeof(&self.parts) + self.chains.cap * sizeof(IdxSlot)
@@ -2113,12 +1852,12 @@ cdef class Grouper:
 
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests."""
-        return {"nodes_used": self.node_used, "node_capacity": self.node_cap,
+        return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
                 "parts_used": self.parts.used, "part_capacity": self.parts.cap,
                 "chains": self.chains.count,
-                "pend_capacity": self.pend_cap, "entries": self.entry_count,
-                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookie_cap,
-                "heap": self.heap_len, "bytes": self.sizeof()}
+                "pend_capacity": self.pends.cap, "entries": self.entry_count,
+                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
+                "heap": self.heap.len, "bytes": self.sizeof()}
 
     def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
                      stride=4096):

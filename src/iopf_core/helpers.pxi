@@ -101,10 +101,6 @@ cdef inline double unit(uint64_t* state) noexcept nogil:
     return <double>((splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0)
 
 
-cdef inline bint item_before(const HeapItem* a, const HeapItem* b) noexcept nogil:
-    return a.time < b.time or (a.time == b.time and a.seq < b.seq)
-
-
 cdef int raise_nomem() except -1 with gil:
     raise MemoryError("iopf_core: out of memory")
 
