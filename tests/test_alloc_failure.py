@@ -47,6 +47,10 @@ def batch(n: int, seed: int, keys: int) -> np.ndarray:
 
 N1 = 1500 if SANITIZE else 6000     # more than one 4096-node chunk
 A, B = batch(N1, 1, 500), batch(600, 2, 20)
+# Groups of a device whose handler is the service model: one worker, so they
+# wait for it (its FIFO grows) and their answers are scheduled (the heap grows).
+SERVED = batch(400, 4, 30)
+SERVED["dev"] = 5
 
 Call = tuple[str, tuple[Any, ...]]
 WORKLOAD: list[Call] = [
@@ -54,6 +58,12 @@ WORKLOAD: list[Call] = [
     ("attach", (2, 7, None, -1)),          # a "Python" handler: run stops at its groups
     ("attach", (3, 8, None, 0)),           # a constant one: answered in C
     ("run", (A,)),
+    # Timeouts of many groups at once, more responses than the outbox holds
+    # (the responses so far taken first): answering grows it.
+    ("take_responses", ()),
+    ("expire", (int(A["time"][N1 // 4]) + 1000,)),
+    ("take_responses", ()),
+    ("advance", (int(A["time"][3 * N1 // 4]) + 1000,)),
     ("report", ((N1 * 2, 1, 5, 3, 1, 1, 0, (0, 0)),)),
     ("report", ((N1 * 2 + 1, 1, 5, 3, 3, 1, 0, (0, 0)),)),
     ("respond_half", ()),
@@ -65,6 +75,11 @@ WORKLOAD: list[Call] = [
     ("attach", (1, 5, None, 2)),
     ("run", (batch(300, 3, 4),)),
     ("discard_partial", ()),
+    ("set_service", (1, 0, 50.0, 0.0, None, 7, 0)),
+    *[("attach", (5, p, None, 3)) for p in range(5, 9)],
+    ("run", (SERVED,)),
+    ("take_responses", ()),
+    ("advance", (2**63,)),                  # every scheduled answer and timeout
 ]
 # Enough (dev, PASID) and device entries for the entry table to grow several times.
 WORKLOAD[1:1] = [("add_device", (d, 50)) for d in range(10, 30)]
@@ -152,7 +167,7 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, poli
     finally:
         _fail_alloc_after(-1)
     assert {"run", "attach", "add_device", "report", "report_values",
-            "report_fault"} <= failed_at, failed_at
+            "report_fault", "expire", "advance"} <= failed_at, failed_at
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
@@ -207,3 +222,30 @@ def test_a_failed_last_detach_leaves_the_device_and_its_groups(strategy: str) ->
     assert got.tobytes() == ref.take_responses().tobytes()
     assert got["cookie"].tolist() == sorted(got["cookie"].tolist(), reverse=True)   # newest first
     assert len(got) == 300 and len(core.pending_cookies()) == 0
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_serve_leaves_the_model_and_the_group(strategy: str) -> None:
+    """serve(): the model's FIFO place and the heap slot of the answer are made
+    before the model counts the group, so a MemoryError changes nothing."""
+    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    core.set_service(1, 0, 50.0, 0.0, None, 7, 0)    # one worker: the groups wait
+    core.attach(1, 1, None, -1)
+    for g in range(40):
+        core.report((g, 1, 1, g, 3, 1, 0, (0, 0)))
+    failed = 0
+    for cookie in core.pending_cookies().tolist():
+        before = (core.service_stats(), core.next_deadline(), core.stats())
+        try:
+            _fail_alloc_after(0)
+            assert core.serve(cookie, cookie)
+        except MemoryError:
+            failed += 1
+            _fail_alloc_after(-1)
+            assert (core.service_stats(), core.next_deadline(), core.stats()) == before
+            assert core.serve(cookie, cookie)
+        finally:
+            _fail_alloc_after(-1)
+    assert failed and core.service_stats()["served"] == 40
+    core.advance(2**63)
+    assert len(core.take_responses()) == 40 and not len(core.pending_cookies())

@@ -608,6 +608,13 @@ cdef class Grouper:
         cdef HeapItem it
         cdef HeapItem* kept = NULL
         cdef size_t nkept = 0, kcap = 0, i
+        cdef uint32_t due = heap_due(&self.heap, now)
+        # Room for every response (and every item put back) before the first
+        # item is taken off: all or nothing (a failed send lost its group).
+        if due:
+            self.reserve(0, 0, due, 0)
+            if timeouts_only:
+                kept = <HeapItem*>grow(kept, &kcap, due, sizeof(HeapItem))
         if now > self.now:
             self.now = now
         try:
@@ -618,8 +625,6 @@ cdef class Grouper:
                     if cookie_find(&self.cookies, it.cookie) >= 0:
                         self.respond_cookie(it.cookie, it.code, R_TIMEOUT, it.time)
                 elif timeouts_only:      # put back afterwards, with its place in line
-                    if nkept == kcap:
-                        kept = <HeapItem*>grow(kept, &kcap, nkept + 1, sizeof(HeapItem))
                     kept[nkept] = it
                     nkept += 1
                 else:
@@ -641,6 +646,8 @@ cdef class Grouper:
         if cookie_find(&self.cookies, cookie) < 0:
             self.c.stale_responses += 1
             return 0
+        sv_room(&self.sv)                    # before the model counts the group
+        heap_reserve(&self.heap, 1)
         sv_serve(&self.sv, arrival, duration if given else sv_draw(&self.sv), &done)
         return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
 
@@ -899,6 +906,9 @@ cdef class Grouper:
                 or (auto and (self.outbox.len + sizeof(RespRec) > self.outbox.cap
                               or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))):
             self.reserve(1, 1, 1 if auto else 0, out)
+        if auto == AUTO_SERVE:      # serve_cookie below: its FIFO place, its timeout and answer
+            sv_room(&self.sv)
+            heap_reserve(&self.heap, 2 if p.has_timeout else 1)
         if ei < 0:
             self.entry_room()       # entry_get below then cannot fail
         n = node_alloc(&self.nodes)

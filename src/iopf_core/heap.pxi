@@ -25,6 +25,15 @@ cdef int heap_room(TimeHeap* h, const CookieTable* pending, uint64_t npending) e
     return 0
 
 
+cdef int heap_reserve(TimeHeap* h, uint32_t n) except -1 nogil:
+    """Room for n more items, so that the next n heap_push calls cannot fail."""
+    cdef size_t cap = h.cap
+    if <uint64_t>h.len + n > h.cap:
+        h.items = <HeapItem*>grow(h.items, &cap, <size_t>h.len + n, sizeof(HeapItem))
+        h.cap = <uint32_t>cap
+    return 0
+
+
 cdef int heap_push(TimeHeap* h, HeapItem it, const CookieTable* pending, uint64_t npending) except -1 nogil:
     cdef uint32_t i, p
     heap_room(h, pending, npending)
@@ -75,6 +84,24 @@ cdef void heap_rebuild(TimeHeap* h, const CookieTable* pending) noexcept nogil:
     while i > 0:
         i -= 1
         heap_sift_down(h, i)
+
+
+cdef uint32_t heap_due(const TimeHeap* h, uint64_t now) noexcept nogil:
+    """How many items are due at `now` (an upper bound of what advancing sends).
+    They are a subtree at the top (an item is due only if its parent is), so
+    the count goes level by level and stops at a level with none."""
+    cdef uint32_t lo = 0, hi = 1, i, k = 0, level
+    while lo < h.len:
+        level = 0
+        for i in range(lo, hi if hi < h.len else h.len):
+            if h.items[i].time <= now:
+                level += 1
+        if level == 0:
+            break
+        k += level
+        lo = hi
+        hi = 2 * hi + 1
+    return k
 
 
 cdef void heap_clean(TimeHeap* h, const CookieTable* pending) noexcept nogil:

@@ -23,6 +23,14 @@ cdef uint64_t sv_draw(Service* v) noexcept nogil:
     return <uint64_t>x
 
 
+cdef int sv_room(Service* v) except -1 nogil:
+    """Room in the FIFO for one more waiting group, so that sv_serve cannot fail
+    (it grows the FIFO only when full from its start)."""
+    if v.fifo_head == 0 and v.fifo_len == v.fifo_cap:
+        v.fifo = <uint64_t*>grow(v.fifo, &v.fifo_cap, v.fifo_len + 1, sizeof(uint64_t))
+    return 0
+
+
 cdef int sv_serve(Service* v, uint64_t arrival, uint64_t d, uint64_t* done) except -1 nogil:
     """A group arriving at `arrival` that takes d ns: the next free worker takes
     it; *done is when it finishes. Counts it in the stats and the backlog."""
