@@ -69,7 +69,9 @@ WORKLOAD: list[Call] = [
     ("respond_half", ()),
     ("flush_pasid", (1, 6, 0, None)),
     ("detach", (2, 7, None)),
+    ("auto_advance", (True,)),             # B's first request times out A's groups first
     ("run", (B,)),
+    ("auto_advance", (False,)),
     ("expire", (N1 + 700,)),
     ("remove_device", (2, None)),
     ("attach", (1, 5, None, 2)),
@@ -97,6 +99,8 @@ def apply(core: Any, name: str, args: tuple[Any, ...], start: int = 0) -> None:
         while i < len(arr):
             i = core.run(arr, i)
         core.take_groups()
+    elif name == "auto_advance":
+        core.auto_advance = args[0]
     elif name == "respond_half":
         cookies = core.pending_cookies()[::2]
         core.respond_batch(cookies, np.ones(len(cookies), np.uint32))
@@ -249,3 +253,36 @@ def test_a_failed_serve_leaves_the_model_and_the_group(strategy: str) -> None:
     assert failed and core.service_stats()["served"] == 40
     core.advance(2**63)
     assert len(core.take_responses()) == 40 and not len(core.pending_cookies())
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_report_with_auto_advance_leaves_the_timeouts_due(strategy: str) -> None:
+    """With auto_advance, what falls due before a request is sent first; the
+    room both take is made before either changes anything, so a MemoryError
+    in the request leaves the timeouts unanswered too (and the retry answers them)."""
+    def make() -> Any:
+        core = STRATEGIES[strategy](POLICY.replace(response_timeout=10, queue_depth=None))
+        for g in range(5):      # pending groups, no output buffers used yet
+            core.report_group(g, 1, 1, g, 1, 3, 1, 2, 0, 4096)
+        core.auto_advance = True
+        return core
+    rec = (100, 2, 1, 0, 3, 1, 0, (0, 0))    # an LPIG: its group is collected (a new buffer)
+    ref = make()
+    ref.report(rec)
+    expected = state(ref)
+    failed = 0
+    for n in range(10):
+        core = make()
+        before = state(core)
+        try:
+            _fail_alloc_after(n)
+            core.report(rec)
+        except MemoryError:
+            failed += 1
+            _fail_alloc_after(-1)
+            assert state(core) == before, n
+            core.report(rec)
+        finally:
+            _fail_alloc_after(-1)
+        assert state(core) == expected, n
+    assert failed >= 2

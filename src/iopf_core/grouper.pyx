@@ -846,7 +846,20 @@ cdef class Grouper:
         cdef Node* node
         cdef HeapItem tmo
         if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
-            self.advance_to(r.time, False)    # what falls due before this request comes first
+            # What falls due before this request comes first. The room the
+            # request may take (the advance only frees) is made before the
+            # advance changes anything: all or nothing for both.
+            out = 0
+            if collect and self.rec_kind(flags, r.perm) == KIND_LAST:
+                kp = key_pasid(r.pasid, flags, p.no_pasid)
+                out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+            self.reserve(1, 1, heap_due(&self.heap, r.time) + 1, out)
+            self.part_room()
+            self.entry_room()
+            if self.has_service:
+                sv_room(&self.sv)
+                heap_reserve(&self.heap, 2)
+            self.advance_to(r.time, False)
         self.last_kind = self.rec_kind(flags, r.perm)
         last = self.last_kind == KIND_LAST
         if self.last_kind == KIND_STOP:                                          # stop marker
