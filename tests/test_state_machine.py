@@ -151,6 +151,28 @@ class Agreement(RuleBasedStateMachine):
             return b.faults.tobytes(), b.offsets.tolist(), b.cookies.tolist()
         self.all(run)
 
+    @rule(n=st.sampled_from([20, 300, 1300]), keys=st.sampled_from([1, 3, 2000]), lpig=st.sampled_from([0.0, 0.02, 0.3]),
+          seed=st.integers(0, 2**32 - 1))
+    def report_wide(self, n, keys, lpig, seed):
+        """Many requests at once: over many keys, more partial groups than one
+        growth of the core's Part array (indexes held across it), or over few,
+        groups larger than the batch output has room for (partials of earlier
+        batches joining an LPIG of this one)."""
+        rng = np.random.default_rng(seed)
+        arr = np.zeros(n, FAULT_DTYPE)
+        arr["time"] = np.sort(rng.integers(0, 100, n))
+        arr["dev"] = rng.integers(0, 3, n)
+        arr["pasid"] = rng.choice([0, 1, 2, 0xFFFFF], n)
+        arr["grpid"] = rng.integers(0, keys, n) % 512
+        arr["flags"] = 1 | np.where(rng.random(n) < lpig, 2, 0)
+        arr["perm"] = 1
+        arr["addr"] = np.arange(n) << 12
+
+        def run(q):
+            b = q.report_batch(arr)
+            return b.faults.tobytes(), b.offsets.tolist(), b.cookies.tolist()
+        self.all(run)
+
     @rule(dev=DEVS, pasid=PASIDS, grpid=GRPIDS, flags=st.integers(0, 15),
           last_flags=st.integers(0, 15), perm=st.integers(0, 15), n=st.integers(0, 5),
           addr=st.sampled_from([0, 7 << 12, 2**64 - (2 << 12)]), time=st.integers(0, 100))
