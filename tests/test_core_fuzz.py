@@ -64,7 +64,8 @@ def call_op(data: st.DataObject) -> tuple[str, tuple[Any, ...]]:
     if op == "run":
         recs = data.draw(st.lists(records, max_size=12))
         start = data.draw(st.one_of(st.just(0), st.integers(-2, len(recs) + 2)))
-        return op, (np.array(recs, FAULT_DTYPE), start)
+        # take: the groups are taken after the batch (else the next batch adds to them)
+        return op, (np.array(recs, FAULT_DTYPE), start, data.draw(st.booleans()))
     if op == "respond":
         return op, (data.draw(st.integers(0, 12)), data.draw(code), data.draw(st.sampled_from([10, 0, 11])))
     if op == "respond_batch":
@@ -95,6 +96,7 @@ class Harness:
     def __init__(self, policy: iopf.Policy) -> None:
         self.cores = [STRATEGIES[n](policy) for n in NAMES]
         self.responses: list[list[tuple[Any, ...]]] = [[] for _ in NAMES]
+        self.groups: list[list[tuple[bytes, list[int], list[int]]]] = [[] for _ in NAMES]
 
     def check(self) -> None:
         states = [state(c) for c in self.cores]
@@ -106,14 +108,18 @@ class Harness:
             assert len(cookies) == len(set(cookies)), "a group answered twice"
             assert len(cookies) == core.stats()["answered"]
         assert all(r == self.responses[0] for r in self.responses)
+        assert all(g == self.groups[0] for g in self.groups)
 
     def do(self, op: str, args: tuple[Any, ...]) -> None:
         outcomes: list[str | None] = []
-        for core in self.cores:
+        for k, core in enumerate(self.cores):
             before = state(core)
             try:
                 if op == "run":
                     self.run(core, args[0], args[1])
+                    if args[2]:
+                        f, o, c = core.take_groups()
+                        self.groups[k].append((f.tobytes(), o.tolist(), c.tolist()))
                 else:
                     getattr(core, op)(*args)
                 outcomes.append(None)
@@ -133,7 +139,6 @@ class Harness:
                 break
             # a "handler": changes the batch, answers, re-enters
             self.handler(core, arr, i)
-        core.take_groups()
 
     def handler(self, core: Any, arr: np.ndarray, i: int) -> None:
         # Deterministic in (i, cookie) so that every core gets the same actions.
