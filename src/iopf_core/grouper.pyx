@@ -1092,6 +1092,8 @@ cdef class Grouper:
         if type(time) is not int and (PyBool_Check(time) or not isinstance(time, (int, np.integer))):
             # A float or a bool is refused, never cut (as Fault refuses them).
             raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
+        if not 0 <= time < 2**64:
+            raise ValueError(f"time must be a whole number of ns in [0, 2**64), not {time!r}")
         return <uint64_t>time
 
     cdef inline void clock_to(self, uint64_t t) noexcept nogil:
