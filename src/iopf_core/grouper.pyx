@@ -795,10 +795,7 @@ cdef class Grouper:
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
         self.parts.recent = part
-        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>(r.flags | r.perm << 4); node.pad = 0
-        node.next = NIL
+        node_fill(node, r)
         if x.head == NIL:
             x.head = n
         else:
@@ -903,10 +900,7 @@ cdef class Grouper:
             self.entry_room()       # entry_get below then cannot fail
         n = node_alloc(&self.nodes)
         node = self.N(n)
-        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>(flags | r.perm << 4); node.pad = 0
-        node.next = NIL
+        node_fill(node, r)
         self.count_in(r)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
