@@ -1351,14 +1351,14 @@ cdef class Grouper:
             self.out_offsets.len = sizeof(int64_t)
             self.leave()
 
-    cdef object respond_call(self, uint64_t cookie, uint32_t code, time):
-        """respond(cookie, code) by the caller (code already checked): True if sent."""
+    cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time):
+        """Answer a pending group now (code and reason already checked): True if sent."""
         cdef uint64_t t = self._time(time)
         cdef int sent
         self.enter()
         try:
             self.reserve(0, 0, 1, 0)
-            sent = self.respond_cookie(cookie, code, R_CALLER, t)
+            sent = self.respond_cookie(cookie, code, reason, t)
             self.clock_to(t)
         finally:
             self.leave()
@@ -1499,7 +1499,7 @@ cdef class Grouper:
             if PyLong_Check(code) and not PyBool_Check(code):
                 c = PyLong_AsLongAndOverflow(code, &overflow)
             if k and 0 <= c <= 2 and not overflow and not self.held_elsewhere():
-                return self.respond_call(k, <uint32_t>c, time)
+                return self.respond_call(k, <uint32_t>c, R_CALLER, time)
         return self.slow_respond(self.bound_queue(), group, code, time=time, at=at)
 
     def run(self, arr, Py_ssize_t start=0):
@@ -1569,7 +1569,6 @@ cdef class Grouper:
         if self.held_elsewhere():
             return None
         cdef uint64_t t
-        cdef int sent
         if at is not None:
             t = at
             self.enter()
@@ -1577,15 +1576,7 @@ cdef class Grouper:
                 return self.schedule(cookie, code, reason, t) == 1
             finally:
                 self.leave()
-        t = self._time(time)
-        self.enter()
-        try:
-            self.reserve(0, 0, 1, 0)
-            sent = self.respond_cookie(cookie, code, reason, t)
-            self.clock_to(t)
-        finally:
-            self.leave()
-        return sent == 1
+        return self.respond_call(cookie, code, reason, time)
 
     def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None, at=None):
         """Answer many groups, in order; a bool array of which were sent.
