@@ -152,6 +152,44 @@ def test_bad_times_are_refused(make_queue: Callable[..., iopf.Queue]) -> None:
     assert q.next_deadline() is None and q.stats.pending_now == 1
 
 
+#: Every argument of the Queue that is a time, as a call given the bad value.
+TIME_ARGUMENTS: dict[str, Callable[[iopf.Queue, int, Any], object]] = {
+    "respond(time=)": lambda q, c, t: q.respond(c, SUCCESS, time=t),
+    "respond(at=)": lambda q, c, t: q.respond(c, SUCCESS, at=t),
+    "respond_batch(time=)": lambda q, c, t: q.respond_batch([c], SUCCESS, time=t),
+    "respond_batch(at=)": lambda q, c, t: q.respond_batch([c], SUCCESS, at=t),
+    "advance(now)": lambda q, c, t: q.advance(t),
+    "expire(now)": lambda q, c, t: q.expire(t),
+    "flush_pasid(time=)": lambda q, c, t: q.flush_pasid(1, 5, time=t),
+    "detach(time=)": lambda q, c, t: q.detach(1, 5, time=t),
+    "remove_device(time=)": lambda q, c, t: q.remove_device(1, time=t),
+    "serve(at=)": lambda q, c, t: q.serve(c, at=t),
+    "serve(service_time=)": lambda q, c, t: q.serve(c, service_time=t),
+}
+
+
+@pytest.mark.parametrize("call", list(TIME_ARGUMENTS))
+@pytest.mark.parametrize("bad,error", [(1.5, TypeError), (True, TypeError), ("7", TypeError),
+                                       (-1, ValueError), (2**64, ValueError)],
+                         ids=["float", "bool", "str", "negative", "2**64"])
+def test_every_time_argument_one_rule(make_queue: Callable[..., iopf.Queue], call: str,
+                                      bad: Any, error: type[Exception]) -> None:
+    """A time is an int of ns in [0, 2**64), wherever it is given: another type
+    raises TypeError (a float or a bool is refused, never cut), a value out of
+    range ValueError, and the refused call changes nothing."""
+    q = make_queue(PCIE.replace(response_timeout=100))
+    q.service = iopf.Service(1000, servers=2)
+    q.add_device(1)
+    q.attach(1, 5, lambda group: None)
+    g = q.report(lpig(1, 10))
+    assert g is not None
+    before = (q.stats.as_dict(), q.pending_cookies().tolist(), q.now, q.next_deadline())
+    with pytest.raises(error):
+        TIME_ARGUMENTS[call](q, g.cookie, bad)
+    assert (q.stats.as_dict(), q.pending_cookies().tolist(), q.now, q.next_deadline()) == before
+    assert len(q.take_responses()) == 0
+
+
 OPS = st.lists(st.one_of(
     st.tuples(st.just("report"), st.integers(0, 7), st.integers(0, 300)),
     st.tuples(st.just("at"), st.integers(1, 12), st.integers(0, 400)),

@@ -183,7 +183,11 @@ class Stats:
 
 
 def _check_time(t: object, name: str) -> int:
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < 2**64:
+    """A time argument, as the core checks its own: an int of ns (a float or a
+    bool is refused, never cut: TypeError) in [0, 2**64) (ValueError)."""
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(t).__name__} ({t!r})")
+    if not 0 <= t < 2**64:
         raise ValueError(f"{name} must be a whole number of ns in [0, 2**64), not {t!r}")
     return int(t)
 
@@ -661,7 +665,11 @@ class Queue:
             if a.ndim > 1 or (a.ndim == 1 and a.shape != k.shape):
                 raise ValueError(f"at must be one time or one per cookie ({len(k)}), "
                                  f"got shape {a.shape}")
-            if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0):
+            if a.dtype == object:       # Python ints too large for int64, or mixed values
+                a = np.array([_check_time(x, "at") for x in a.ravel()], np.uint64).reshape(a.shape)
+            if a.size and not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"at must hold ints (ns), not {a.dtype}")
+            if a.size and a.min() < 0:
                 raise ValueError("at must hold whole ns >= 0")
             when = np.broadcast_to(a, k.shape).astype(np.uint64)
         with self._lock:
@@ -761,8 +769,7 @@ class Queue:
     def expire(self, now: int) -> None:
         """Answer the pending groups older than policy.response_timeout at ``now``:
         :meth:`advance` for timeouts alone (scheduled answers wait)."""
-        if now < 0:
-            raise ValueError("now must be >= 0")
+        now = _check_time(now, "now")
         with self._lock:
             self.core.expire(now)
             self._deliver()

@@ -312,7 +312,7 @@ cdef class Grouper:
     cdef object report_fields(self, time, dev, pasid, grpid, flags, perm, addr, priv0, priv1)
     cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time)
     cdef object group_of(self, object raw)
-    cdef object respond_call(self, uint64_t cookie, uint32_t code, time)
+    cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time)
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 

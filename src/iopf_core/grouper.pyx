@@ -802,10 +802,7 @@ cdef class Grouper:
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
         self.parts.recent = part
-        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>(r.flags | r.perm << 4); node.pad = 0
-        node.next = NIL
+        node_fill(node, r)
         if x.head == NIL:
             x.head = n
         else:
@@ -926,10 +923,7 @@ cdef class Grouper:
             self.entry_room()       # entry_get below then cannot fail
         n = node_alloc(&self.nodes)
         node = self.N(n)
-        node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
-        node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
-        node.flags = <uint8_t>(flags | r.perm << 4); node.pad = 0
-        node.next = NIL
+        node_fill(node, r)
         self.count_in(r)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
@@ -1115,6 +1109,8 @@ cdef class Grouper:
         if type(time) is not int and (PyBool_Check(time) or not isinstance(time, (int, np.integer))):
             # A float or a bool is refused, never cut (as Fault refuses them).
             raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
+        if not 0 <= time < 2**64:
+            raise ValueError(f"time must be a whole number of ns in [0, 2**64), not {time!r}")
         return <uint64_t>time
 
     cdef inline void clock_to(self, uint64_t t) noexcept nogil:
@@ -1378,14 +1374,14 @@ cdef class Grouper:
             self.out_offsets.len = sizeof(int64_t)
             self.leave()
 
-    cdef object respond_call(self, uint64_t cookie, uint32_t code, time):
-        """respond(cookie, code) by the caller (code already checked): True if sent."""
+    cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time):
+        """Answer a pending group now (code and reason already checked): True if sent."""
         cdef uint64_t t = self._time(time)
         cdef int sent
         self.enter()
         try:
             self.reserve(0, 0, 1, 0)
-            sent = self.respond_cookie(cookie, code, R_CALLER, t)
+            sent = self.respond_cookie(cookie, code, reason, t)
             self.clock_to(t)
         finally:
             self.leave()
@@ -1526,7 +1522,7 @@ cdef class Grouper:
             if PyLong_Check(code) and not PyBool_Check(code):
                 c = PyLong_AsLongAndOverflow(code, &overflow)
             if k and 0 <= c <= 2 and not overflow and not self.held_elsewhere():
-                return self.respond_call(k, <uint32_t>c, time)
+                return self.respond_call(k, <uint32_t>c, R_CALLER, time)
         return self.slow_respond(self.bound_queue(), group, code, time=time, at=at)
 
     def run(self, arr, Py_ssize_t start=0):
@@ -1596,7 +1592,6 @@ cdef class Grouper:
         if self.held_elsewhere():
             return None
         cdef uint64_t t
-        cdef int sent
         if at is not None:
             t = at
             self.enter()
@@ -1604,15 +1599,7 @@ cdef class Grouper:
                 return self.schedule(cookie, code, reason, t) == 1
             finally:
                 self.leave()
-        t = self._time(time)
-        self.enter()
-        try:
-            self.reserve(0, 0, 1, 0)
-            sent = self.respond_cookie(cookie, code, reason, t)
-            self.clock_to(t)
-        finally:
-            self.leave()
-        return sent == 1
+        return self.respond_call(cookie, code, reason, time)
 
     def respond_batch(self, cookies, codes, uint32_t reason=R_CALLER, time=None, at=None):
         """Answer many groups, in order; a bool array of which were sent.

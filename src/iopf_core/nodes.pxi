@@ -49,6 +49,14 @@ cdef inline uint32_t node_alloc(NodeStore* s) except NIL nogil:
     return node_take(s)
 
 
+cdef inline void node_fill(Node* node, const FaultRec* r) noexcept nogil:
+    """Node holds request r (checked: flags and perm fit 4 bits, grpid 16), unlinked."""
+    node.time = r.time; node.addr = r.addr; node.priv0 = r.priv[0]; node.priv1 = r.priv[1]
+    node.pasid = r.pasid; node.grpid = <uint16_t>r.grpid
+    node.flags = <uint8_t>(r.flags | r.perm << 4); node.pad = 0
+    node.next = NIL
+
+
 cdef inline void node_release(NodeStore* s, uint32_t i) noexcept nogil:
     s.items[i].next = s.free
     s.free = i

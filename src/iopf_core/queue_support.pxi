@@ -179,5 +179,5 @@ cdef class GroupBase:
             c = PyLong_AsLongAndOverflow(code, &overflow)
         if (at is None and core is not None and core.fast and 0 <= c <= 2 and not overflow
                 and not core.held_elsewhere()):
-            return core.respond_call(self.cookie, <uint32_t>c, time)
+            return core.respond_call(self.cookie, <uint32_t>c, R_CALLER, time)
         return self._queue.respond(self.cookie, code, time=time, at=at)

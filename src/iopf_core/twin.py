@@ -101,7 +101,8 @@ def _int_time(time: Any) -> int:
     """A call's time argument: a float or a bool is refused, never cut."""
     if isinstance(time, bool) or not isinstance(time, (int, np.integer)):
         raise TypeError(f"time must be an int, not {type(time).__name__} ({time!r})")
-    _u(64, time)
+    if not 0 <= time < 2**64:
+        raise ValueError(f"time must be a whole number of ns in [0, 2**64), not {time!r}")
     return int(time)
 
 
@@ -280,7 +281,7 @@ class PyGrouper:
             raise ValueError("no service model")
         self._check_kpasid(kpasid)
         if time is not None:
-            _u(64, time)
+            _int_time(time)
         if self.policy.attach_adds_device and not self._attached(dev):
             self.devices.add(dev)  # The first handler enables IOPF for the device
         self._detach(dev, kpasid, time)  # a replace answers the old attachment's groups
@@ -296,7 +297,7 @@ class PyGrouper:
         _u(32, dev, kpasid)
         self._check_kpasid(kpasid)
         if time is not None:
-            _u(64, time)
+            _int_time(time)
         if self.policy.attach_adds_device and (dev, kpasid) in self.handles \
                 and sum(d == dev for d, _ in self.handles) == 1:
             # The last handler goes, so the driver removes the device, which
@@ -678,7 +679,7 @@ class PyGrouper:
     def flush_pasid(self, dev: int, kpasid: int, code: int = INVALID, time: int | None = None) -> None:
         _u(32, dev, kpasid, code)
         if time is not None:
-            _u(64, time)
+            _int_time(time)
         self._check_code(code)
         self._check_kpasid(kpasid)
         t = self._time(time)
@@ -693,7 +694,7 @@ class PyGrouper:
     def remove_device(self, dev: int, time: int | None = None) -> None:
         _u(32, dev)
         if time is not None:
-            _u(64, time)
+            _int_time(time)
         t = self._time(time)
         self._drop_partials(lambda f: f[1] == dev, "removed")
         # Newest first, as iopf_queue_remove_device walks fault_param->faults.
