@@ -273,6 +273,22 @@ def test_G4_key_reused_right_after_its_group_ends(make_queue, feed, end):
     assert q.partial_count == 1
 
 
+@pytest.mark.parametrize("match_pasid", [True, False], ids=["match_pasid", "across_pasids"])
+def test_G2_group_larger_than_the_output_room_is_collected_whole(make_queue, feed, match_pasid):
+    """G2: an LPIG completes a group of 1500 partials held by an earlier batch
+    (or call), among partials of other groups of the device: the group is
+    collected whole, in arrival order, though the output had room for one
+    request (the compiled core counts the group then, before anything changes)."""
+    q = make_queue(PCIE.replace(match_pasid=match_pasid))
+    pasids = [5, 6] if not match_pasid else [5, 5]     # across PASIDs: one group
+    held = [P(1, pasids[i % 2], 7 if i % 3 else 8, i << 12, time=i) for i in range(2250)]
+    assert feed(q, held) == []
+    q.report_batch(as_array([P(2, 5, 7, time=3000)]))    # the output shrinks back to one request
+    [g] = feed(q, [L(1, 5, 7, 0xFFFF000, time=3001)])
+    assert addrs(g) == [f.addr for f in held if f.grpid == 7] + [0xFFFF000]
+    assert q.partial_count == 750 + 1
+
+
 @pytest.mark.parametrize("policy", [PCIE, LINUX], ids=["PCIE", "LINUX"])
 def test_G4_partials_survive_detach_and_are_absorbed(make_queue, feed, policy):
     """G4/F2: partials survive a PASID detach and are absorbed by the next LPIG with the
