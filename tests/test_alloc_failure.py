@@ -286,3 +286,29 @@ def test_a_failed_report_with_auto_advance_leaves_the_timeouts_due(strategy: str
             _fail_alloc_after(-1)
         assert state(core) == expected, n
     assert failed >= 2
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_failed_respond_batch_at_schedules_nothing(strategy: str) -> None:
+    """respond_batch(at=...) makes the heap room for all its answers before it
+    schedules the first: a MemoryError schedules none."""
+    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    for g in range(100):
+        core.report((g, 1, 1, g, 3, 1, 0, (0, 0)))
+    cookies = core.pending_cookies()
+    codes = np.zeros(len(cookies), np.uint32)
+    failed = 0
+    for n in range(4):
+        try:
+            _fail_alloc_after(n)
+            core.respond_batch(cookies, codes, 10, None, 500)
+        except MemoryError:
+            failed += 1
+            assert core.next_deadline() is None
+            continue
+        finally:
+            _fail_alloc_after(-1)
+        break
+    assert failed and core.next_deadline() == 500
+    core.advance(500)
+    assert len(core.take_responses()) == 100 and not len(core.pending_cookies())

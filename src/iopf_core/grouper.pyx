@@ -1617,6 +1617,7 @@ cdef class Grouper:
             av = np.ascontiguousarray(np.broadcast_to(np.asarray(at, dtype=np.uint64), (n,)))
             self.enter()
             try:
+                heap_reserve(&self.heap, n)     # every answer's room first: all or nothing
                 with nogil:
                     for i in range(n):
                         sv[i] = <uint8_t>self.schedule(kv[i], cv[i], reason, av[i])

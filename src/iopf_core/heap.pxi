@@ -25,10 +25,12 @@ cdef int heap_room(TimeHeap* h, const CookieTable* pending, uint64_t npending) e
     return 0
 
 
-cdef int heap_reserve(TimeHeap* h, uint32_t n) except -1 nogil:
+cdef int heap_reserve(TimeHeap* h, uint64_t n) except -1 nogil:
     """Room for n more items, so that the next n heap_push calls cannot fail."""
     cdef size_t cap = h.cap
-    if <uint64_t>h.len + n > h.cap:
+    if h.len + n > h.cap:
+        if h.len + n > 0xFFFFFFFFu:
+            return raise_nomem()
         h.items = <HeapItem*>grow(h.items, &cap, <size_t>h.len + n, sizeof(HeapItem))
         h.cap = <uint32_t>cap
     return 0
