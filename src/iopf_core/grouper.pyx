@@ -847,9 +847,11 @@ cdef class Grouper:
             # request may take (the advance only frees) is made before the
             # advance changes anything: all or nothing for both.
             out = 0
-            if collect and self.rec_kind(flags, r.perm) == KIND_LAST:
-                kp = key_pasid(r.pasid, flags, p.no_pasid)
-                out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+            if collect and self.rec_kind(flags, r.perm) == KIND_LAST:   # as below
+                out = 1
+                if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
+                    kp = key_pasid(r.pasid, flags, p.no_pasid)
+                    out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
             self.reserve(1, 1, heap_due(&self.heap, r.time) + 1, out)
             self.part_room()
             self.entry_room()
