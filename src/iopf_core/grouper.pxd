@@ -297,6 +297,7 @@ cdef class Grouper:
     cdef void count_in(self, const FaultRec* r) noexcept nogil
     cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
+    cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1

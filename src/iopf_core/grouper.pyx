@@ -826,6 +826,16 @@ cdef class Grouper:
         self.hold_partial(part, r)
         return REPORT_HELD
 
+    cdef inline uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
+        """The batch output room, in faults, to make for the group an LPIG of
+        (dev, key PASID kp, grpid) completes: 1 when the room left holds every
+        partial held anyway, else the group's size. Counting walks the group
+        (the whole device list for ListGrouper: twice the cost of an LPIG),
+        so only then."""
+        if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
+            return self.s_count(dev, kp if self.rules.match_pasid else KEY_ANY, grpid) + 1
+        return 1
+
     cdef inline int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
         """Apply one request that bad_rec() accepted, from memory the caller cannot
         change: a ReportResult, or R_DISPATCH if the group it completed waits for a
@@ -847,11 +857,8 @@ cdef class Grouper:
             # request may take (the advance only frees) is made before the
             # advance changes anything: all or nothing for both.
             out = 0
-            if collect and self.rec_kind(flags, r.perm) == KIND_LAST:   # as below
-                out = 1
-                if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
-                    kp = key_pasid(r.pasid, flags, p.no_pasid)
-                    out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+            if collect and self.rec_kind(flags, r.perm) == KIND_LAST:
+                out = self.out_room(dev, key_pasid(r.pasid, flags, p.no_pasid), r.grpid)
             self.reserve(1, 1, heap_due(&self.heap, r.time) + 1, out)
             self.part_room()
             self.entry_room()
@@ -902,12 +909,7 @@ cdef class Grouper:
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
         out = 0
         if collect:
-            # The group's faults go to the batch output. Counting them walks
-            # the group (the whole device list for ListGrouper: twice the cost
-            # of an LPIG), so only when the room left might not hold them all.
-            out = 1
-            if self.out_faults.cap - self.out_faults.len < (self.c.partial_now + 1) * sizeof(FaultRec):
-                out = self.s_count(dev, kp if p.match_pasid else KEY_ANY, r.grpid) + 1
+            out = self.out_room(dev, kp, r.grpid)
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
         if (self.nodes.free == NIL
                 or self.pends.free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
