@@ -427,7 +427,8 @@ def test_raw_grouper_used_by_two_threads_raises_not_crashes(strategy):
         from iopf import Fault, FAULT_DTYPE
         from iopf_core import STRATEGIES
         sys.setswitchinterval(1e-5)
-        core = STRATEGIES[STRATEGY](iopf.policies.PCIE)
+        core = STRATEGIES[STRATEGY](iopf.policies.PCIE.replace(response_timeout=50))
+        core.set_service(2, 0, 100.0, 0.0, None, 1, 0)
         n = 50000 if STRATEGY != "python" else 3000
         arr = np.array([tuple(Fault(i % 13, 5, i % 11, i << 12, last=i % 4 == 3)) for i in range(n)],
                        dtype=FAULT_DTYPE)
@@ -438,7 +439,10 @@ def test_raw_grouper_used_by_two_threads_raises_not_crashes(strategy):
                 for call in (lambda: core.respond(1, 0), lambda: core.discard_partial(),
                              lambda: core.report_values(0, 1, 5, 1, 1, 1, 0),
                              lambda: core.pending_cookies(), lambda: core.flush_pasid(1, 5),
-                             lambda: core.take_responses()):
+                             lambda: core.take_responses(), lambda: core.advance(core.now + 20),
+                             lambda: core.next_deadline(), lambda: core.serve(core.now, core.now),
+                             lambda: core.service_at(core.now), lambda: core.set_timeout_quantum(7),
+                             lambda: core.set_service(3, 0, 100.0, 0.0, None, 1, 0)):
                     try:
                         call()
                     except RuntimeError:

@@ -1643,13 +1643,21 @@ cdef class Grouper:
 
     def advance(self, uint64_t now):
         """Send every scheduled answer and timeout due at or before `now`, in time order."""
-        with nogil:
-            self.advance_to(now, False)
+        self.enter()
+        try:
+            with nogil:
+                self.advance_to(now, False)
+        finally:
+            self.leave()
 
     def next_deadline(self):
         """The earliest scheduled answer or timeout, or None."""
-        heap_clean(&self.heap, &self.cookies)
-        return self.heap.items[0].time if self.heap.len else None
+        self.enter()
+        try:
+            heap_clean(&self.heap, &self.cookies)
+            return self.heap.items[0].time if self.heap.len else None
+        finally:
+            self.leave()
 
     def set_service(self, uint32_t servers, uint32_t kind, double a, double b, samples,
                     uint64_t seed, uint32_t code):
@@ -1660,28 +1668,32 @@ cdef class Grouper:
             samples if samples is not None else np.zeros(0), dtype=np.uint64)
         if kind > SV_SAMPLES or (kind == SV_SAMPLES and sv.shape[0] == 0):
             raise ValueError("bad service model")
-        if servers:
-            free = <uint64_t*>PyMem_RawMalloc(servers * sizeof(uint64_t))
-            if free == NULL:
-                raise MemoryError()
-            memset(free, 0, servers * sizeof(uint64_t))
-        if sv.shape[0]:
-            smp = <uint64_t*>PyMem_RawMalloc(sv.shape[0] * sizeof(uint64_t))
-            if smp == NULL:
-                PyMem_RawFree(free)
-                raise MemoryError()
-            memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
-        sv_clear(&self.sv)
-        self.sv.servers = servers
-        self.sv.kind = kind
-        self.sv.a = a
-        self.sv.b = b
-        self.sv.free = free
-        self.sv.samples = smp
-        self.sv.nsamples = <uint32_t>sv.shape[0]
-        self.sv.rng = seed
-        self.sv.code = code
-        self.has_service = True
+        self.enter()
+        try:
+            if servers:
+                free = <uint64_t*>PyMem_RawMalloc(servers * sizeof(uint64_t))
+                if free == NULL:
+                    raise MemoryError()
+                memset(free, 0, servers * sizeof(uint64_t))
+            if sv.shape[0]:
+                smp = <uint64_t*>PyMem_RawMalloc(sv.shape[0] * sizeof(uint64_t))
+                if smp == NULL:
+                    PyMem_RawFree(free)
+                    raise MemoryError()
+                memcpy(smp, &sv[0], sv.shape[0] * sizeof(uint64_t))
+            sv_clear(&self.sv)
+            self.sv.servers = servers
+            self.sv.kind = kind
+            self.sv.a = a
+            self.sv.b = b
+            self.sv.free = free
+            self.sv.samples = smp
+            self.sv.nsamples = <uint32_t>sv.shape[0]
+            self.sv.rng = seed
+            self.sv.code = code
+            self.has_service = True
+        finally:
+            self.leave()
 
     def serve(self, uint64_t cookie, uint64_t arrival, duration=None, code=None):
         """Hand a pending group to the service model at `arrival`; False if not pending."""
@@ -1689,7 +1701,11 @@ cdef class Grouper:
             raise ValueError("no service model")
         cdef uint64_t d = 0 if duration is None else duration
         cdef uint32_t c = self.sv.code if code is None else code
-        return self.serve_cookie(cookie, arrival, duration is not None, d, c) == 1
+        self.enter()
+        try:
+            return self.serve_cookie(cookie, arrival, duration is not None, d, c) == 1
+        finally:
+            self.leave()
 
     def service_stats(self):
         """Groups given to the workers, ns of service, ns waited for a worker (total,
@@ -1702,16 +1718,22 @@ cdef class Grouper:
         """(busy workers, groups waiting for one) at time `now` (not before the last arrival)."""
         cdef uint32_t i, busy = 0
         cdef size_t j, waiting = 0
-        for i in range(self.sv.servers):
-            busy += self.sv.free[i] > now
-        for j in range(self.sv.fifo_head, self.sv.fifo_head + self.sv.fifo_len):
-            waiting += self.sv.fifo[j] > now
+        self.enter()
+        try:
+            for i in range(self.sv.servers):
+                busy += self.sv.free[i] > now
+            for j in range(self.sv.fifo_head, self.sv.fifo_head + self.sv.fifo_len):
+                waiting += self.sv.fifo[j] > now
+        finally:
+            self.leave()
         return busy, waiting
 
     def set_timeout_quantum(self, uint64_t quantum):
         """Round the deadlines of groups formed from now on up to multiples of
         `quantum` ns (a periodic scan, as a kernel timer would); 0: exact."""
+        self.enter()
         self.tmo_quantum = quantum
+        self.leave()
 
     def flush_pasid(self, uint32_t dev, uint32_t kpasid, uint32_t code=C_INVALID, time=None):
         """Drop the partials of (dev, kpasid) and answer its pending groups."""

@@ -569,6 +569,7 @@ class PyGrouper:
         heapq.heappush(self.heap, (time, self.seq, cookie, code, reason))
         self.seq += 1
 
+    @_exclusive
     def advance(self, now: int, timeouts_only: bool = False) -> None:
         self.now = max(self.now, now)
         kept = []
@@ -586,17 +587,20 @@ class PyGrouper:
         for item in kept:
             heapq.heappush(self.heap, item)
 
+    @_exclusive
     def next_deadline(self) -> int | None:
         while self.heap and self.heap[0][4] == TIMEOUT and self.heap[0][2] not in self.pending:
             heapq.heappop(self.heap)
         return self.heap[0][0] if self.heap else None
 
+    @_exclusive
     def set_service(self, servers: int, kind: int, a: float, b: float, samples: Any, seed: int,
                     code: int) -> None:
         if kind > SV_SAMPLES or (kind == SV_SAMPLES and (samples is None or not len(samples))):
             raise ValueError("bad service model")
         self.service = _Service(servers, kind, a, b, samples, seed, code)
 
+    @_exclusive
     def serve(self, cookie: int, arrival: int, duration: int | None = None,
               code: int | None = None) -> bool:
         v = self.service
@@ -630,12 +634,14 @@ class PyGrouper:
         return {"servers": v.servers, "served": v.served, "busy_ns": v.busy, "wait_ns": v.wait,
                 "max_wait_ns": v.max_wait, "stale": v.stale, "max_backlog": v.max_backlog}
 
+    @_exclusive
     def service_at(self, now: int) -> tuple[int, int]:
         v = self.service
         if v is None:
             return 0, 0
         return sum(f > now for f in v.free), sum(s > now for s in v.fifo)
 
+    @_exclusive
     def set_timeout_quantum(self, quantum: int) -> None:
         self.tmo_quantum = quantum
 
