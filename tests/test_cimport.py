@@ -43,7 +43,16 @@ def test_cython_consumer_cimports_the_core(tmp_path):
         # A FAULT_DTYPE array passes as a typed memoryview of FaultRec.
         trace = iopf.trace.synthetic(5000, seed=4)
         twin = iopf.Queue(strategy="python")
-        assert consumer.feed(q.core, trace) == (len(twin.report_batch(trace)), 0)
+        expected = twin.report_batch(trace)
+        assert consumer.feed(q.core, trace) == (len(expected), 0)
+        # collect=True: the groups go to the batch output one request at a
+        # time (no room reserved ahead, as run() reserves it), the same as a batch.
+        q = iopf.Queue(strategy=strategy)
+        assert consumer.feed(q.core, trace, True) == (len(expected), 0)
+        faults, offsets, cookies = q.core.take_groups()
+        assert faults.tobytes() == expected.faults.tobytes()
+        assert offsets.tolist() == expected.offsets.tolist()
+        assert cookies.tolist() == expected.cookies.tolist()
         # The checked entry: a documented result, never "call a Python handler".
         from iopf_core import grouper as G
         q = iopf.Queue(strategy=strategy)

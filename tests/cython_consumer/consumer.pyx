@@ -28,14 +28,15 @@ def group_in_c(Grouper g, unsigned int n_groups, unsigned int size):
     return done
 
 
-def feed(Grouper g, FaultRec[::1] recs):
+def feed(Grouper g, FaultRec[::1] recs, bint collect=False):
     """The README's example: a FAULT_DTYPE array as a typed memoryview;
-    (groups completed, records refused)."""
+    (groups completed, records refused). With collect, the completed groups
+    go to the batch output (take_groups), as run() puts them."""
     cdef Py_ssize_t i
     cdef int done = 0, refused = 0, res
     with nogil:
         for i in range(recs.shape[0]):
-            res = g.report_rec(&recs[i], False)
+            res = g.report_rec(&recs[i], collect)
             done += res == REPORT_GROUPED or res == REPORT_ANSWERED
             refused += res == REPORT_REFUSED
     return done, refused
