@@ -271,6 +271,7 @@ cdef class Grouper:
     cdef void hold(self, uint32_t dev, int64_t n) noexcept nogil
     cdef int schedule(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t at, bint pending=*) except -1 nogil
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
+    cdef int advance_call(self, uint64_t now, bint timeouts_only) except -1
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
     cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil

@@ -1643,12 +1643,17 @@ cdef class Grouper:
 
     def advance(self, uint64_t now):
         """Send every scheduled answer and timeout due at or before `now`, in time order."""
+        self.advance_call(now, False)
+
+    cdef int advance_call(self, uint64_t now, bint timeouts_only) except -1:
+        """advance_to for a caller: the grouper taken, the GIL released."""
         self.enter()
         try:
             with nogil:
-                self.advance_to(now, False)
+                self.advance_to(now, timeouts_only)
         finally:
             self.leave()
+        return 0
 
     def next_deadline(self):
         """The earliest scheduled answer or timeout, or None."""
@@ -1791,12 +1796,7 @@ cdef class Grouper:
     def expire(self, uint64_t now):
         """Answer every pending group formed at or before now - response_timeout
         (advance for the timeouts alone)."""
-        self.enter()
-        try:
-            with nogil:
-                self.advance_to(now, True)
-        finally:
-            self.leave()
+        self.advance_call(now, True)
 
     def take_responses(self, bint group_times=False):
         """The responses sent since the last call, as a RESPONSE_DTYPE array (and,
