@@ -1064,7 +1064,7 @@ cdef class Grouper:
         if ci < 0:
             self.c.stale_responses += 1
             return 0
-        cdef uint32_t q = self.cookies.slots[ci].idx, n, nx
+        cdef uint32_t q = self.cookies.slots[ci].idx
         cdef Pend* g = &self.pends.items[q]
         ei = g.entry
         cookie_delete(&self.cookies, <uint32_t>ci)
@@ -1079,11 +1079,7 @@ cdef class Grouper:
         if self.entries[ei].qhead == NIL and self.entries[ei].handle == 0:
             self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
         self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
-        n = g.head
-        while n != NIL:
-            nx = self.N(n).next
-            node_release(&self.nodes, n)
-            n = nx
+        node_release_list(&self.nodes, g.head, g.tail, g.nfaults)
         self.hold(g.dev, -<int64_t>g.nfaults)
         self.pending_faults -= g.nfaults
         self.c.answered += 1

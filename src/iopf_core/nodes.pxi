@@ -63,6 +63,15 @@ cdef inline void node_release(NodeStore* s, uint32_t i) noexcept nogil:
     s.used -= 1
 
 
+cdef inline void node_release_list(NodeStore* s, uint32_t head, uint32_t tail, uint32_t n) noexcept nogil:
+    """Free the n nodes of a list head..tail (linked by next) at once: only the
+    tail is written. An answered group's nodes went cold while it was
+    pending; walking them to free one by one cost a cache miss per fault."""
+    s.items[tail].next = s.free
+    s.free = head
+    s.used -= n
+
+
 cdef int pend_grow(PendPool* pp) except -1 nogil:
     """Add free pending-group slots (the pool may move: no Pend* across this)."""
     cdef uint32_t i
