@@ -312,3 +312,75 @@ def test_a_failed_respond_batch_at_schedules_nothing(strategy: str) -> None:
     assert failed and core.next_deadline() == 500
     core.advance(500)
     assert len(core.take_responses()) == 100 and not len(core.pending_cookies())
+
+
+class _NumpyFails:
+    """np.empty and np.frombuffer, failing at call number `at` (None: never), counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int | None) -> None:
+        self.calls, self.at = 0, at
+        for name in ("empty", "frombuffer"):
+            monkeypatch.setattr(np, name, self.wrap(getattr(np, name)))
+
+    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == self.at:
+                raise MemoryError
+            return real(*args, **kwargs)
+        return call
+
+
+def grouped(strategy: str, n: int) -> Any:
+    """A core holding the output of n faults in groups of 4, half of them answered."""
+    core = iopf.Queue(strategy=strategy).core
+    a = batch(n, 5, 1)
+    a["dev"], a["pasid"] = 1, 5
+    a["grpid"] = np.arange(n) // 4 % 256
+    a["flags"] = np.where(np.arange(n) % 4 == 3, 3, 1)
+    assert core.run(a) == n
+    cookies = core.pending_cookies()[::2]
+    core.respond_batch(cookies, np.zeros(len(cookies), np.uint32))
+    return core
+
+
+def numpy_calls(monkeypatch: pytest.MonkeyPatch, take: Callable[[], Any]) -> int:
+    with monkeypatch.context() as m:
+        count = _NumpyFails(m, None)
+        take()
+    return count.calls
+
+
+def assert_outputs(core: Any, groups: Any, responses: Any) -> None:
+    for got, want in zip(core.take_groups(), groups):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(core.take_responses(group_times=True), responses):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+@pytest.mark.parametrize("n", [40, 8000])       # outputs copied; outputs lent (over 64 KiB)
+@pytest.mark.parametrize("call", ["take_groups", "take_responses"])
+def test_take_outputs_all_or_nothing_when_numpy_fails(monkeypatch, strategy, n, call):
+    """take_groups and take_responses make every array before they empty any
+    output: when numpy fails to allocate one, the call raises MemoryError and
+    the next calls take everything, as if it had not been made."""
+    want = grouped(strategy, n)
+    groups, responses = want.take_groups(), want.take_responses(group_times=True)
+    assert len(groups[2]) == n // 4 and len(responses[0]) == n // 8
+
+    def take(core: Any) -> None:
+        if call == "take_groups":
+            core.take_groups()
+        else:
+            core.take_responses(group_times=True)
+    core = grouped(strategy, n)
+    calls = numpy_calls(monkeypatch, lambda: take(core))
+    assert calls >= 2
+    for at in range(1, calls + 1):
+        core = grouped(strategy, n)
+        with monkeypatch.context() as m:
+            _NumpyFails(m, at)
+            with pytest.raises(MemoryError):
+                take(core)
+        assert_outputs(core, groups, responses)

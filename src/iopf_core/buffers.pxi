@@ -16,11 +16,16 @@ cdef class _Block:
     (if that slot is free), so that the next batch writes into pages that
     are already mapped instead of new ones the kernel must fault in and
     zero (a third of a batch's time, measured).
+
+    It owns the block only once buf_commit says so: until then (while the
+    other outputs of the same call are made) the buffer still does, and a
+    MemoryError drops the block's arrays without freeing what they showed.
     """
     cdef char* data
     cdef Py_ssize_t size
     cdef size_t cap
     cdef int kind
+    cdef bint owns
     cdef Spare* spare
 
     def __getbuffer__(self, Py_buffer* view, int flags):
@@ -41,7 +46,9 @@ cdef class _Block:
 
     def __dealloc__(self):
         cdef Spare* s = self.spare
-        if s != NULL and not s.closed and s.data[self.kind] == NULL:
+        if not self.owns:
+            pass
+        elif s != NULL and not s.closed and s.data[self.kind] == NULL:
             s.data[self.kind] = self.data
             s.cap[self.kind] = self.cap
         else:
@@ -74,24 +81,23 @@ cdef size_t spare_bytes(const Spare* s) noexcept:
     return n
 
 
-cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
-    """The buffer's contents as a numpy array; the buffer is left empty.
+cdef tuple buf_out(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
+    """(array, block): the buffer's contents as a numpy array, the buffer not
+    changed yet; buf_commit(block) then empties it, which cannot fail. Two
+    steps, so that a call that takes several buffers takes all or none when
+    numpy fails to allocate.
 
     Above 64 KiB the block itself becomes the array's memory (no copy; copying
     the 52 bytes of every fault again cost as much as grouping them) and
-    comes back for another batch when the array is gone; below, a copy.
+    comes back for another batch when the array is gone; below, a copy
+    (block None).
     """
     cdef _Block blk
     if b.len < SMALL_OUT:
         out = np.empty(b.len // dtype.itemsize, dtype=dtype)
         if b.len:
             memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)
-        b.len = 0
-        if b.cap > SMALL_OUT:       # a batch's reservation that went unused
-            PyMem_RawFree(b.data)
-            b.data = NULL
-            b.cap = 0
-        return out
+        return out, None
     blk = _Block.__new__(_Block)
     blk.data = b.data
     blk.size = <Py_ssize_t>b.len
@@ -100,7 +106,26 @@ cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     if spare != NULL:
         blk.spare = spare
         spare.refs += 1
+    return np.frombuffer(blk, dtype=dtype), blk
+
+
+cdef void buf_commit(Buf* b, _Block blk, Spare* spare, int kind) noexcept:
+    """Empty the buffer whose contents buf_out made into an array (and block)."""
+    if blk is None:
+        b.len = 0
+        if b.cap > SMALL_OUT:       # a batch's reservation that went unused
+            PyMem_RawFree(b.data)
+            b.data = NULL
+            b.cap = 0
+        return
+    blk.owns = True                 # the block's memory is the array's now
     b.data = NULL
     b.len = b.cap = 0
     buf_refill(b, spare, kind)
-    return np.frombuffer(blk, dtype=dtype)
+
+
+cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
+    """buf_out then buf_commit: the buffer's contents as an array, the buffer emptied."""
+    out, blk = buf_out(b, dtype, spare, kind)
+    buf_commit(b, blk, spare, kind)
+    return out

@@ -1572,15 +1572,29 @@ cdef class Grouper:
         A large output is handed to numpy as it is, not copied, and its
         memory is reused once the arrays are gone (see _Block).
         """
+        cdef Buf first
+        first.data = NULL
+        first.len = first.cap = 0
         self.enter()
         try:
-            faults = buf_take(&self.out_faults, FAULT_DTYPE, self.spare, OUT_FAULTS)
-            cookies = buf_take(&self.out_cookies, U64, self.spare, OUT_COOKIES)
-            offsets = buf_take(&self.out_offsets, I64, self.spare, OUT_OFFSETS)
-            buf_reserve(&self.out_offsets, sizeof(int64_t))
+            # Everything that can fail comes before any buffer is emptied (the
+            # three arrays, the room for the next batch's first offset): a
+            # MemoryError leaves the groups to take again.
+            buf_reserve(&first, sizeof(int64_t))
+            faults, fblk = buf_out(&self.out_faults, FAULT_DTYPE, self.spare, OUT_FAULTS)
+            cookies, cblk = buf_out(&self.out_cookies, U64, self.spare, OUT_COOKIES)
+            offsets, oblk = buf_out(&self.out_offsets, I64, self.spare, OUT_OFFSETS)
+            buf_commit(&self.out_faults, fblk, self.spare, OUT_FAULTS)
+            buf_commit(&self.out_cookies, cblk, self.spare, OUT_COOKIES)
+            buf_commit(&self.out_offsets, oblk, self.spare, OUT_OFFSETS)
+            if self.out_offsets.cap < sizeof(int64_t):
+                PyMem_RawFree(self.out_offsets.data)
+                self.out_offsets = first
+                first.data = NULL
             (<int64_t*>self.out_offsets.data)[0] = 0
             self.out_offsets.len = sizeof(int64_t)
         finally:
+            PyMem_RawFree(first.data)
             self.leave()
         return faults, offsets, cookies
 
@@ -1806,8 +1820,8 @@ cdef class Grouper:
                 gt = np.empty(n, dtype=np.uint64)
                 if n:
                     memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
-            self.outbox_gtime.len = 0
             out = buf_take(&self.outbox, RESPONSE_DTYPE, self.spare, OUT_BOX)
+            self.outbox_gtime.len = 0       # only once the responses are taken
         finally:
             self.leave()
         return (out, gt) if group_times else out
