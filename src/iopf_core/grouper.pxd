@@ -77,7 +77,7 @@ ctypedef struct Part:
 ctypedef struct PartPool:
     Part* parts               # one array (see pool_grow), cap a multiple of CHUNK
     uint32_t cap, free, used
-    uint32_t recent           # the Part that took the last partial (NIL: none), see find_part
+    uint32_t recent           # the Part that took the last partial (NIL: none), see take_partial
 
 # The held faults (nodes.pxi): one array of Nodes, the free ones on a list
 # through Node.next; used counts the others.
@@ -176,6 +176,8 @@ ctypedef struct Rules:
     uint64_t timeout, depth
     bint require_device, attach_adds_device
     bint checks_partial       # require_handler, require_device or has_depth: a partial is not simply held
+    bint plain_partials       # neither stall nor checks_partial: see Grouper.plain_partial
+    uint32_t last_flags       # the flags that make a request its group's last (not under stall)
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
 ctypedef struct Buf:           # a growable byte buffer
@@ -297,7 +299,9 @@ cdef class Grouper:
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef void count_in(self, const FaultRec* r) noexcept nogil
     cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef bint plain_partial(self, uint32_t flags) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
+    cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil

@@ -223,6 +223,8 @@ cdef class Grouper:
         r.has_depth = policy.queue_depth is not None
         r.depth = policy.queue_depth or 0
         r.checks_partial = r.require_handler or r.require_device or r.has_depth
+        r.plain_partials = not r.stall and not r.checks_partial
+        r.last_flags = LAST_PAGE | (PRIV_DATA if r.priv_data_is_last else 0)
         self.policy = policy
         self.inited = True
 
@@ -780,27 +782,30 @@ cdef class Grouper:
         self.last_cookie = 0
         self.dispatch = False
 
+    cdef inline bint plain_partial(self, uint32_t flags) noexcept nogil:
+        """A partial that no rule could refuse or drop, with nothing to advance
+        first: it goes straight to its group (take_partial). The most common
+        request, so report_one and the batch loop test this first."""
+        return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
+                and not self.n_limited and not self.auto_advance)
+
     cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
-        """s_find for a partial: the Part that took the last partial if it has
-        this key (a device sends a group's requests together: no search for
-        most partials), else a search, the hash strategy's inline."""
+        """s_find for a partial: a search, the hash strategy's inline."""
         cdef int64_t i
-        cdef const Part* x
-        if self.parts.recent != NIL:
-            x = P(&self.parts, self.parts.recent)
-            if x.dev == dev and x.kp == sk and x.grpid == gk:
-                return self.parts.recent
         if self.hashed:
             i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
             return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
         return self.s_find(dev, sk, gk)
 
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
-        """Hold request r, taken (count_in done), as the newest fault of Part part
-        (a free node made sure of)."""
+        """Hold request r as the newest fault of Part part (a free node made
+        sure of): it is taken, and counted."""
         cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
+        self.count_in(r)
+        self.hold(r.dev, 1)
+        self.last_kind = KIND_PARTIAL
         self.parts.recent = part
         node_fill(node, r)
         if x.head == NIL:
@@ -812,15 +817,26 @@ cdef class Grouper:
 
     cdef inline int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil:
         """Hold partial r in its group (strategy key sk), which the rules have
-        let through: REPORT_HELD."""
+        let through: REPORT_HELD. Inline for its common case, the group that
+        took the last partial (a device sends a group's requests together)
+        with a node free: no search, no room to make."""
         cdef uint32_t gk = KEY_LIST if self.per_device else r.grpid
+        cdef uint32_t part = self.parts.recent
+        cdef const Part* x
+        if part != NIL and self.nodes.free != NIL:
+            x = P(&self.parts, part)
+            if x.dev == r.dev and x.kp == sk and x.grpid == gk:
+                self.hold_partial(part, r)
+                return REPORT_HELD
+        return self.take_partial_found(r, sk, gk)
+
+    cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil:
+        """take_partial after a search: a new Part if none has the key."""
         cdef uint32_t part = self.find_part(r.dev, sk, gk)
         if part == NIL:
             self.part_room()        # part_new below then cannot fail
         if self.nodes.free == NIL:
             node_grow(&self.nodes)
-        self.count_in(r)
-        self.hold(r.dev, 1)
         if part == NIL:
             part = self.part_new(r.dev, sk, gk)
         self.hold_partial(part, r)
@@ -852,6 +868,8 @@ cdef class Grouper:
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
+        if self.plain_partial(flags):
+            return self.take_partial(r, self.skey(key_pasid(r.pasid, flags, p.no_pasid)))
         if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
             # What falls due before this request comes first. The room the
             # request may take (the advance only frees) is made before the
@@ -874,10 +892,6 @@ cdef class Grouper:
             return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
         sk = self.skey(kp)
-        if not last and not (p.checks_partial or self.n_limited):
-            # The most common request: a partial that no rule below could
-            # refuse or drop goes straight to its group.
-            return self.take_partial(r, sk)
         ei = -1
         if last or p.require_handler:   # a partial needs its handler only to be refused
             ei = self.entry_find(dev, kp)
@@ -1555,10 +1569,14 @@ cdef class Grouper:
                     if self.bad_rec(&rec):
                         bad = i
                         break
-                    res = self.report_one(&rec, True)
-                    i += 1
-                    if res == R_DISPATCH:
-                        break
+                    if self.plain_partial(rec.flags):       # report_one's first test, inline
+                        self.take_partial(&rec, self.skey(key_pasid(rec.pasid, rec.flags, self.rules.no_pasid)))
+                        i += 1
+                    else:
+                        res = self.report_one(&rec, True)
+                        i += 1
+                        if res == R_DISPATCH:
+                            break
         finally:
             self.position = i     # the record that failed, or where to resume
             self.leave()
