@@ -1924,6 +1924,83 @@ cdef class Grouper:
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                 "heap": self.heap.len, "bytes": self.sizeof()}
 
+    def _check_nodes(self):
+        """Debug: walk the node store and raise AssertionError at the first
+        inconsistency. Every node is on exactly one list: the free list, a
+        partial group's (a Part, found through its flush chain) or a pending
+        group's (head..tail, nfaults nodes; respond_cookie frees it by its
+        ends and count, see node_release_list); each list ends at its tail;
+        the counts agree with nodes_used, partial_count and the pending
+        faults. Returns the number of free nodes. For tests: O(capacity)."""
+        cdef uint8_t* seen
+        cdef uint32_t i, n, last, p, parts = 0
+        cdef uint64_t k, free = 0, held = 0, pending = 0
+        cdef const Pend* g
+        cdef cnp.ndarray marks
+        msg = None
+        self.enter()
+        try:
+            marks = np.zeros(self.nodes.cap + 1, dtype=np.uint8)
+            seen = <uint8_t*>cnp.PyArray_DATA(marks)
+            n = self.nodes.free
+            while n != NIL and msg is None:
+                if n >= self.nodes.cap or seen[n]:
+                    msg = f"free list: node {n} out of range or seen twice"
+                else:
+                    seen[n] = 1
+                    free += 1
+                    n = self.N(n).next
+            for i in range(self.chains.cap):
+                p = self.chains.slots[i].idx
+                while p != NIL and msg is None:
+                    parts += 1
+                    n = P(&self.parts, p).head
+                    last = NIL
+                    while n != NIL and msg is None:
+                        if n >= self.nodes.cap or seen[n]:
+                            msg = f"Part {p}: node {n} out of range or on two lists"
+                        else:
+                            seen[n] = 1
+                            held += 1
+                            last = n
+                            n = self.N(n).next
+                    if msg is None and (last == NIL or last != P(&self.parts, p).tail):
+                        msg = f"Part {p}: empty, or its tail {P(&self.parts, p).tail} is not its last node {last}"
+                    p = P(&self.parts, p).cnext
+            for i in range(self.cookies.cap):
+                if self.cookies.slots[i].cookie == 0 or msg is not None:
+                    continue
+                g = &self.pends.items[self.cookies.slots[i].idx]
+                n = g.head
+                last = NIL
+                k = 0
+                while n != NIL and msg is None:
+                    if n >= self.nodes.cap or seen[n]:
+                        msg = f"group {g.cookie}: node {n} out of range or on two lists"
+                    else:
+                        seen[n] = 1
+                        k += 1
+                        last = n
+                        n = self.N(n).next
+                if msg is None and (last != g.tail or k != g.nfaults):
+                    msg = (f"group {g.cookie}: {k} nodes ending at {last}, "
+                           f"kept as {g.nfaults} ending at {g.tail}")
+                pending += k
+            if msg is None and parts != self.parts.used:
+                msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
+            if msg is None and (held != self.c.partial_now or pending != self.pending_faults):
+                msg = (f"{held} partials and {pending} pending faults on lists, "
+                       f"counted {self.c.partial_now} and {self.pending_faults}")
+            if msg is None and (free + held + pending != self.nodes.cap
+                                or held + pending != self.nodes.used):
+                msg = (f"{free} free, {held + pending} held of {self.nodes.cap} nodes, "
+                       f"{self.nodes.used} used")
+        finally:
+            self.leave()
+        if msg is not None:
+            raise AssertionError(msg)
+        return free
+
     def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
                      stride=4096):
         """Report the ``n`` requests of one group given by their fields, as
