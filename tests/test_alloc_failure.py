@@ -11,7 +11,9 @@ strategies take part.
 """
 from __future__ import annotations
 
+import gc
 import os
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 import iopf
+import iopf_core
 from iopf import FAULT_DTYPE
 from iopf_core import STRATEGIES
 from iopf_core.grouper import _fail_alloc_after
@@ -384,3 +387,69 @@ def test_take_outputs_all_or_nothing_when_numpy_fails(monkeypatch, strategy, n, 
             with pytest.raises(MemoryError):
                 take(core)
         assert_outputs(core, groups, responses)
+
+
+def core_domain_bytes() -> int:
+    """Bytes tracemalloc holds in the core's own trace domain."""
+    snap = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.DomainFilter(True, iopf_core.TRACE_DOMAIN)])
+    return sum(t.size for t in snap.traces)
+
+
+def blocks_in(tb: Any) -> list[Any]:
+    """The output blocks that the frames of a traceback hold (the arguments of
+    the numpy call that failed). Reading a frame's f_locals keeps its locals
+    in the frame: pass frames that end with the call."""
+    found = []
+    while tb is not None:
+        for v in tb.tb_frame.f_locals.values():
+            for x in v if isinstance(v, tuple) else (v,):
+                if type(x).__name__ == "_Block":
+                    found.append(x)
+        tb = tb.tb_next
+    return found
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+@pytest.mark.parametrize("call", ["take_groups", "take_responses"])
+def test_a_failed_take_frees_nothing_twice_and_leaks_nothing(monkeypatch, strategy, call):
+    """The blocks a failed take made (lent outputs, over 64 KiB) do not own their
+    memory. One outlives the call (the failed numpy call's arguments, in the
+    traceback) while the retry lends the same memory to new arrays, those
+    arrays go (their memory to the spare) and the queue goes: it frees nothing
+    then (a double free aborts the sanitizer run) and keeps only the Spare
+    alive; when it goes, nothing of the core is left in its trace domain."""
+    def take(core: Any) -> None:
+        if call == "take_groups":
+            core.take_groups()
+        else:
+            core.take_responses(group_times=True)
+    N = 16_000      # every output over 64 KiB: lent, not copied
+    counted = grouped(strategy, N)
+    calls = numpy_calls(monkeypatch, lambda: take(counted))
+    del counted
+    gc.collect()
+    tracemalloc.start()
+    kept = 0
+    try:
+        for at in range(1, calls + 1):
+            core = grouped(strategy, N)
+            with monkeypatch.context() as m:
+                _NumpyFails(m, at)
+                with pytest.raises(MemoryError) as failed:
+                    take(core)
+            blocks = blocks_in(failed.tb.tb_next)  # (not this frame: f_locals would keep core)
+            kept += len(blocks)
+            del failed
+            groups, responses = core.take_groups(), core.take_responses(group_times=True)
+            assert len(groups[2]) == N // 4 and len(responses[0]) == N // 8
+            assert int(groups[1][-1]) == N and groups[0]["addr"][-1] == (N - 1) << 12
+            del groups, responses, core
+            gc.collect()
+            assert core_domain_bytes() <= (256 if blocks else 0), at   # the Spare, kept by a block
+            del blocks
+            gc.collect()
+            assert core_domain_bytes() == 0, at
+    finally:
+        tracemalloc.stop()
+    assert kept     # some failed numpy call had a block
