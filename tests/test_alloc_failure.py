@@ -453,3 +453,48 @@ def test_a_failed_take_frees_nothing_twice_and_leaks_nothing(monkeypatch, strate
     finally:
         tracemalloc.stop()
     assert kept     # some failed numpy call had a block
+
+
+#: Nothing checks a partial (no allocation, no handler or device required, no
+#: depth): every partial of a batch goes straight to its group from the batch loop.
+PLAIN = iopf.policies.PCIE.replace(response_timeout=1000)
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_every_allocation_failure_in_a_batch_of_plain_partials(strategy: str) -> None:
+    """The batch loop's own path for plain partials (a new Part, more nodes):
+    a failed allocation stops the batch at ``position`` with the records
+    before it applied and nothing of that one (the node store whole, no
+    empty Part left), and resuming there ends where an undisturbed run ends."""
+    arr = batch(N1, 7, 500)
+
+    def whole(core: Any) -> tuple[Any, ...]:
+        core._check_nodes()         # (how many are free depends on what grew)
+        st = core.get_state()
+        return (*state(core), st["parts_used"], st["chains"])
+
+    def made(upto: int | None = None) -> Any:
+        core = STRATEGIES[strategy](PLAIN)
+        if upto is not None:
+            apply(core, "run", (arr[:upto],))
+        return core
+    final = whole(made(N1))
+    core = made()
+    before = _fail_alloc_after(-1)
+    apply(core, "run", (arr,))
+    total = _fail_alloc_after(-1) - before
+    assert total >= 6
+    try:
+        for n in range(total):
+            core = made()
+            _fail_alloc_after(n)
+            with pytest.raises(MemoryError):
+                apply(core, "run", (arr,))
+            _fail_alloc_after(-1)
+            pos = core.position
+            assert core.stats()["faults_reported"] == pos
+            assert whole(core) == whole(made(pos)), (n, pos)
+            apply(core, "run", (arr,), pos)
+            assert whole(core)[:6] == final[:6], (n, pos)
+    finally:
+        _fail_alloc_after(-1)
