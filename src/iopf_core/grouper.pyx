@@ -774,8 +774,11 @@ cdef class Grouper:
             buf_reserve(&self.outbox_gtime, sends * sizeof(uint64_t))
         return 0
 
-    cdef inline void count_in(self, const FaultRec* r) noexcept nogil:
-        """A request is taken (it can no longer fail): count it, advance the clock."""
+    cdef inline void count_in(self, const FaultRec* r, uint8_t kind) noexcept nogil:
+        """A request is taken (it can no longer fail): count it, advance the clock,
+        keep its kind (rec_kind) as last_kind (not before: a failed request
+        leaves the last one's)."""
+        self.last_kind = kind
         self.c.faults_reported += 1
         if r.time > self.now:
             self.now = r.time
@@ -803,9 +806,8 @@ cdef class Grouper:
         cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
-        self.count_in(r)
+        self.count_in(r, KIND_PARTIAL)
         self.hold(r.dev, 1)
-        self.last_kind = KIND_PARTIAL
         self.parts.recent = part
         node_fill(node, r)
         if x.head == NIL:
@@ -865,6 +867,7 @@ cdef class Grouper:
         cdef int64_t ei, di
         cdef uint64_t handle = 0
         cdef bint last
+        cdef uint8_t kind
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
@@ -884,10 +887,10 @@ cdef class Grouper:
                 sv_room(&self.sv)
                 heap_reserve(&self.heap, 2)
             self.advance_to(r.time, False)
-        self.last_kind = self.rec_kind(flags, r.perm)
-        last = self.last_kind == KIND_LAST
-        if self.last_kind == KIND_STOP:                                          # stop marker
-            self.count_in(r)
+        kind = self.rec_kind(flags, r.perm)
+        last = kind == KIND_LAST
+        if kind == KIND_STOP:                                                    # stop marker
+            self.count_in(r, kind)
             self.c.stop_markers += 1
             return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
@@ -899,14 +902,14 @@ cdef class Grouper:
                 handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
-            self.count_in(r)
+            self.count_in(r, kind)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
         if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # no iopf_param: iommu_report_device_fault
             self.reserve(0, 0, 1, 0)
-            self.count_in(r)
+            self.count_in(r, kind)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
@@ -942,7 +945,7 @@ cdef class Grouper:
         n = node_alloc(&self.nodes)
         node = self.N(n)
         node_fill(node, r)
-        self.count_in(r)
+        self.count_in(r, KIND_LAST)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
         head = tail = NIL
@@ -1016,7 +1019,7 @@ cdef class Grouper:
         """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
         self.reserve(0, 0, 1 if last else 0, 0)
-        self.count_in(r)
+        self.count_in(r, KIND_LAST if last else KIND_PARTIAL)
         self.c.overflowed += 1
         if last:
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
