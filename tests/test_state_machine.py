@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import iopf
 from iopf import FAULT_DTYPE, Fault, Response
+from iopf_core import COMPILED, Grouper
 
 STRATEGIES = ["python", "hash", "tree", "list"]
 DEVS = st.integers(0, 2)
@@ -270,6 +271,17 @@ class Agreement(RuleBasedStateMachine):
             s = q.stats
             assert s.conserved(), s
             assert s.partial_now == q.partial_count
+
+    @invariant()
+    def nodes_accounted(self):
+        """Every fault the core holds is one node: a partial, or one of a pending
+        group's (which an answer frees by its first and last node and its count),
+        and the free list holds exactly the others."""
+        for q in self.queues:
+            if COMPILED and isinstance(q.core, Grouper):
+                q.core._check_nodes()
+                held = q.partial_count + sum(len(g) for g in q.pending())
+                assert q.core.get_state()["nodes_used"] == held
 
 
 Agreement.TestCase.settings = settings(

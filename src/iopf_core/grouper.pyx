@@ -774,8 +774,11 @@ cdef class Grouper:
             buf_reserve(&self.outbox_gtime, sends * sizeof(uint64_t))
         return 0
 
-    cdef inline void count_in(self, const FaultRec* r) noexcept nogil:
-        """A request is taken (it can no longer fail): count it, advance the clock."""
+    cdef inline void count_in(self, const FaultRec* r, uint8_t kind) noexcept nogil:
+        """A request is taken (it can no longer fail): count it, advance the clock,
+        keep its kind (rec_kind) as last_kind (not before: a failed request
+        leaves the last one's)."""
+        self.last_kind = kind
         self.c.faults_reported += 1
         if r.time > self.now:
             self.now = r.time
@@ -803,9 +806,8 @@ cdef class Grouper:
         cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
-        self.count_in(r)
+        self.count_in(r, KIND_PARTIAL)
         self.hold(r.dev, 1)
-        self.last_kind = KIND_PARTIAL
         self.parts.recent = part
         node_fill(node, r)
         if x.head == NIL:
@@ -865,6 +867,7 @@ cdef class Grouper:
         cdef int64_t ei, di
         cdef uint64_t handle = 0
         cdef bint last
+        cdef uint8_t kind
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
@@ -884,10 +887,10 @@ cdef class Grouper:
                 sv_room(&self.sv)
                 heap_reserve(&self.heap, 2)
             self.advance_to(r.time, False)
-        self.last_kind = self.rec_kind(flags, r.perm)
-        last = self.last_kind == KIND_LAST
-        if self.last_kind == KIND_STOP:                                          # stop marker
-            self.count_in(r)
+        kind = self.rec_kind(flags, r.perm)
+        last = kind == KIND_LAST
+        if kind == KIND_STOP:                                                    # stop marker
+            self.count_in(r, kind)
             self.c.stop_markers += 1
             return REPORT_DROPPED
         kp = key_pasid(r.pasid, flags, p.no_pasid)
@@ -899,14 +902,14 @@ cdef class Grouper:
                 handle = self.entries[ei].handle
         if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
-            self.count_in(r)
+            self.count_in(r, kind)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
         if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # no iopf_param: iommu_report_device_fault
             self.reserve(0, 0, 1, 0)
-            self.count_in(r)
+            self.count_in(r, kind)
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
             self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
@@ -942,7 +945,7 @@ cdef class Grouper:
         n = node_alloc(&self.nodes)
         node = self.N(n)
         node_fill(node, r)
-        self.count_in(r)
+        self.count_in(r, KIND_LAST)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
         head = tail = NIL
@@ -1016,7 +1019,7 @@ cdef class Grouper:
         """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
         cdef Node lpig
         self.reserve(0, 0, 1 if last else 0, 0)
-        self.count_in(r)
+        self.count_in(r, KIND_LAST if last else KIND_PARTIAL)
         self.c.overflowed += 1
         if last:
             lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
@@ -1923,6 +1926,83 @@ cdef class Grouper:
                 "pend_capacity": self.pends.cap, "entries": self.entry_count,
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                 "heap": self.heap.len, "bytes": self.sizeof()}
+
+    def _check_nodes(self):
+        """Debug: walk the node store and raise AssertionError at the first
+        inconsistency. Every node is on exactly one list: the free list, a
+        partial group's (a Part, found through its flush chain) or a pending
+        group's (head..tail, nfaults nodes; respond_cookie frees it by its
+        ends and count, see node_release_list); each list ends at its tail;
+        the counts agree with nodes_used, partial_count and the pending
+        faults. Returns the number of free nodes. For tests: O(capacity)."""
+        cdef uint8_t* seen
+        cdef uint32_t i, n, last, p, parts = 0
+        cdef uint64_t k, free = 0, held = 0, pending = 0
+        cdef const Pend* g
+        cdef cnp.ndarray marks
+        msg = None
+        self.enter()
+        try:
+            marks = np.zeros(self.nodes.cap + 1, dtype=np.uint8)
+            seen = <uint8_t*>cnp.PyArray_DATA(marks)
+            n = self.nodes.free
+            while n != NIL and msg is None:
+                if n >= self.nodes.cap or seen[n]:
+                    msg = f"free list: node {n} out of range or seen twice"
+                else:
+                    seen[n] = 1
+                    free += 1
+                    n = self.N(n).next
+            for i in range(self.chains.cap):
+                p = self.chains.slots[i].idx
+                while p != NIL and msg is None:
+                    parts += 1
+                    n = P(&self.parts, p).head
+                    last = NIL
+                    while n != NIL and msg is None:
+                        if n >= self.nodes.cap or seen[n]:
+                            msg = f"Part {p}: node {n} out of range or on two lists"
+                        else:
+                            seen[n] = 1
+                            held += 1
+                            last = n
+                            n = self.N(n).next
+                    if msg is None and (last == NIL or last != P(&self.parts, p).tail):
+                        msg = f"Part {p}: empty, or its tail {P(&self.parts, p).tail} is not its last node {last}"
+                    p = P(&self.parts, p).cnext
+            for i in range(self.cookies.cap):
+                if self.cookies.slots[i].cookie == 0 or msg is not None:
+                    continue
+                g = &self.pends.items[self.cookies.slots[i].idx]
+                n = g.head
+                last = NIL
+                k = 0
+                while n != NIL and msg is None:
+                    if n >= self.nodes.cap or seen[n]:
+                        msg = f"group {g.cookie}: node {n} out of range or on two lists"
+                    else:
+                        seen[n] = 1
+                        k += 1
+                        last = n
+                        n = self.N(n).next
+                if msg is None and (last != g.tail or k != g.nfaults):
+                    msg = (f"group {g.cookie}: {k} nodes ending at {last}, "
+                           f"kept as {g.nfaults} ending at {g.tail}")
+                pending += k
+            if msg is None and parts != self.parts.used:
+                msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
+            if msg is None and (held != self.c.partial_now or pending != self.pending_faults):
+                msg = (f"{held} partials and {pending} pending faults on lists, "
+                       f"counted {self.c.partial_now} and {self.pending_faults}")
+            if msg is None and (free + held + pending != self.nodes.cap
+                                or held + pending != self.nodes.used):
+                msg = (f"{free} free, {held + pending} held of {self.nodes.cap} nodes, "
+                       f"{self.nodes.used} used")
+        finally:
+            self.leave()
+        if msg is not None:
+            raise AssertionError(msg)
+        return free
 
     def report_group(self, time, dev, pasid, grpid, flags, last_flags, perm, n, addr,
                      stride=4096):
