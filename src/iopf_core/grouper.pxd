@@ -248,6 +248,7 @@ cdef class Grouper:
     # internals (see grouper.pyx)
     cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil
+    cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept
     cdef uint32_t node_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t node_key(self, const Node* n) noexcept nogil
     cdef uint32_t skey(self, uint32_t kp) noexcept nogil

@@ -1927,6 +1927,21 @@ cdef class Grouper:
                 "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                 "heap": self.heap.len, "bytes": self.sizeof()}
 
+    cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept:
+        """_check_nodes: mark the nodes of the list from n in seen; their number
+        (*last: the last one), or -1 at a node out of range or already marked
+        (*last: that node)."""
+        cdef int64_t k = 0
+        last[0] = NIL
+        while n != NIL:
+            last[0] = n
+            if n >= self.nodes.cap or seen[n]:
+                return -1
+            seen[n] = 1
+            k += 1
+            n = self.N(n).next
+        return k
+
     def _check_nodes(self):
         """Debug: walk the node store and raise AssertionError at the first
         inconsistency. Every node is on exactly one list: the free list, a
@@ -1937,7 +1952,8 @@ cdef class Grouper:
         faults. Returns the number of free nodes. For tests: O(capacity)."""
         cdef uint8_t* seen
         cdef uint32_t i, n, last, p, parts = 0
-        cdef uint64_t k, free = 0, held = 0, pending = 0
+        cdef int64_t k
+        cdef uint64_t free = 0, held = 0, pending = 0
         cdef const Pend* g
         cdef cnp.ndarray marks
         msg = None
@@ -1957,38 +1973,26 @@ cdef class Grouper:
                 p = self.chains.slots[i].idx
                 while p != NIL and msg is None:
                     parts += 1
-                    n = P(&self.parts, p).head
-                    last = NIL
-                    while n != NIL and msg is None:
-                        if n >= self.nodes.cap or seen[n]:
-                            msg = f"Part {p}: node {n} out of range or on two lists"
-                        else:
-                            seen[n] = 1
-                            held += 1
-                            last = n
-                            n = self.N(n).next
-                    if msg is None and (last == NIL or last != P(&self.parts, p).tail):
+                    k = self.mark_list(P(&self.parts, p).head, seen, &last)
+                    if k < 0:
+                        msg = f"Part {p}: node {last} out of range or on two lists"
+                    elif k == 0 or last != P(&self.parts, p).tail:
                         msg = f"Part {p}: empty, or its tail {P(&self.parts, p).tail} is not its last node {last}"
+                    else:
+                        held += k
                     p = P(&self.parts, p).cnext
             for i in range(self.cookies.cap):
                 if self.cookies.slots[i].cookie == 0 or msg is not None:
                     continue
                 g = &self.pends.items[self.cookies.slots[i].idx]
-                n = g.head
-                last = NIL
-                k = 0
-                while n != NIL and msg is None:
-                    if n >= self.nodes.cap or seen[n]:
-                        msg = f"group {g.cookie}: node {n} out of range or on two lists"
-                    else:
-                        seen[n] = 1
-                        k += 1
-                        last = n
-                        n = self.N(n).next
-                if msg is None and (last != g.tail or k != g.nfaults):
+                k = self.mark_list(g.head, seen, &last)
+                if k < 0:
+                    msg = f"group {g.cookie}: node {last} out of range or on two lists"
+                elif last != g.tail or k != g.nfaults:
                     msg = (f"group {g.cookie}: {k} nodes ending at {last}, "
                            f"kept as {g.nfaults} ending at {g.tail}")
-                pending += k
+                else:
+                    pending += k
             if msg is None and parts != self.parts.used:
                 msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
             if msg is None and (held != self.c.partial_now or pending != self.pending_faults):
