@@ -300,6 +300,7 @@ cdef class Grouper:
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef void count_in(self, const FaultRec* r, uint8_t kind) noexcept nogil
     cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef int report_ruled(self, const FaultRec* r, bint collect) except -1 nogil
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
     cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil

@@ -788,7 +788,7 @@ cdef class Grouper:
     cdef inline bint plain_partial(self, uint32_t flags) noexcept nogil:
         """A partial that no rule could refuse or drop, with nothing to advance
         first: it goes straight to its group (take_partial). The most common
-        request, so report_one and the batch loop test this first."""
+        request, so report_one tests this first."""
         return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
                 and not self.n_limited and not self.auto_advance)
 
@@ -859,6 +859,16 @@ cdef class Grouper:
         change: a ReportResult, or R_DISPATCH if the group it completed waits for a
         Python handler (self.dispatch; the cookie is self.last_cookie).
 
+        A plain partial (the most common request) is held here, inline; every
+        other request goes through the rules (report_ruled).
+        """
+        if self.plain_partial(r.flags):
+            return self.take_partial(r, self.skey(key_pasid(r.pasid, r.flags, self.rules.no_pasid)))
+        return self.report_ruled(r, collect)
+
+    cdef int report_ruled(self, const FaultRec* r, bint collect) except -1 nogil:
+        """report_one for a request that is not a plain partial.
+
         Everything that can fail (allocations) comes before count_in(): a
         MemoryError leaves the grouper as it was before the call.
         """
@@ -871,8 +881,6 @@ cdef class Grouper:
         cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
-        if self.plain_partial(flags):
-            return self.take_partial(r, self.skey(key_pasid(r.pasid, flags, p.no_pasid)))
         if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
             # What falls due before this request comes first. The room the
             # request may take (the advance only frees) is made before the
@@ -1572,14 +1580,10 @@ cdef class Grouper:
                     if self.bad_rec(&rec):
                         bad = i
                         break
-                    if self.plain_partial(rec.flags):       # report_one's first test, inline
-                        self.take_partial(&rec, self.skey(key_pasid(rec.pasid, rec.flags, self.rules.no_pasid)))
-                        i += 1
-                    else:
-                        res = self.report_one(&rec, True)
-                        i += 1
-                        if res == R_DISPATCH:
-                            break
+                    res = self.report_one(&rec, True)
+                    i += 1
+                    if res == R_DISPATCH:
+                        break
         finally:
             self.position = i     # the record that failed, or where to resume
             self.leave()
