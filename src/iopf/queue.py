@@ -100,11 +100,15 @@ class GroupBatch:
 
     ``faults[offsets[i]:offsets[i+1]]`` are the faults of group i, answered
     with cookie ``cookies[i]``; indexing or iterating gives ``Group`` objects.
+    ``faults`` is read-only: the compiled core keeps the faults of a pending
+    group from a batch there, not a second copy, and ``Queue.pending()``
+    reads them back from it.
     """
 
     __slots__ = ("_queue", "faults", "offsets", "cookies")
 
     def __init__(self, queue: Queue, faults: np.ndarray, offsets: np.ndarray, cookies: np.ndarray):
+        faults.flags.writeable = False
         self._queue = queue
         self.faults = faults
         self.offsets = offsets

@@ -129,3 +129,57 @@ cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     out, blk = buf_out(b, dtype, spare, kind)
     buf_commit(b, blk, spare, kind)
     return out
+
+
+# --- outputs that keep the faults of pending groups (Segs, see grouper.pxd) ---
+
+cdef int segs_grow(Segs* s) except -1 nogil:
+    """Twice the output numbers (the new ones free); s unchanged on failure."""
+    cdef uint32_t cap = s.cap * 2 if s.cap else 4, i
+    cdef uint32_t* a
+    if cap > 0x40000000u:
+        return raise_nomem()
+    a = <uint32_t*>xmalloc(3 * <size_t>cap * sizeof(uint32_t))
+    if a == NULL:
+        return raise_nomem()
+    if s.cap:
+        memcpy(a, s.pending, s.cap * sizeof(uint32_t))
+        memcpy(a + cap, s.dead, s.ndead * sizeof(uint32_t))
+        memcpy(a + 2 * cap, s.free, s.nfree * sizeof(uint32_t))
+    for i in range(s.cap, cap):
+        a[i] = 0
+        a[2 * cap + s.nfree] = i
+        s.nfree += 1
+    PyMem_RawFree(s.pending)
+    s.pending = a
+    s.dead = a + cap
+    s.free = a + 2 * cap
+    s.cap = cap
+    return 0
+
+
+cdef void segs_free(Segs* s) noexcept nogil:
+    PyMem_RawFree(s.pending)
+    s.pending = s.dead = s.free = NULL
+    s.cap = s.cur = s.ndead = s.nfree = 0
+
+
+cdef inline uint32_t segs_hold(Segs* s) noexcept nogil:
+    """One more pending group keeps its faults in the output being filled: its number."""
+    s.pending[s.cur] += 1
+    return s.cur
+
+
+cdef inline void segs_release(Segs* s, uint32_t i) noexcept nogil:
+    """A group whose faults output i kept is answered. The grouper drops a
+    taken output it no longer needs at its next sweep (with the GIL)."""
+    s.pending[i] -= 1
+    if s.pending[i] == 0 and i != s.cur:
+        s.dead[s.ndead] = i
+        s.ndead += 1
+
+
+cdef inline void segs_next(Segs* s) noexcept nogil:
+    """Start filling a free output number (seg_room made sure there is one)."""
+    s.nfree -= 1
+    s.cur = s.free[s.nfree]

@@ -62,7 +62,7 @@ cdef object report_group(Grouper g, time, dev, pasid, grpid, flags, last_flags, 
         while i < count:
             if i == count - 1:
                 r.flags = last.flags
-            g.report_one(&r, False)   # the queue reads a group's faults from the core
+            g.report_one(&r, 0)   # the queue reads a group's faults from the core
             i += 1
             if i < count:
                 r.addr += step

@@ -119,8 +119,13 @@ ctypedef struct Pend:
     uint64_t handle
     uint32_t dev, nfaults
     uint32_t entry            # its (dev, key PASID) entry, which lives while a group is chained on it
-    uint32_t head, tail
+    # Its faults: nodes head..tail (LPIG last), or, for a group run() copied
+    # out, no node (head NIL): faults at..at+nfaults of batch output tail (Segs)
+    uint32_t head, tail, at
     uint32_t qnext, qprev
+    uint32_t pasid            # its LPIG's PASID, group id and flags, for its response
+    uint16_t grpid
+    uint8_t flags
 
 # The pending groups (nodes.pxi): one array of Pends, the free ones on a list
 # through Pend.qnext.
@@ -179,6 +184,17 @@ ctypedef struct Rules:
     bint plain_partials       # neither stall nor checks_partial: see Grouper.plain_partial
     uint32_t last_flags       # the flags that make a request its group's last (not under stall)
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
+
+# The batch outputs that hold faults of pending groups (buffers.pxi): run()
+# frees a group's nodes once it has copied the group out, so that the nodes
+# go back to work while they are still in cache; the group's faults then
+# stay in the output, which the grouper keeps (Grouper.seg_arrays) until its
+# last such group is answered. Output number cur is the one being filled.
+ctypedef struct Segs:
+    uint32_t* pending         # per output: its pending groups without nodes
+    uint32_t* dead            # outputs whose last such group went since the last sweep
+    uint32_t* free            # output numbers not in use
+    uint32_t cap, cur, ndead, nfree
 
 ctypedef struct Buf:           # a growable byte buffer
     char* data
@@ -243,7 +259,13 @@ cdef class Grouper:
     # batch output and outbox
     cdef Buf out_faults, out_offsets, out_cookies, outbox
     cdef Spare* spare
+    cdef Segs segs
+    cdef list seg_arrays      # per output number: the faults array taken, or None
     cdef int refill(self) except -1
+    cdef void seg_sweep(self) noexcept
+    cdef int seg_room(self) except -1
+    cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL
+    cdef uint64_t faults_in_outputs(self) noexcept
 
     # internals (see grouper.pyx)
     cdef Node* N(self, uint32_t i) noexcept nogil
@@ -276,7 +298,7 @@ cdef class Grouper:
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
     cdef int advance_call(self, uint64_t now, bint timeouts_only) except -1
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
-    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
+    cdef int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
     cdef uint32_t collect(self, uint32_t head, uint64_t cookie, uint32_t dev) noexcept nogil
@@ -299,8 +321,8 @@ cdef class Grouper:
     cdef uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil
     cdef int report_rec(self, const FaultRec* r, bint collect) except -1 nogil
     cdef void count_in(self, const FaultRec* r, uint8_t kind) noexcept nogil
-    cdef int report_one(self, const FaultRec* r, bint collect) except -1 nogil
-    cdef int report_ruled(self, const FaultRec* r, bint collect) except -1 nogil
+    cdef int report_one(self, const FaultRec* r, int collect) except -1 nogil
+    cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
     cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil

@@ -107,6 +107,8 @@ cdef enum:
     CHUNK_BITS = 10           # the least growth of the nodes and Parts (1024): slack stays small
     CHUNK = 1 << CHUNK_BITS
     CHUNK_MASK = CHUNK - 1
+    COLLECT_KEEP = 1          # report_one(collect): copy the group out, keep its nodes
+    COLLECT_FREE = 2          # ... and free them (run(): the faults stay in the output, Segs)
 
 assert sizeof(FaultRec) == FAULT_DTYPE.itemsize
 assert sizeof(RespRec) == RESPONSE_DTYPE.itemsize
@@ -180,6 +182,9 @@ cdef class Grouper:
         buf_reserve(&self.out_offsets, sizeof(int64_t))
         (<int64_t*>self.out_offsets.data)[0] = 0
         self.out_offsets.len = sizeof(int64_t)
+        self.seg_arrays = []
+        self.seg_room()
+        segs_next(&self.segs)
 
     def __init__(self, policy):
         # Once only: a second __init__ would change the rules under live tables.
@@ -268,6 +273,7 @@ cdef class Grouper:
         PyMem_RawFree(self.out_offsets.data); self.out_offsets.data = NULL
         PyMem_RawFree(self.out_cookies.data); self.out_cookies.data = NULL
         PyMem_RawFree(self.outbox.data); self.outbox.data = NULL
+        segs_free(&self.segs)
         if self.spare != NULL:        # blocks still lent out free their memory themselves
             for i in range(4):
                 PyMem_RawFree(self.spare.data[i])
@@ -301,8 +307,31 @@ cdef class Grouper:
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
 
+    cdef void seg_sweep(self) noexcept:
+        """Let go of the taken outputs whose pending groups are all answered (Segs):
+        at the calls that answer (respond, respond_batch), take or run, inside
+        the busy flag (enter), as everything that reads or changes segs."""
+        cdef uint32_t i
+        while self.segs.ndead:
+            self.segs.ndead -= 1
+            i = self.segs.dead[self.segs.ndead]
+            self.seg_arrays[i] = None       # within the list: it is never shorter than segs.cap
+            self.segs.free[self.segs.nfree] = i
+            self.segs.nfree += 1
+
+    cdef int seg_room(self) except -1:
+        """A free output number for segs_next (all or nothing: the list grows first)."""
+        cdef uint32_t cap
+        if self.segs.nfree:
+            return 0
+        cap = self.segs.cap * 2 if self.segs.cap else 4
+        if len(self.seg_arrays) < cap:
+            self.seg_arrays.extend([None] * (cap - len(self.seg_arrays)))
+        return segs_grow(&self.segs)
+
     cdef int refill(self) except -1:
         """Output buffers from the memory of arrays that are gone (see _Block)."""
+        self.seg_sweep()
         buf_refill(&self.out_faults, self.spare, OUT_FAULTS)
         buf_refill(&self.out_offsets, self.spare, OUT_OFFSETS)
         buf_refill(&self.out_cookies, self.spare, OUT_COOKIES)
@@ -654,8 +683,9 @@ cdef class Grouper:
         return self.schedule(cookie, code, R_CALLER | BY_SERVICE, done, True)
 
         # -- output ----------------------------------------------------------------------
-    cdef int send(self, uint64_t time, uint32_t dev, const Node* last, uint32_t code, uint64_t cookie,
-                  uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil:
+    cdef int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags,
+                  uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil:
+        """A response to the group of LPIG (dev, pasid, grpid, flags)."""
         buf_reserve(&self.outbox, sizeof(RespRec))
         buf_reserve(&self.outbox_gtime, sizeof(uint64_t))
         (<uint64_t*>(self.outbox_gtime.data + self.outbox_gtime.len))[0] = gtime
@@ -663,11 +693,11 @@ cdef class Grouper:
         cdef RespRec* r = <RespRec*>(self.outbox.data + self.outbox.len)
         r.time = time
         r.dev = dev
-        r.pasid = last.pasid
-        r.grpid = last.grpid
+        r.pasid = pasid
+        r.grpid = grpid
         r.code = code
         # The PASID goes back only if the LPIG had PASID_VALID and NEEDS_PASID.
-        r.flags = PASID_VALID if (last.flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
+        r.flags = PASID_VALID if (flags & (PASID_VALID | NEEDS_PASID)) == (PASID_VALID | NEEDS_PASID) else 0
         r.cookie = cookie
         r.nfaults = nfaults
         r.reason = reason
@@ -741,7 +771,7 @@ cdef class Grouper:
             return REPORT_REFUSED
         self.enter()
         try:
-            res = self.report_one(&rec, collect)
+            res = self.report_one(&rec, COLLECT_KEEP if collect else 0)
         finally:
             self.leave()
         if res == R_DISPATCH:
@@ -854,7 +884,7 @@ cdef class Grouper:
             return self.s_count(dev, kp if self.rules.match_pasid else KEY_ANY, grpid) + 1
         return 1
 
-    cdef inline int report_one(self, const FaultRec* r, bint collect) except -1 nogil:
+    cdef inline int report_one(self, const FaultRec* r, int collect) except -1 nogil:
         """Apply one request that bad_rec() accepted, from memory the caller cannot
         change: a ReportResult, or R_DISPATCH if the group it completed waits for a
         Python handler (self.dispatch; the cookie is self.last_cookie).
@@ -866,19 +896,18 @@ cdef class Grouper:
             return self.take_partial(r, self.skey(key_pasid(r.pasid, r.flags, self.rules.no_pasid)))
         return self.report_ruled(r, collect)
 
-    cdef int report_ruled(self, const FaultRec* r, bint collect) except -1 nogil:
+    cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil:
         """report_one for a request that is not a plain partial.
 
         Everything that can fail (allocations) comes before count_in(): a
         MemoryError leaves the grouper as it was before the call.
         """
         cdef Rules* p = &self.rules
-        cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
         cdef int64_t ei, di
         cdef uint64_t handle = 0
         cdef bint last
         cdef uint8_t kind
-        cdef Node lpig
         cdef Node* node
         cdef HeapItem tmo
         if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
@@ -911,15 +940,13 @@ cdef class Grouper:
         if p.require_handler and not self.default_handler and handle == 0:    # no handler
             self.reserve(0, 0, 1, 0)
             self.count_in(r, kind)
-            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
-            self.send(r.time, dev, &lpig, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
+            self.send(r.time, dev, r.pasid, r.grpid, flags, p.no_handler_code, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
         if p.require_device and self.entry_find(dev, KEY_DEVICE) < 0:       # no iopf_param: iommu_report_device_fault
             self.reserve(0, 0, 1, 0)
             self.count_in(r, kind)
-            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>flags
-            self.send(r.time, dev, &lpig, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
+            self.send(r.time, dev, r.pasid, r.grpid, flags, C_INVALID, 0, 1, R_NO_HANDLER, r.time)
             self.c.rejected += 1
             return REPORT_DROPPED
         if p.has_depth and self.c.partial_now + self.pending_faults + 1 > p.depth:
@@ -973,6 +1000,7 @@ cdef class Grouper:
             self.N(tail).next = n
         # The group's size: counted as it is copied out (the one walk of its
         # faults, which went cold while the group was open), or by a walk.
+        at = <uint32_t>(self.out_faults.len // sizeof(FaultRec))
         nf = self.collect(head, self.next_cookie, dev) if collect else self.list_len(head)
         self.c.partial_now -= nf - 1
         self.c.grouped += nf
@@ -988,8 +1016,19 @@ cdef class Grouper:
         g.dev = dev
         g.handle = handle
         g.nfaults = nf
-        g.head = head
-        g.tail = n
+        g.pasid = r.pasid
+        g.grpid = <uint16_t>r.grpid
+        g.flags = <uint8_t>flags
+        if collect == COLLECT_FREE:
+            # Copied out: its faults stay in the output, and its nodes go back
+            # to work at once, while they are still in cache.
+            node_release_list(&self.nodes, head, n, nf)
+            g.head = NIL
+            g.tail = segs_hold(&self.segs)
+            g.at = at
+        else:
+            g.head = head
+            g.tail = n
         g.qnext = NIL
         if ei < 0:          # (found above, the entries have not moved since)
             ei = self.entry_get(dev, kp)
@@ -1025,13 +1064,11 @@ cdef class Grouper:
 
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil:
         """Overflow: drop the request; answer it if it is an LPIG; maybe discard all partials."""
-        cdef Node lpig
         self.reserve(0, 0, 1 if last else 0, 0)
         self.count_in(r, KIND_LAST if last else KIND_PARTIAL)
         self.c.overflowed += 1
         if last:
-            lpig.pasid = r.pasid; lpig.grpid = <uint16_t>r.grpid; lpig.flags = <uint8_t>r.flags
-            self.send(r.time, r.dev, &lpig, self.rules.overflow_code, 0, 1, R_OVERFLOW, r.time)
+            self.send(r.time, r.dev, r.pasid, r.grpid, r.flags, self.rules.overflow_code, 0, 1, R_OVERFLOW, r.time)
         if self.rules.discard_on_overflow:
             self.drop_where(0, 0, 0, &self.c.discarded)
         return REPORT_DROPPED
@@ -1103,8 +1140,11 @@ cdef class Grouper:
             self.pends.items[g.qnext].qprev = g.qprev
         if self.entries[ei].qhead == NIL and self.entries[ei].handle == 0:
             self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
-        self.send(time, g.dev, self.N(g.tail), code, cookie, g.nfaults, reason, g.time)
-        node_release_list(&self.nodes, g.head, g.tail, g.nfaults)
+        self.send(time, g.dev, g.pasid, g.grpid, g.flags, code, cookie, g.nfaults, reason, g.time)
+        if g.head == NIL:
+            segs_release(&self.segs, g.tail)
+        else:
+            node_release_list(&self.nodes, g.head, g.tail, g.nfaults)
         self.hold(g.dev, -<int64_t>g.nfaults)
         self.pending_faults -= g.nfaults
         self.c.answered += 1
@@ -1337,7 +1377,8 @@ cdef class Grouper:
 
     def report(self, tuple rec):
         """Report one request (a tuple in FAULT_DTYPE order); the cookie of the
-        group it completed, or 0. take_groups() then gives that group."""
+        group it completed, or 0. take_groups() then gives that group (after
+        any that run() collected and were not taken yet)."""
         cdef FaultRec r
         if len(rec) != 8 or not isinstance(rec[7], (tuple, list)) or len(rec[7]) != 2:
             raise TypeError(f"a record is a tuple (time, dev, pasid, grpid, flags, perm, addr, "
@@ -1358,10 +1399,7 @@ cdef class Grouper:
             self.refuse(-1, &r)
         self.enter()
         try:
-            self.out_faults.len = 0     # the group, if any, is all take_groups() will give
-            self.out_cookies.len = 0
-            self.out_offsets.len = sizeof(int64_t)
-            self.report_one(&r, True)
+            self.report_one(&r, COLLECT_KEEP)
         finally:
             self.leave()
         return self.last_cookie
@@ -1384,19 +1422,19 @@ cdef class Grouper:
             return False
         if self.bad_rec(r):
             self.refuse(-1, r)
+        # The group is copied out after what run() collected and was not
+        # taken yet, and taken back off: that output stays as it was.
+        cdef size_t nf = self.out_faults.len, nc = self.out_cookies.len, no = self.out_offsets.len
         self.enter()
         try:
-            self.out_faults.len = 0
-            self.out_cookies.len = 0
-            self.out_offsets.len = sizeof(int64_t)
-            self.report_one(r, True)   # R_DISPATCH leaves dispatch set, as report() does
+            self.report_one(r, COLLECT_KEEP)   # R_DISPATCH leaves dispatch set, as report() does
             if self.last_cookie == 0:
                 return None
-            return PyBytes_FromStringAndSize(self.out_faults.data, <Py_ssize_t>self.out_faults.len)
-        finally:                    # report_batch's output must not start with this group
-            self.out_faults.len = 0
-            self.out_cookies.len = 0
-            self.out_offsets.len = sizeof(int64_t)
+            return PyBytes_FromStringAndSize(self.out_faults.data + nf, <Py_ssize_t>(self.out_faults.len - nf))
+        finally:
+            self.out_faults.len = nf
+            self.out_cookies.len = nc
+            self.out_offsets.len = no
             self.leave()
 
     cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time):
@@ -1408,6 +1446,7 @@ cdef class Grouper:
             self.reserve(0, 0, 1, 0)
             sent = self.respond_cookie(cookie, code, reason, t)
             self.clock_to(t)
+            self.seg_sweep()
         finally:
             self.leave()
         return sent == 1
@@ -1580,7 +1619,7 @@ cdef class Grouper:
                     if self.bad_rec(&rec):
                         bad = i
                         break
-                    res = self.report_one(&rec, True)
+                    res = self.report_one(&rec, COLLECT_FREE)
                     i += 1
                     if res == R_DISPATCH:
                         break
@@ -1595,13 +1634,17 @@ cdef class Grouper:
         """(faults, offsets, cookies) of the groups collected by run(); resets them.
 
         A large output is handed to numpy as it is, not copied, and its
-        memory is reused once the arrays are gone (see _Block).
+        memory is reused once the arrays are gone (see _Block). While some of
+        its groups are pending, the grouper keeps the faults array: their
+        faults are there, not in nodes (see Segs).
         """
         cdef Buf first
+        cdef bint keep
         first.data = NULL
         first.len = first.cap = 0
         self.enter()
         try:
+            self.seg_sweep()
             # Everything that can fail comes before any buffer is emptied (the
             # three arrays, the room for the next batch's first offset): a
             # MemoryError leaves the groups to take again.
@@ -1609,6 +1652,9 @@ cdef class Grouper:
             faults, fblk = buf_out(&self.out_faults, FAULT_DTYPE, self.spare, OUT_FAULTS)
             cookies, cblk = buf_out(&self.out_cookies, U64, self.spare, OUT_COOKIES)
             offsets, oblk = buf_out(&self.out_offsets, I64, self.spare, OUT_OFFSETS)
+            keep = self.segs.pending[self.segs.cur] != 0
+            if keep:
+                self.seg_room()
             buf_commit(&self.out_faults, fblk, self.spare, OUT_FAULTS)
             buf_commit(&self.out_cookies, cblk, self.spare, OUT_COOKIES)
             buf_commit(&self.out_offsets, oblk, self.spare, OUT_OFFSETS)
@@ -1618,6 +1664,9 @@ cdef class Grouper:
                 first.data = NULL
             (<int64_t*>self.out_offsets.data)[0] = 0
             self.out_offsets.len = sizeof(int64_t)
+            if keep:
+                self.seg_arrays[self.segs.cur] = faults
+                segs_next(&self.segs)
         finally:
             PyMem_RawFree(first.data)
             self.leave()
@@ -1672,6 +1721,7 @@ cdef class Grouper:
                 for i in range(n):
                     sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
             self.clock_to(t)
+            self.seg_sweep()
         finally:
             self.leave()
         return sent
@@ -1840,6 +1890,7 @@ cdef class Grouper:
         cdef cnp.ndarray gt = None
         self.enter()
         try:
+            self.seg_sweep()
             n = self.outbox.len // sizeof(RespRec)
             if group_times:
                 gt = np.empty(n, dtype=np.uint64)
@@ -1883,7 +1934,9 @@ cdef class Grouper:
         cdef Pend* g
         cdef cnp.ndarray out
         cdef FaultRec* f
+        cdef const FaultRec* src
         cdef uint32_t n
+        cdef size_t end
         self.enter()
         try:
             ci = cookie_find(&self.cookies, cookie)
@@ -1893,6 +1946,12 @@ cdef class Grouper:
             out = np.empty(g.nfaults, dtype=FAULT_DTYPE)
             g = &self.pends.items[self.cookies.slots[ci].idx]
             f = <FaultRec*>cnp.PyArray_DATA(out)
+            if g.head == NIL:       # copied out by run(): its faults are in that output
+                src = self.seg_faults(g.tail, &end)
+                if <size_t>g.at + g.nfaults > end:
+                    raise SystemError(f"group {cookie}: faults {g.at}+{g.nfaults} past its output ({end})")
+                memcpy(f, src + g.at, g.nfaults * sizeof(FaultRec))
+                return out
             n = g.head
             while n != NIL:
                 self.node_to_rec(self.N(n), g.dev, f)
@@ -1920,16 +1979,45 @@ cdef class Grouper:
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
                 + pool_sizeof(&self.parts) + self.chains.cap * sizeof(IdxSlot)
-                + self.s_sizeof() + spare_bytes(self.spare))
+                + self.s_sizeof() + spare_bytes(self.spare) + 3 * self.segs.cap * sizeof(uint32_t))
+
+    cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL:
+        """The faults of output number i (Segs) and, in *n, how many."""
+        cdef cnp.ndarray a
+        if i == self.segs.cur:
+            n[0] = self.out_faults.len // sizeof(FaultRec)
+            return <const FaultRec*>self.out_faults.data
+        a = self.seg_arrays[i]
+        if a is None:
+            raise SystemError(f"output {i} holds pending faults but is gone")
+        n[0] = <size_t>cnp.PyArray_DIM(a, 0)
+        return <const FaultRec*>cnp.PyArray_DATA(a)
 
     def get_state(self):
-        """Sizes of the internal tables, for inspection and tests."""
-        return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
-                "parts_used": self.parts.used, "part_capacity": self.parts.cap,
-                "chains": self.chains.count,
-                "pend_capacity": self.pends.cap, "entries": self.entry_count,
-                "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
-                "heap": self.heap.len, "bytes": self.sizeof()}
+        """Sizes of the internal tables, for inspection and tests; outputs_kept
+        and faults_in_outputs: the batch outputs kept for pending groups, and
+        those groups' faults (held there, not in nodes)."""
+        self.enter()
+        try:
+            return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
+                    "parts_used": self.parts.used, "part_capacity": self.parts.cap,
+                    "chains": self.chains.count,
+                    "pend_capacity": self.pends.cap, "entries": self.entry_count,
+                    "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
+                    "heap": self.heap.len, "bytes": self.sizeof(),
+                    "outputs_kept": sum(a is not None for a in self.seg_arrays),
+                    "faults_in_outputs": self.faults_in_outputs()}
+        finally:
+            self.leave()
+
+    cdef uint64_t faults_in_outputs(self) noexcept:
+        """Faults of the pending groups kept in an output, not in nodes (Segs)."""
+        cdef uint64_t k = 0
+        cdef uint32_t i
+        for i in range(self.cookies.cap):
+            if self.cookies.slots[i].cookie and self.pends.items[self.cookies.slots[i].idx].head == NIL:
+                k += self.pends.items[self.cookies.slots[i].idx].nfaults
+        return k
 
     cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept:
         """_check_nodes: mark the nodes of the list from n in seen; their number
@@ -1953,13 +2041,17 @@ cdef class Grouper:
         group's (head..tail, nfaults nodes; respond_cookie frees it by its
         ends and count, see node_release_list); each list ends at its tail;
         the counts agree with nodes_used, partial_count and the pending
-        faults. Returns the number of free nodes. For tests: O(capacity)."""
+        faults. A group run() copied out holds no node: its faults are in an
+        output that the grouper keeps (Segs), and the outputs' counts of such
+        groups agree. Returns the number of free nodes. For tests: O(capacity)."""
         cdef uint8_t* seen
         cdef uint32_t i, n, last, p, parts = 0
         cdef int64_t k
-        cdef uint64_t free = 0, held = 0, pending = 0
+        cdef uint64_t free = 0, held = 0, pending = 0, in_outputs = 0
         cdef const Pend* g
         cdef cnp.ndarray marks
+        cdef size_t end
+        cdef uint32_t[::1] seg_groups = np.zeros(self.segs.cap, dtype=np.uint32)
         msg = None
         self.enter()
         try:
@@ -1989,6 +2081,16 @@ cdef class Grouper:
                 if self.cookies.slots[i].cookie == 0 or msg is not None:
                     continue
                 g = &self.pends.items[self.cookies.slots[i].idx]
+                if g.head == NIL:   # its faults are in output g.tail, from g.at (Segs)
+                    if g.tail >= self.segs.cap:
+                        msg = f"group {g.cookie}: output {g.tail} out of range"
+                        continue
+                    seg_groups[g.tail] += 1
+                    self.seg_faults(g.tail, &end)
+                    if <size_t>g.at + g.nfaults > end:
+                        msg = f"group {g.cookie}: faults {g.at}+{g.nfaults} past its output ({end})"
+                    in_outputs += g.nfaults
+                    continue
                 k = self.mark_list(g.head, seen, &last)
                 if k < 0:
                     msg = f"group {g.cookie}: node {last} out of range or on two lists"
@@ -1997,11 +2099,18 @@ cdef class Grouper:
                            f"kept as {g.nfaults} ending at {g.tail}")
                 else:
                     pending += k
+            for i in range(self.segs.cap):
+                if msg is None and seg_groups[i] != self.segs.pending[i]:
+                    msg = f"output {i}: {seg_groups[i]} pending groups in it, counted {self.segs.pending[i]}"
+                elif msg is None and i != self.segs.cur and (self.seg_arrays[i] is None) != (seg_groups[i] == 0):
+                    dead = any(self.segs.dead[j] == i for j in range(self.segs.ndead))
+                    if not (dead and seg_groups[i] == 0):
+                        msg = f"output {i}: kept {self.seg_arrays[i] is not None}, {seg_groups[i]} groups in it"
             if msg is None and parts != self.parts.used:
                 msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
-            if msg is None and (held != self.c.partial_now or pending != self.pending_faults):
-                msg = (f"{held} partials and {pending} pending faults on lists, "
-                       f"counted {self.c.partial_now} and {self.pending_faults}")
+            if msg is None and (held != self.c.partial_now or pending + in_outputs != self.pending_faults):
+                msg = (f"{held} partials, {pending} pending faults on lists and {in_outputs} in "
+                       f"outputs, counted {self.c.partial_now} and {self.pending_faults}")
             if msg is None and (free + held + pending != self.nodes.cap
                                 or held + pending != self.nodes.used):
                 msg = (f"{free} free, {held + pending} held of {self.nodes.cap} nodes, "

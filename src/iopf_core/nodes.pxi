@@ -66,7 +66,8 @@ cdef inline void node_release(NodeStore* s, uint32_t i) noexcept nogil:
 cdef inline void node_release_list(NodeStore* s, uint32_t head, uint32_t tail, uint32_t n) noexcept nogil:
     """Free the n nodes of a list head..tail (linked by next) at once: only the
     tail is written. An answered group's nodes went cold while it was
-    pending; walking them to free one by one cost a cache miss per fault."""
+    pending; walking them to free one by one cost a cache miss per fault.
+    (run() frees a group's nodes this way as soon as it is copied out.)"""
     s.items[tail].next = s.free
     s.free = head
     s.used -= n

@@ -337,8 +337,7 @@ class PyGrouper:
                             f"(priv0, priv1)), not {rec!r}")
         check_ints(rec)
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
-        self.take_groups()
-        self._report(tuple(rec), collect=True)
+        self._report(tuple(rec), collect=True)     # after what run() collected, not taken yet
         return self.last_cookie
 
     @_exclusive
@@ -357,11 +356,14 @@ class PyGrouper:
         rec = (time, dev, pasid, grpid, flags, perm, addr, (priv0, priv1))
         check_ints(rec)
         check_record(None, rec, self.pasid_bits, self.grpid_bits)
-        self.take_groups()
+        # The group is collected and taken back off: what run() collected and
+        # was not taken yet stays as it was.
+        n = len(self._out_faults)
         self._report(rec, collect=True)
         if not self.last_cookie:
             return None
-        faults, _, _ = self.take_groups()
+        faults = np.array(self._out_faults[n:], dtype=FAULT_DTYPE)
+        del self._out_faults[n:], self._out_offsets[-1], self._out_cookies[-1]
         return self.last_cookie, faults.tobytes()
 
     @_exclusive

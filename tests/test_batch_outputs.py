@@ -1,0 +1,158 @@
+"""A group that a batch completes keeps its faults in the batch's output.
+
+``run()`` (under ``Queue.report_batch``) copies each group it completes into
+its output, the faults array that ``take_groups`` gives, and frees the
+group's nodes at once: they go back to work while they are still in cache,
+and a pending group from a batch holds no node. The grouper keeps that faults
+array while any of its groups is pending (``Queue.pending()`` and
+``group_faults`` read them from it) and lets it go once they are all
+answered. Groups reported one at a time keep their nodes.
+"""
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import numpy as np
+import pytest
+
+import iopf
+from iopf import FAULT_DTYPE, Response
+from iopf_core import COMPILED, STRATEGIES
+
+pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled core's outputs")
+C_STRATEGIES = ["hash", "tree", "list"]
+
+
+def groups_of_4(n: int, start: int = 0, dev: int = 1) -> np.ndarray:
+    """n faults in whole groups of 4 (LPIG last), group ids from start // 4."""
+    a = np.zeros(n, FAULT_DTYPE)
+    k = np.arange(start, start + n)
+    a["time"] = k
+    a["dev"], a["pasid"] = dev, 5
+    a["grpid"] = k // 4 % 512
+    a["flags"] = np.where(k % 4 == 3, 3, 1)
+    a["perm"] = 1
+    a["addr"] = k << 12
+    return a
+
+
+def state(q: iopf.Queue) -> dict[str, Any]:
+    return q.core.get_state()
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+@pytest.mark.parametrize("n", [40, 8000])       # output copied; output lent (over 64 KiB)
+def test_batch_groups_hold_no_nodes_and_keep_their_faults(strategy: str, n: int) -> None:
+    q = iopf.Queue(strategy=strategy)
+    batch = q.report_batch(groups_of_4(n))
+    assert len(batch) == n // 4
+    assert not batch.faults.flags.writeable     # the record the queue keeps
+    s = state(q)
+    assert s["nodes_used"] == q.partial_count == 0
+    assert s["faults_in_outputs"] == n and s["outputs_kept"] == 1
+    want = {int(c): batch.faults[batch.offsets[i]:batch.offsets[i + 1]].tobytes()
+            for i, c in enumerate(batch.cookies)}
+    del batch
+    gc.collect()
+    got = {g.cookie: g.faults.tobytes() for g in q.pending()}
+    assert got == want
+    q.core._check_nodes()
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+@pytest.mark.parametrize("answer", ["respond_batch", "respond", "timeout"])
+def test_a_kept_output_goes_once_its_groups_are_answered(strategy: str, answer: str) -> None:
+    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10_000), strategy=strategy)
+    batch = q.report_batch(groups_of_4(8000))
+    faults = weakref.ref(batch.faults)
+    cookies = [int(c) for c in batch.cookies]
+    del batch
+    gc.collect()
+    assert faults() is not None and state(q)["outputs_kept"] == 1   # the grouper keeps it
+    q.respond_batch(cookies[:-1], Response.SUCCESS)
+    q.take_responses()
+    assert faults() is not None                                      # one group left in it
+    assert [g.cookie for g in q.pending()] == cookies[-1:]
+    if answer == "respond_batch":
+        q.respond_batch(cookies[-1:], Response.SUCCESS)
+    elif answer == "respond":
+        q.respond(q.pending()[0], Response.SUCCESS)
+    else:
+        q.advance(10**9)                # the group times out
+        q.take_responses()
+    assert faults() is None
+    assert state(q)["outputs_kept"] == 0 and len(q.pending_cookies()) == 0
+    q.core._check_nodes()
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_outputs_of_many_batches_are_kept_and_let_go_in_any_order(strategy: str) -> None:
+    """Each batch leaves groups pending in its own output; they are answered
+    in a shuffled order, batches interleaved, and every output goes when its
+    last group does (output numbers are reused, and grow past the first few)."""
+    q = iopf.Queue(strategy=strategy)
+    rng = np.random.default_rng(5)
+    refs, pending = [], []
+    for b in range(12):
+        batch = q.report_batch(groups_of_4(400, start=b * 400, dev=b))
+        refs.append(weakref.ref(batch.faults))
+        pending += [int(c) for c in batch.cookies]
+    del batch
+    gc.collect()
+    assert state(q)["outputs_kept"] == 12
+    for chunk in np.array_split(rng.permutation(pending), 7):
+        q.respond_batch(chunk, Response.SUCCESS)
+        q.core._check_nodes()
+        left = set(int(c) for c in q.pending_cookies())
+        for b, ref in enumerate(refs):
+            mine = set(range(b * 100 + 1, b * 100 + 101))
+            assert (ref() is not None) == bool(mine & left), b
+    assert state(q)["outputs_kept"] == 0
+    again = q.report_batch(groups_of_4(400, start=0, dev=99))     # an output number reused
+    assert state(q)["outputs_kept"] == 1 and len(again) == 100
+
+
+@pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])
+def test_a_group_reported_alone_leaves_the_batch_output_as_it_was(strategy: str) -> None:
+    """run() collects a group; before it is taken, a group reported one request
+    at a time (report_fault) comes and goes back out: take_groups gives the
+    batch's group alone, and both groups' faults are read back right."""
+    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    arr = groups_of_4(4)
+    assert core.run(arr) == 4
+    alone = groups_of_4(4, start=4, dev=2)
+    done = None
+    for rec in alone.tolist():
+        done = core.report_fault((*rec[:7], tuple(rec[7])))
+    assert done is not None
+    cookie, records = done
+    assert records == alone.tobytes()
+    faults, offsets, cookies = core.take_groups()
+    assert faults.tobytes() == arr.tobytes() and list(offsets) == [0, 4] and len(cookies) == 1
+    assert core.group_faults(int(cookies[0])).tobytes() == arr.tobytes()
+    assert core.group_faults(cookie).tobytes() == alone.tobytes()
+
+
+def test_output_numbers_grow_all_or_nothing() -> None:
+    """When the grouper cannot grow its table of kept outputs, take_groups
+    raises MemoryError and changes nothing: the next take gives the groups."""
+    from iopf_core.grouper import _fail_alloc_after
+    core = STRATEGIES["hash"](iopf.policies.PCIE)
+    for b in range(4):                   # four outputs kept: the first table is full
+        core.run(groups_of_4(8, start=8 * b))
+        if b < 3:
+            core.take_groups()
+    before = [(int(k), core.group_faults(int(k)).tobytes()) for k in core.pending_cookies()]
+    _fail_alloc_after(0)
+    try:
+        with pytest.raises(MemoryError):
+            core.take_groups()
+    finally:
+        _fail_alloc_after(-1)
+    assert [(int(k), core.group_faults(int(k)).tobytes()) for k in core.pending_cookies()] == before
+    faults, offsets, cookies = core.take_groups()
+    assert faults.tobytes() == groups_of_4(8, start=24).tobytes() and len(cookies) == 2
+    assert core.get_state()["outputs_kept"] == 4
+    core._check_nodes()
