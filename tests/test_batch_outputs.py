@@ -11,6 +11,9 @@ answered. Groups reported one at a time keep their nodes.
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
+import textwrap
 import weakref
 from typing import Any
 
@@ -156,3 +159,55 @@ def test_output_numbers_grow_all_or_nothing() -> None:
     assert faults.tobytes() == groups_of_4(8, start=24).tobytes() and len(cookies) == 2
     assert core.get_state()["outputs_kept"] == 4
     core._check_nodes()
+
+
+def run_child(code: str) -> None:
+    """Run code in a fresh interpreter (what used to crash); it must print OK."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert proc.stdout.strip().endswith("OK"), proc.stdout[-2000:]
+
+
+def test_a_kept_array_changed_in_place_is_read_by_its_memory() -> None:
+    """The arrays take_groups gives are the caller's, and the grouper reads a
+    pending group's faults back from the faults array it gave: a caller may
+    reshape it in place (even to 0-d), give it another dtype, or resize it
+    (a small output's copy owns its memory). The grouper goes by the array's
+    bytes, not by its first dimension: it reads the group's faults if they
+    are still there, else raises SystemError, and never reads past the
+    array's memory (a 0-d array used to crash it)."""
+    run_child("""
+        import numpy as np, iopf
+        from iopf import FAULT_DTYPE
+        from iopf_core import STRATEGIES
+        core = STRATEGIES["hash"](iopf.policies.PCIE)
+        one = np.zeros(1, FAULT_DTYPE)
+        one["dev"], one["flags"], one["perm"], one["addr"] = 1, 3, 1, 0x5000
+        core.run(one)
+        f, offsets, cookies = core.take_groups()
+        f.shape = ()                                 # 0-d: it has no first dimension
+        assert core.group_faults(int(cookies[0])).tobytes() == one.tobytes()
+
+        a = np.zeros(400, FAULT_DTYPE)
+        a["dev"], a["pasid"], a["perm"] = 2, 5, 1
+        a["grpid"] = np.arange(400) // 4
+        a["flags"] = np.where(np.arange(400) % 4 == 3, 3, 1)
+        a["addr"] = np.arange(400) << 12
+        core.run(a)
+        f, offsets, cookies = core.take_groups()
+        assert f.flags.owndata                       # a small output: a copy
+        f.shape = (100, 4)                           # the same bytes: still read
+        assert core.group_faults(int(cookies[-1])).tobytes() == a[-4:].tobytes()
+        f.shape = (400,)
+        f.dtype = np.uint8                           # 20800 elements, 20800 bytes
+        f.resize(8, refcheck=False)                  # 8 bytes left: no group is there
+        for k in cookies:
+            try:
+                core.group_faults(int(k))
+            except SystemError:
+                pass
+            else:
+                raise AssertionError(f"group {k} read from 8 bytes")
+        print("OK")
+    """)

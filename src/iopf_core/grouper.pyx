@@ -1990,7 +1990,10 @@ cdef class Grouper:
         a = self.seg_arrays[i]
         if a is None:
             raise SystemError(f"output {i} holds pending faults but is gone")
-        n[0] = <size_t>cnp.PyArray_DIM(a, 0)
+        # The array is the caller's: it may have been reshaped (even to 0-d),
+        # given another dtype or resized in place since. Its bytes from its
+        # data pointer are what numpy keeps valid; its first dimension is not.
+        n[0] = <size_t>cnp.PyArray_NBYTES(a) // sizeof(FaultRec)
         return <const FaultRec*>cnp.PyArray_DATA(a)
 
     def get_state(self):
