@@ -211,3 +211,51 @@ def test_a_kept_array_changed_in_place_is_read_by_its_memory() -> None:
                 raise AssertionError(f"group {k} read from 8 bytes")
         print("OK")
     """)
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+@pytest.mark.parametrize("answer", ["advance", "expire", "remove_device", "flush_pasid", "detach",
+                                    "serve", "report_fault", "respond_at"])
+def test_every_call_that_answers_lets_a_kept_output_go(strategy: str, answer: str) -> None:
+    """Not only respond and respond_batch: timeouts, scheduled answers, the
+    service model, flushing, detaching, removing the device and a request
+    that times groups out on its way in all answer groups. Once the last
+    group of a kept output is answered, by any of them, the output goes at
+    the end of that call (it used to stay until the next respond or batch)."""
+    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10_000), strategy=strategy,
+                   auto_advance=answer == "report_fault")
+    if answer == "detach":
+        q.attach(1, 5, Response.SUCCESS)
+        q.attach(1, 5, lambda g: None)
+    if answer == "serve":
+        q.service = iopf.Service("const:5", 1)
+    batch = q.report_batch(groups_of_4(8000))
+    faults = weakref.ref(batch.faults)
+    cookies = [int(c) for c in batch.cookies]
+    del batch
+    gc.collect()
+    assert faults() is not None
+    if answer == "advance":
+        q.advance(10**9)
+    elif answer == "expire":
+        q.expire(10**9)
+    elif answer == "remove_device":
+        q.remove_device(1)
+    elif answer == "flush_pasid":
+        q.flush_pasid(1, 5)
+    elif answer == "detach":
+        q.detach(1, 5)
+    elif answer == "serve":
+        for c in cookies:
+            q.serve(c, at=0)
+        q.advance(10**6)
+    elif answer == "report_fault":          # auto_advance: the request times them out first
+        q.report(iopf.Fault(2, 0, 0, 0, last=True, pasid_valid=False, time=10**9))
+    else:
+        q.respond_batch(cookies, Response.SUCCESS, at=5)
+        q.advance(10**6)
+    assert len(q.pending_cookies()) == 0 or answer == "report_fault"
+    assert not set(cookies) & set(int(c) for c in q.pending_cookies())
+    assert faults() is None
+    assert state(q)["outputs_kept"] == 0
+    q.core._check_nodes()

@@ -262,7 +262,7 @@ cdef class Grouper:
     cdef Segs segs
     cdef list seg_arrays      # per output number: the faults array taken, or None
     cdef int refill(self) except -1
-    cdef void seg_sweep(self) noexcept
+    cdef void seg_sweep(self) noexcept nogil
     cdef int seg_room(self) except -1
     cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL
     cdef uint64_t faults_in_outputs(self) noexcept

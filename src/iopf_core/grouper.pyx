@@ -243,6 +243,8 @@ cdef class Grouper:
         return 0
 
     cdef inline void leave(self) noexcept nogil:
+        if self.segs.ndead:       # the call answered the last group of a taken output
+            self.seg_sweep()
         iopf_give(&self.busy)
 
     def _debug_counters(self, uint32_t epoch, uint64_t next_handle, uint64_t next_cookie):
@@ -307,17 +309,21 @@ cdef class Grouper:
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
 
-    cdef void seg_sweep(self) noexcept:
-        """Let go of the taken outputs whose pending groups are all answered (Segs):
-        at the calls that answer (respond, respond_batch), take or run, inside
-        the busy flag (enter), as everything that reads or changes segs."""
+    cdef void seg_sweep(self) noexcept nogil:
+        """Let go of the taken outputs whose pending groups are all answered (Segs).
+        Every call does at its end (leave(), still inside the busy flag, as
+        everything that reads or changes segs): whatever answered them
+        (respond, a timeout, a scheduled answer, the service model, detach,
+        flush, remove_device, a request that advanced the clock), the arrays
+        go with the call; between calls no output is dead."""
         cdef uint32_t i
-        while self.segs.ndead:
-            self.segs.ndead -= 1
-            i = self.segs.dead[self.segs.ndead]
-            self.seg_arrays[i] = None       # within the list: it is never shorter than segs.cap
-            self.segs.free[self.segs.nfree] = i
-            self.segs.nfree += 1
+        with gil:
+            while self.segs.ndead:
+                self.segs.ndead -= 1
+                i = self.segs.dead[self.segs.ndead]
+                self.seg_arrays[i] = None       # within the list: it is never shorter than segs.cap
+                self.segs.free[self.segs.nfree] = i
+                self.segs.nfree += 1
 
     cdef int seg_room(self) except -1:
         """A free output number for segs_next (all or nothing: the list grows first)."""
@@ -331,7 +337,6 @@ cdef class Grouper:
 
     cdef int refill(self) except -1:
         """Output buffers from the memory of arrays that are gone (see _Block)."""
-        self.seg_sweep()
         buf_refill(&self.out_faults, self.spare, OUT_FAULTS)
         buf_refill(&self.out_offsets, self.spare, OUT_OFFSETS)
         buf_refill(&self.out_cookies, self.spare, OUT_COOKIES)
@@ -1446,7 +1451,6 @@ cdef class Grouper:
             self.reserve(0, 0, 1, 0)
             sent = self.respond_cookie(cookie, code, reason, t)
             self.clock_to(t)
-            self.seg_sweep()
         finally:
             self.leave()
         return sent == 1
@@ -1644,7 +1648,6 @@ cdef class Grouper:
         first.len = first.cap = 0
         self.enter()
         try:
-            self.seg_sweep()
             # Everything that can fail comes before any buffer is emptied (the
             # three arrays, the room for the next batch's first offset): a
             # MemoryError leaves the groups to take again.
@@ -1721,7 +1724,6 @@ cdef class Grouper:
                 for i in range(n):
                     sv[i] = <uint8_t>self.respond_cookie(kv[i], cv[i], reason, t)
             self.clock_to(t)
-            self.seg_sweep()
         finally:
             self.leave()
         return sent
@@ -1890,7 +1892,6 @@ cdef class Grouper:
         cdef cnp.ndarray gt = None
         self.enter()
         try:
-            self.seg_sweep()
             n = self.outbox.len // sizeof(RespRec)
             if group_times:
                 gt = np.empty(n, dtype=np.uint64)
@@ -2054,10 +2055,11 @@ cdef class Grouper:
         cdef const Pend* g
         cdef cnp.ndarray marks
         cdef size_t end
-        cdef uint32_t[::1] seg_groups = np.zeros(self.segs.cap, dtype=np.uint32)
+        cdef uint32_t[::1] seg_groups
         msg = None
         self.enter()
         try:
+            seg_groups = np.zeros(self.segs.cap, dtype=np.uint32)     # (the table's size inside the flag)
             marks = np.zeros(self.nodes.cap + 1, dtype=np.uint8)
             seen = <uint8_t*>cnp.PyArray_DATA(marks)
             n = self.nodes.free
@@ -2102,13 +2104,16 @@ cdef class Grouper:
                            f"kept as {g.nfaults} ending at {g.tail}")
                 else:
                     pending += k
+            if msg is None and self.segs.ndead:     # every call lets them go as it ends
+                msg = f"{self.segs.ndead} outputs without pending groups still kept"
             for i in range(self.segs.cap):
                 if msg is None and seg_groups[i] != self.segs.pending[i]:
                     msg = f"output {i}: {seg_groups[i]} pending groups in it, counted {self.segs.pending[i]}"
                 elif msg is None and i != self.segs.cur and (self.seg_arrays[i] is None) != (seg_groups[i] == 0):
-                    dead = any(self.segs.dead[j] == i for j in range(self.segs.ndead))
-                    if not (dead and seg_groups[i] == 0):
-                        msg = f"output {i}: kept {self.seg_arrays[i] is not None}, {seg_groups[i]} groups in it"
+                    msg = f"output {i}: kept {self.seg_arrays[i] is not None}, {seg_groups[i]} groups in it"
+            unused = [i for i in range(self.segs.cap) if i != self.segs.cur and self.seg_arrays[i] is None]
+            if msg is None and sorted([self.segs.free[i] for i in range(self.segs.nfree)]) != unused:
+                msg = f"free output numbers {[self.segs.free[i] for i in range(self.segs.nfree)]}, unused {unused}"
             if msg is None and parts != self.parts.used:
                 msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
             if msg is None and (held != self.c.partial_now or pending + in_outputs != self.pending_faults):
