@@ -68,3 +68,21 @@ def test_cython_consumer_cimports_the_core(tmp_path):
         assert consumer.report_one(q.core, 3, 1, 3, 5, 3, 1) == G.ReportResult.REPORT_ANSWERED
         assert [len(g) for g in q.pending()] == [2]
         assert q.stats.conserved()
+
+    # A request from C, without the GIL, that times out the last group of a
+    # batch output the grouper keeps: the output goes as that call ends (the
+    # grouper takes the GIL for it).
+    import gc
+    import weakref
+    import numpy as np
+    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10), auto_advance=True)
+    batch = q.report_batch(iopf.trace.synthetic(5000, seed=4))
+    kept = weakref.ref(batch.faults)
+    del batch
+    gc.collect()
+    assert kept() is not None and len(q.pending_cookies())
+    late = np.zeros(1, iopf.FAULT_DTYPE)
+    late["time"], late["dev"], late["flags"], late["perm"] = 2**40, 9, 2, 1
+    assert consumer.feed(q.core, late) == (1, 0)
+    assert kept() is None and q.core.get_state()["outputs_kept"] == 0
+    q.core._check_nodes()
