@@ -259,3 +259,22 @@ def test_every_call_that_answers_lets_a_kept_output_go(strategy: str, answer: st
     assert faults() is None
     assert state(q)["outputs_kept"] == 0
     q.core._check_nodes()
+
+
+@pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])
+@pytest.mark.parametrize("n", [40, 8000])
+def test_take_groups_gives_a_read_only_faults_array(strategy: str, n: int) -> None:
+    """The faults array from take_groups is the record the grouper reads a
+    pending group back from: read-only from the core too (not only in a
+    GroupBatch), so that sorting or filling it in place fails instead of
+    changing what group_faults gives. Offsets and cookies stay the caller's."""
+    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    arr = groups_of_4(n)
+    core.run(arr)
+    faults, offsets, cookies = core.take_groups()
+    assert not faults.flags.writeable and offsets.flags.writeable and cookies.flags.writeable
+    with pytest.raises(ValueError):
+        faults.sort(order="addr")
+    with pytest.raises(ValueError):
+        faults["addr"] = 0
+    assert core.group_faults(int(cookies[-1])).tobytes() == arr[-4:].tobytes()

@@ -1640,7 +1640,7 @@ cdef class Grouper:
         A large output is handed to numpy as it is, not copied, and its
         memory is reused once the arrays are gone (see _Block). While some of
         its groups are pending, the grouper keeps the faults array: their
-        faults are there, not in nodes (see Segs).
+        faults are there, not in nodes (see Segs); it is read-only.
         """
         cdef Buf first
         cdef bint keep
@@ -1667,6 +1667,9 @@ cdef class Grouper:
                 first.data = NULL
             (<int64_t*>self.out_offsets.data)[0] = 0
             self.out_offsets.len = sizeof(int64_t)
+            # Read-only: it is the record group_faults reads a pending group
+            # back from (writing it in place would change that silently).
+            cnp.PyArray_CLEARFLAGS(<cnp.ndarray>faults, cnp.NPY_ARRAY_WRITEABLE)
             if keep:
                 self.seg_arrays[self.segs.cur] = faults
                 segs_next(&self.segs)

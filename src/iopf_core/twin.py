@@ -519,6 +519,7 @@ class PyGrouper:
     @_exclusive
     def take_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         faults = np.array(self._out_faults, dtype=FAULT_DTYPE)
+        faults.flags.writeable = False      # as the compiled core's (which reads it back)
         offsets = np.array(self._out_offsets, dtype=np.int64)
         cookies = np.array(self._out_cookies, dtype=np.uint64)
         self._out_faults, self._out_offsets, self._out_cookies = [], [0], []
