@@ -1423,14 +1423,17 @@ cdef class Grouper:
         without doing anything, while another thread holds the queue (see owner).
         The checks and the all-or-nothing rule of report(): r is the caller's
         copy, checked, then applied under the busy flag."""
+        cdef size_t nf, nc, no
         if self.held_elsewhere():
             return False
         if self.bad_rec(r):
             self.refuse(-1, r)
-        # The group is copied out after what run() collected and was not
-        # taken yet, and taken back off: that output stays as it was.
-        cdef size_t nf = self.out_faults.len, nc = self.out_cookies.len, no = self.out_offsets.len
         self.enter()
+        # The group is copied out after what run() collected and was not
+        # taken yet, and taken back off: that output stays as it was. (Its
+        # lengths are read inside the busy flag: a C caller of report_rec may
+        # change them without the GIL until then.)
+        nf, nc, no = self.out_faults.len, self.out_cookies.len, self.out_offsets.len
         try:
             self.report_one(r, COLLECT_KEEP)   # R_DISPATCH leaves dispatch set, as report() does
             if self.last_cookie == 0:
