@@ -41,8 +41,13 @@ def groups_of_4(n: int, start: int = 0, dev: int = 1) -> np.ndarray:
     return a
 
 
+def compiled(q: iopf.Queue) -> Any:
+    """The queue's compiled core (these tests make no other)."""
+    return q.core
+
+
 def state(q: iopf.Queue) -> dict[str, Any]:
-    return q.core.get_state()
+    return compiled(q).get_state()
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
@@ -61,7 +66,7 @@ def test_batch_groups_hold_no_nodes_and_keep_their_faults(strategy: str, n: int)
     gc.collect()
     got = {g.cookie: g.faults.tobytes() for g in q.pending()}
     assert got == want
-    q.core._check_nodes()
+    compiled(q)._check_nodes()
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
@@ -87,7 +92,7 @@ def test_a_kept_output_goes_once_its_groups_are_answered(strategy: str, answer: 
         q.take_responses()
     assert faults() is None
     assert state(q)["outputs_kept"] == 0 and len(q.pending_cookies()) == 0
-    q.core._check_nodes()
+    compiled(q)._check_nodes()
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
@@ -107,7 +112,7 @@ def test_outputs_of_many_batches_are_kept_and_let_go_in_any_order(strategy: str)
     assert state(q)["outputs_kept"] == 12
     for chunk in np.array_split(rng.permutation(pending), 7):
         q.respond_batch(chunk, Response.SUCCESS)
-        q.core._check_nodes()
+        compiled(q)._check_nodes()
         left = set(int(c) for c in q.pending_cookies())
         for b, ref in enumerate(refs):
             mine = set(range(b * 100 + 1, b * 100 + 101))
@@ -122,7 +127,7 @@ def test_a_group_reported_alone_leaves_the_batch_output_as_it_was(strategy: str)
     """run() collects a group; before it is taken, a group reported one request
     at a time (report_fault) comes and goes back out: take_groups gives the
     batch's group alone, and both groups' faults are read back right."""
-    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    core: Any = STRATEGIES[strategy](iopf.policies.PCIE)
     arr = groups_of_4(4)
     assert core.run(arr) == 4
     alone = groups_of_4(4, start=4, dev=2)
@@ -142,7 +147,7 @@ def test_output_numbers_grow_all_or_nothing() -> None:
     """When the grouper cannot grow its table of kept outputs, take_groups
     raises MemoryError and changes nothing: the next take gives the groups."""
     from iopf_core.grouper import _fail_alloc_after
-    core = STRATEGIES["hash"](iopf.policies.PCIE)
+    core: Any = STRATEGIES["hash"](iopf.policies.PCIE)
     for b in range(4):                   # four outputs kept: the first table is full
         core.run(groups_of_4(8, start=8 * b))
         if b < 3:
@@ -258,7 +263,7 @@ def test_every_call_that_answers_lets_a_kept_output_go(strategy: str, answer: st
     assert not set(cookies) & set(int(c) for c in q.pending_cookies())
     assert faults() is None
     assert state(q)["outputs_kept"] == 0
-    q.core._check_nodes()
+    compiled(q)._check_nodes()
 
 
 @pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])
@@ -268,7 +273,7 @@ def test_take_groups_gives_a_read_only_faults_array(strategy: str, n: int) -> No
     pending group back from: read-only from the core too (not only in a
     GroupBatch), so that sorting or filling it in place fails instead of
     changing what group_faults gives. Offsets and cookies stay the caller's."""
-    core = STRATEGIES[strategy](iopf.policies.PCIE)
+    core: Any = STRATEGIES[strategy](iopf.policies.PCIE)
     arr = groups_of_4(n)
     core.run(arr)
     faults, offsets, cookies = core.take_groups()
