@@ -283,3 +283,21 @@ def test_take_groups_gives_a_read_only_faults_array(strategy: str, n: int) -> No
     with pytest.raises(ValueError):
         faults["addr"] = 0
     assert core.group_faults(int(cookies[-1])).tobytes() == arr[-4:].tobytes()
+
+
+@pytest.mark.parametrize("n", [40, 8000])
+def test_outputs_outlive_their_grouper(n: int) -> None:
+    """A grouper that goes while it keeps outputs (and holds one not taken)
+    leaves the arrays it gave whole: they are the caller's as well."""
+    core: Any = STRATEGIES["tree"](iopf.policies.PCIE)
+    core.run(groups_of_4(n))
+    first = core.take_groups()
+    core.run(groups_of_4(n, start=n))
+    second = core.take_groups()
+    core.run(groups_of_4(n, start=2 * n))       # not taken
+    assert core.get_state()["outputs_kept"] == 2
+    del core
+    gc.collect()
+    assert first[0].tobytes() == groups_of_4(n).tobytes()
+    assert second[0].tobytes() == groups_of_4(n, start=n).tobytes()
+    assert list(second[1]) == list(range(0, n + 1, 4))
