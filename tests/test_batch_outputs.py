@@ -79,14 +79,15 @@ def test_a_kept_output_goes_once_its_groups_are_answered(strategy: str, answer: 
     del batch
     gc.collect()
     assert faults() is not None and state(q)["outputs_kept"] == 1   # the grouper keeps it
-    q.respond_batch(cookies[:-1], Response.SUCCESS)
+    q.respond_batch(cookies[:1000], Response.SUCCESS)
     q.take_responses()
-    assert faults() is not None                                      # one group left in it
-    assert [g.cookie for g in q.pending()] == cookies[-1:]
+    assert faults() is not None                                      # half its groups left in it
+    assert [g.cookie for g in q.pending()] == cookies[1000:]
     if answer == "respond_batch":
-        q.respond_batch(cookies[-1:], Response.SUCCESS)
+        q.respond_batch(cookies[1000:], Response.SUCCESS)
     elif answer == "respond":
-        q.respond(q.pending()[0], Response.SUCCESS)
+        for g in q.pending():
+            q.respond(g, Response.SUCCESS)
     else:
         q.advance(10**9)                # the group times out
         q.take_responses()
@@ -98,8 +99,9 @@ def test_a_kept_output_goes_once_its_groups_are_answered(strategy: str, answer: 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
 def test_outputs_of_many_batches_are_kept_and_let_go_in_any_order(strategy: str) -> None:
     """Each batch leaves groups pending in its own output; they are answered
-    in a shuffled order, batches interleaved, and every output goes when its
-    last group does (output numbers are reused, and grow past the first few)."""
+    in a shuffled order, batches interleaved, and every output goes when it
+    keeps under a quarter of its faults (output numbers are reused, and grow
+    past the first few)."""
     q = iopf.Queue(strategy=strategy)
     rng = np.random.default_rng(5)
     refs, pending = [], []
@@ -116,10 +118,56 @@ def test_outputs_of_many_batches_are_kept_and_let_go_in_any_order(strategy: str)
         left = set(int(c) for c in q.pending_cookies())
         for b, ref in enumerate(refs):
             mine = set(range(b * 100 + 1, b * 100 + 101))
-            assert (ref() is not None) == bool(mine & left), b
+            # kept while it keeps a quarter of its 400 faults (25 groups) or more
+            assert (ref() is not None) == (len(mine & left) >= 25), b
     assert state(q)["outputs_kept"] == 0
     again = q.report_batch(groups_of_4(400, start=0, dev=99))     # an output number reused
     assert state(q)["outputs_kept"] == 1 and len(again) == 100
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_thin_output_gives_its_groups_nodes_and_goes(strategy: str) -> None:
+    """An output that keeps under a quarter of its faults gives its pending
+    groups nodes holding their faults, and goes: a few groups left pending
+    never keep a whole batch's output alive."""
+    q = iopf.Queue(strategy=strategy)
+    batch = q.report_batch(groups_of_4(8000))
+    faults = weakref.ref(batch.faults)
+    want = {int(c): batch.faults[batch.offsets[i]:batch.offsets[i + 1]].tobytes()
+            for i, c in enumerate(batch.cookies)}
+    cookies = list(want)
+    del batch
+    gc.collect()
+    q.respond_batch(cookies[:1500], Response.SUCCESS)     # it keeps a quarter: kept
+    assert faults() is not None and state(q)["nodes_used"] == 0
+    q.respond(cookies[1500], Response.SUCCESS)            # under a quarter: thinned
+    assert faults() is None
+    s = state(q)
+    assert s["outputs_kept"] == 0 and s["faults_in_outputs"] == 0 and s["nodes_used"] == 499 * 4
+    assert {g.cookie: g.faults.tobytes() for g in q.pending()} == {c: want[c] for c in cookies[1501:]}
+    compiled(q)._check_nodes()
+    q.respond_batch(cookies[1501:], Response.SUCCESS)
+    assert state(q)["nodes_used"] == 0 and len(q.pending_cookies()) == 0
+    compiled(q)._check_nodes()
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_batch_mostly_answered_while_it_runs_is_thinned_when_taken(strategy: str) -> None:
+    """A constant handler answers most groups inside the batch; the few left
+    to a Python handler get nodes when the batch is taken, and its output is
+    not kept."""
+    q = iopf.Queue(strategy=strategy)
+    q.attach(1, 5, Response.SUCCESS)
+    seen: list[iopf.Group] = []
+    q.attach(2, 5, seen.append)
+    arr = np.concatenate([groups_of_4(7960), groups_of_4(40, dev=2)])
+    batch = q.report_batch(arr)
+    assert len(seen) == 10 and len(q.pending_cookies()) == 10
+    s = state(q)
+    assert s["outputs_kept"] == 0 and s["nodes_used"] == 40
+    assert [g.faults.tobytes() for g in q.pending()] == [g.faults.tobytes() for g in seen]
+    del batch
+    compiled(q)._check_nodes()
 
 
 @pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])

@@ -75,7 +75,8 @@ def test_cython_consumer_cimports_the_core(tmp_path):
     import gc
     import weakref
     import numpy as np
-    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10), auto_advance=True)
+    # (A timeout longer than the trace: no group times out within the batch.)
+    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10**9), auto_advance=True)
     batch = q.report_batch(iopf.trace.synthetic(5000, seed=4))
     kept = weakref.ref(batch.faults)
     del batch

@@ -136,50 +136,82 @@ cdef object buf_take(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
 cdef int segs_grow(Segs* s) except -1 nogil:
     """Twice the output numbers (the new ones free); s unchanged on failure."""
     cdef uint32_t cap = s.cap * 2 if s.cap else 4, i
-    cdef uint32_t* a
-    if cap > 0x40000000u:
+    cdef char* a
+    cdef Seg* seg
+    cdef uint32_t* u
+    if cap > 0x10000000u:
         return raise_nomem()
-    a = <uint32_t*>xmalloc(3 * <size_t>cap * sizeof(uint32_t))
+    a = <char*>xmalloc(<size_t>cap * (sizeof(Seg) + 3 * sizeof(uint32_t)))
     if a == NULL:
         return raise_nomem()
+    seg = <Seg*>a
+    u = <uint32_t*>(a + <size_t>cap * sizeof(Seg))
     if s.cap:
-        memcpy(a, s.pending, s.cap * sizeof(uint32_t))
-        memcpy(a + cap, s.dead, s.ndead * sizeof(uint32_t))
-        memcpy(a + 2 * cap, s.free, s.nfree * sizeof(uint32_t))
+        memcpy(seg, s.seg, s.cap * sizeof(Seg))
+        memcpy(u, s.dead, s.ndead * sizeof(uint32_t))
+        memcpy(u + cap, s.thin, s.nthin * sizeof(uint32_t))
+        memcpy(u + 2 * cap, s.free, s.nfree * sizeof(uint32_t))
+    memset(seg + s.cap, 0, (cap - s.cap) * sizeof(Seg))
     for i in range(s.cap, cap):
-        a[i] = 0
-        a[2 * cap + s.nfree] = i
+        u[2 * cap + s.nfree] = i
         s.nfree += 1
-    PyMem_RawFree(s.pending)
-    s.pending = a
-    s.dead = a + cap
-    s.free = a + 2 * cap
+    PyMem_RawFree(s.seg)
+    s.seg = seg
+    s.dead = u
+    s.thin = u + cap
+    s.free = u + 2 * cap
     s.cap = cap
     return 0
 
 
+cdef inline size_t segs_sizeof(const Segs* s) noexcept nogil:
+    return s.cap * (sizeof(Seg) + 3 * sizeof(uint32_t))
+
+
 cdef void segs_free(Segs* s) noexcept nogil:
-    PyMem_RawFree(s.pending)
-    s.pending = s.dead = s.free = NULL
-    s.cap = s.cur = s.ndead = s.nfree = 0
+    PyMem_RawFree(s.seg)
+    s.seg = NULL
+    s.dead = s.thin = s.free = NULL
+    s.cap = s.cur = s.ndead = s.nthin = s.nfree = 0
 
 
-cdef inline uint32_t segs_hold(Segs* s) noexcept nogil:
-    """One more pending group keeps its faults in the output being filled: its number."""
-    s.pending[s.cur] += 1
+cdef inline uint32_t segs_hold(Segs* s, uint64_t cookie, uint32_t nfaults) noexcept nogil:
+    """Pending group `cookie` keeps its faults in the output being filled: its number."""
+    cdef Seg* x = &s.seg[s.cur]
+    if x.first == 0:
+        x.first = cookie
+    x.last = cookie
+    x.pending += 1
+    x.kept += nfaults
     return s.cur
 
 
-cdef inline void segs_release(Segs* s, uint32_t i) noexcept nogil:
-    """A group whose faults output i kept is answered. The grouper drops a
-    taken output it no longer needs at its next sweep (with the GIL)."""
-    s.pending[i] -= 1
-    if s.pending[i] == 0 and i != s.cur:
-        s.dead[s.ndead] = i
-        s.ndead += 1
+cdef inline void segs_thin(Segs* s, uint32_t i) noexcept nogil:
+    """Put taken output i on the thin stack if it keeps under a quarter of its faults."""
+    cdef Seg* x = &s.seg[i]
+    if not x.thin and x.pending and 4 * x.kept < x.faults:
+        x.thin = True
+        s.thin[s.nthin] = i
+        s.nthin += 1
+
+
+cdef inline void segs_release(Segs* s, uint32_t i, uint32_t nfaults) noexcept nogil:
+    """A group whose faults output i kept is answered, or given nodes. The
+    grouper lets go of a taken output it no longer needs, or thins it, as
+    the call ends (Grouper.seg_sweep, with the GIL)."""
+    cdef Seg* x = &s.seg[i]
+    x.pending -= 1
+    x.kept -= nfaults
+    if i != s.cur:
+        if x.pending == 0:
+            s.dead[s.ndead] = i
+            s.ndead += 1
+        else:
+            segs_thin(s, i)
 
 
 cdef inline void segs_next(Segs* s) noexcept nogil:
     """Start filling a free output number (seg_room made sure there is one)."""
     s.nfree -= 1
     s.cur = s.free[s.nfree]
+    memset(&s.seg[s.cur], 0, sizeof(Seg))

@@ -190,11 +190,22 @@ ctypedef struct Rules:
 # go back to work while they are still in cache; the group's faults then
 # stay in the output, which the grouper keeps (Grouper.seg_arrays) until its
 # last such group is answered. Output number cur is the one being filled.
+# A taken output that keeps under a quarter of its faults gives its pending
+# groups nodes again (thin, see Grouper.seg_sweep) and goes: an output kept
+# is never more than 4x the faults it keeps (plus the output being filled).
+ctypedef struct Seg:
+    uint64_t first, last      # the cookies of the first and last group kept in it (0: none yet)
+    uint64_t faults           # the faults it holds, once taken (0 while it is being filled)
+    uint64_t kept             # the faults of its pending groups
+    uint32_t pending          # its pending groups (without nodes)
+    bint thin                 # on the thin stack, or done with it
+
 ctypedef struct Segs:
-    uint32_t* pending         # per output: its pending groups without nodes
+    Seg* seg                  # per output number
     uint32_t* dead            # outputs whose last such group went since the last sweep
+    uint32_t* thin            # taken outputs that keep under a quarter of their faults
     uint32_t* free            # output numbers not in use
-    uint32_t cap, cur, ndead, nfree
+    uint32_t cap, cur, ndead, nthin, nfree
 
 ctypedef struct Buf:           # a growable byte buffer
     char* data
@@ -264,6 +275,7 @@ cdef class Grouper:
     cdef int refill(self) except -1
     cdef void seg_sweep(self) noexcept nogil
     cdef int seg_room(self) except -1
+    cdef int seg_to_nodes(self, uint32_t i) except -1
     cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL
     cdef uint64_t faults_in_outputs(self) noexcept
 

@@ -243,7 +243,7 @@ cdef class Grouper:
         return 0
 
     cdef inline void leave(self) noexcept nogil:
-        if self.segs.ndead:       # the call answered the last group of a taken output
+        if self.segs.ndead or self.segs.nthin:    # the call answered groups of a taken output
             self.seg_sweep()
         iopf_give(&self.busy)
 
@@ -310,20 +310,67 @@ cdef class Grouper:
         return 0
 
     cdef void seg_sweep(self) noexcept nogil:
-        """Let go of the taken outputs whose pending groups are all answered (Segs).
-        Every call does at its end (leave(), still inside the busy flag, as
-        everything that reads or changes segs): whatever answered them
-        (respond, a timeout, a scheduled answer, the service model, detach,
-        flush, remove_device, a request that advanced the clock), the arrays
-        go with the call; between calls no output is dead."""
+        """Let go of the taken outputs whose pending groups are all answered
+        (Segs), after giving nodes back to the groups of thin ones. Every call
+        does at its end (leave(), still inside the busy flag, as everything
+        that reads or changes segs): whatever answered them (respond, a
+        timeout, a scheduled answer, the service model, detach, flush,
+        remove_device, a request that advanced the clock), the arrays go with
+        the call; between calls no output is dead or thin."""
         cdef uint32_t i
         with gil:
+            while self.segs.nthin:
+                self.segs.nthin -= 1
+                i = self.segs.thin[self.segs.nthin]
+                if self.segs.seg[i].pending:
+                    try:
+                        self.seg_to_nodes(i)
+                    except MemoryError:     # no nodes to spare: it stays kept until answered
+                        pass
             while self.segs.ndead:
                 self.segs.ndead -= 1
                 i = self.segs.dead[self.segs.ndead]
                 self.seg_arrays[i] = None       # within the list: it is never shorter than segs.cap
                 self.segs.free[self.segs.nfree] = i
                 self.segs.nfree += 1
+
+    cdef int seg_to_nodes(self, uint32_t i) except -1:
+        """Give the pending groups of taken output i nodes again, holding their
+        faults, so that the output can go (it keeps under a quarter of its
+        faults: see segs_thin). Its groups have cookies first..last, among
+        others. All or nothing: the nodes are made first."""
+        cdef Seg* x = &self.segs.seg[i]
+        cdef size_t n
+        cdef const FaultRec* src = self.seg_faults(i, &n)
+        cdef uint64_t c, last = x.last
+        cdef int64_t ci
+        cdef uint32_t j, k, prev
+        cdef Pend* g
+        while <uint64_t>(self.nodes.cap - self.nodes.used) < x.kept:
+            node_grow(&self.nodes)
+        c = x.first
+        while c <= last and x.pending:
+            ci = cookie_find(&self.cookies, c)
+            c += 1
+            if ci < 0:
+                continue
+            g = &self.pends.items[self.cookies.slots[ci].idx]
+            if g.head != NIL or g.tail != i:
+                continue
+            if <size_t>g.at + g.nfaults > n:    # the caller resized the array: leave it be
+                continue
+            prev = NIL
+            for j in range(g.nfaults):
+                k = node_take(&self.nodes)
+                node_fill(self.N(k), &src[g.at + j])
+                if prev == NIL:
+                    g.head = k
+                else:
+                    self.N(prev).next = k
+                prev = k
+            g.tail = prev
+            segs_release(&self.segs, i, g.nfaults)
+        return 0
 
     cdef int seg_room(self) except -1:
         """A free output number for segs_next (all or nothing: the list grows first)."""
@@ -1029,7 +1076,7 @@ cdef class Grouper:
             # to work at once, while they are still in cache.
             node_release_list(&self.nodes, head, n, nf)
             g.head = NIL
-            g.tail = segs_hold(&self.segs)
+            g.tail = segs_hold(&self.segs, g.cookie, nf)
             g.at = at
         else:
             g.head = head
@@ -1147,7 +1194,7 @@ cdef class Grouper:
             self.entry_delete(<uint32_t>ei)     # nothing hangs on it any more (entry_tidy)
         self.send(time, g.dev, g.pasid, g.grpid, g.flags, code, cookie, g.nfaults, reason, g.time)
         if g.head == NIL:
-            segs_release(&self.segs, g.tail)
+            segs_release(&self.segs, g.tail, g.nfaults)
         else:
             node_release_list(&self.nodes, g.head, g.tail, g.nfaults)
         self.hold(g.dev, -<int64_t>g.nfaults)
@@ -1647,6 +1694,7 @@ cdef class Grouper:
         """
         cdef Buf first
         cdef bint keep
+        cdef uint32_t i
         first.data = NULL
         first.len = first.cap = 0
         self.enter()
@@ -1658,7 +1706,7 @@ cdef class Grouper:
             faults, fblk = buf_out(&self.out_faults, FAULT_DTYPE, self.spare, OUT_FAULTS)
             cookies, cblk = buf_out(&self.out_cookies, U64, self.spare, OUT_COOKIES)
             offsets, oblk = buf_out(&self.out_offsets, I64, self.spare, OUT_OFFSETS)
-            keep = self.segs.pending[self.segs.cur] != 0
+            keep = self.segs.seg[self.segs.cur].pending != 0
             if keep:
                 self.seg_room()
             buf_commit(&self.out_faults, fblk, self.spare, OUT_FAULTS)
@@ -1674,8 +1722,11 @@ cdef class Grouper:
             # back from (writing it in place would change that silently).
             cnp.PyArray_CLEARFLAGS(<cnp.ndarray>faults, cnp.NPY_ARRAY_WRITEABLE)
             if keep:
-                self.seg_arrays[self.segs.cur] = faults
+                i = self.segs.cur
+                self.seg_arrays[i] = faults
+                self.segs.seg[i].faults = <uint64_t>cnp.PyArray_DIM(<cnp.ndarray>faults, 0)
                 segs_next(&self.segs)
+                segs_thin(&self.segs, i)    # most of its groups answered already: thinned as the call ends
         finally:
             PyMem_RawFree(first.data)
             self.leave()
@@ -1986,7 +2037,7 @@ cdef class Grouper:
                 + self.out_cookies.cap + self.outbox.cap + self.outbox_gtime.cap
                 + (self.sv.servers + self.sv.nsamples + self.sv.fifo_cap) * sizeof(uint64_t)
                 + pool_sizeof(&self.parts) + self.chains.cap * sizeof(IdxSlot)
-                + self.s_sizeof() + spare_bytes(self.spare) + 3 * self.segs.cap * sizeof(uint32_t))
+                + self.s_sizeof() + spare_bytes(self.spare) + segs_sizeof(&self.segs))
 
     cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL:
         """The faults of output number i (Segs) and, in *n, how many."""
@@ -2062,10 +2113,12 @@ cdef class Grouper:
         cdef cnp.ndarray marks
         cdef size_t end
         cdef uint32_t[::1] seg_groups
+        cdef uint64_t[::1] seg_faults
         msg = None
         self.enter()
         try:
             seg_groups = np.zeros(self.segs.cap, dtype=np.uint32)     # (the table's size inside the flag)
+            seg_faults = np.zeros(self.segs.cap, dtype=np.uint64)
             marks = np.zeros(self.nodes.cap + 1, dtype=np.uint8)
             seen = <uint8_t*>cnp.PyArray_DATA(marks)
             n = self.nodes.free
@@ -2097,6 +2150,7 @@ cdef class Grouper:
                         msg = f"group {g.cookie}: output {g.tail} out of range"
                         continue
                     seg_groups[g.tail] += 1
+                    seg_faults[g.tail] += g.nfaults
                     self.seg_faults(g.tail, &end)
                     if <size_t>g.at + g.nfaults > end:
                         msg = f"group {g.cookie}: faults {g.at}+{g.nfaults} past its output ({end})"
@@ -2110,11 +2164,16 @@ cdef class Grouper:
                            f"kept as {g.nfaults} ending at {g.tail}")
                 else:
                     pending += k
-            if msg is None and self.segs.ndead:     # every call lets them go as it ends
-                msg = f"{self.segs.ndead} outputs without pending groups still kept"
+            if msg is None and (self.segs.ndead or self.segs.nthin):     # every call sweeps as it ends
+                msg = f"{self.segs.ndead} outputs without pending groups, {self.segs.nthin} thin, still kept"
             for i in range(self.segs.cap):
-                if msg is None and seg_groups[i] != self.segs.pending[i]:
-                    msg = f"output {i}: {seg_groups[i]} pending groups in it, counted {self.segs.pending[i]}"
+                if msg is None and (seg_groups[i] != self.segs.seg[i].pending
+                                    or seg_faults[i] != self.segs.seg[i].kept):
+                    msg = (f"output {i}: {seg_groups[i]} pending groups, {seg_faults[i]} faults in it, "
+                           f"counted {self.segs.seg[i].pending} and {self.segs.seg[i].kept}")
+                elif (msg is None and i != self.segs.cur and seg_groups[i] and not self.segs.seg[i].thin
+                      and 4 * seg_faults[i] < self.segs.seg[i].faults):
+                    msg = f"output {i}: keeps {seg_faults[i]} of its {self.segs.seg[i].faults} faults, not thinned"
                 elif msg is None and i != self.segs.cur and (self.seg_arrays[i] is None) != (seg_groups[i] == 0):
                     msg = f"output {i}: kept {self.seg_arrays[i] is not None}, {seg_groups[i]} groups in it"
             unused = [i for i in range(self.segs.cap) if i != self.segs.cur and self.seg_arrays[i] is None]
