@@ -46,8 +46,9 @@ def tables(benchmarks: list[dict]) -> str:
                 "|---|---:|---:|---:|---:|" + ("---:|" if memory else "")]
         for b in sorted(rows, key=per_fault_ns):
             ns = per_fault_ns(b)
+            # A round shorter than the CPU clock's tick reads 0: no ratio for it.
             cells = [f"{ns / floor:.2f}" if floor else "", f"{ns / hand:.2f}" if hand else "",
-                     f"{twin / ns:.1f}" if twin else ""]
+                     f"{twin / ns:.1f}" if twin and ns else ""]
             line = f"| {strategy_of(b)} | {ns:,.1f} | " + " | ".join(cells) + " |"
             if memory:
                 line += f" {b['extra_info'].get('bytes_per_fault', '')} |"

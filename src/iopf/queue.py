@@ -108,7 +108,6 @@ class GroupBatch:
     __slots__ = ("_queue", "faults", "offsets", "cookies")
 
     def __init__(self, queue: Queue, faults: np.ndarray, offsets: np.ndarray, cookies: np.ndarray):
-        faults.flags.writeable = False
         self._queue = queue
         self.faults = faults
         self.offsets = offsets
