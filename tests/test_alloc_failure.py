@@ -157,7 +157,14 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, poli
                 except MemoryError:
                     break
             else:
-                pytest.fail(f"allocation {n} of {total} did not fail")
+                # The one allocation whose failure no call reports: nodes for
+                # the groups of a thin batch output, which then stays kept
+                # until they are answered. Nothing else may differ.
+                _fail_alloc_after(-1)
+                assert core.get_state()["thin_failures"] == 1, f"allocation {n} of {total} did not fail"
+                assert state(core) == final, n
+                failed_at.add("thin output")
+                continue
             _fail_alloc_after(-1)
             failed_at.add(name)
             position = core.position if name == "run" else None

@@ -272,6 +272,7 @@ cdef class Grouper:
     cdef Spare* spare
     cdef Segs segs
     cdef list seg_arrays      # per output number: the faults array taken, or None
+    cdef uint64_t thin_failures   # thin outputs kept for want of nodes (get_state, tests)
     cdef int refill(self) except -1
     cdef void seg_sweep(self) noexcept nogil
     cdef int seg_room(self) except -1

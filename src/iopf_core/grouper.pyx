@@ -326,7 +326,7 @@ cdef class Grouper:
                     try:
                         self.seg_to_nodes(i)
                     except MemoryError:     # no nodes to spare: it stays kept until answered
-                        pass
+                        self.thin_failures += 1
             while self.segs.ndead:
                 self.segs.ndead -= 1
                 i = self.segs.dead[self.segs.ndead]
@@ -2057,7 +2057,9 @@ cdef class Grouper:
     def get_state(self):
         """Sizes of the internal tables, for inspection and tests; outputs_kept
         and faults_in_outputs: the batch outputs kept for pending groups, and
-        those groups' faults (held there, not in nodes)."""
+        those groups' faults (held there, not in nodes); thin_failures: thin
+        outputs kept because their groups could not get nodes (MemoryError,
+        which no call reports: the output stays until they are answered)."""
         self.enter()
         try:
             return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
@@ -2067,7 +2069,8 @@ cdef class Grouper:
                     "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
                     "heap": self.heap.len, "bytes": self.sizeof(),
                     "outputs_kept": sum(a is not None for a in self.seg_arrays),
-                    "faults_in_outputs": self.faults_in_outputs()}
+                    "faults_in_outputs": self.faults_in_outputs(),
+                    "thin_failures": self.thin_failures}
         finally:
             self.leave()
 
