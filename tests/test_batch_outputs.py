@@ -170,6 +170,33 @@ def test_a_batch_mostly_answered_while_it_runs_is_thinned_when_taken(strategy: s
     compiled(q)._check_nodes()
 
 
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_an_output_cookie_range_starts_again_once_none_of_its_groups_is_pending(strategy: str) -> None:
+    """A thin output finds its groups by walking its cookie range. The output
+    being filled starts that range again at its next group once none of its
+    groups is pending: batches whose groups were all answered as they formed
+    (it is then not kept, and filled again) must not stretch the range, or
+    the next thin output would walk every cookie handed out since."""
+    core: Any = STRATEGIES[strategy](iopf.policies.PCIE)
+    core.attach(1, 5, None, 0)                # a constant handler: answered in run()
+    for k in range(3):
+        core.run(groups_of_4(400, start=400 * k))
+        core.take_groups()
+        core._check_nodes()
+    core.run(groups_of_4(40, dev=2))          # no handler: pending in the output being filled
+    cookies = [int(c) for c in core.pending_cookies()]
+    assert len(cookies) == 10
+    core._check_nodes()
+    core.respond_batch(np.array(cookies, np.uint64), np.zeros(10, np.int64))    # before it is taken
+    core._check_nodes()
+    core.run(np.concatenate([groups_of_4(4000, start=2000), groups_of_4(8, dev=2)]))
+    faults, offsets, taken = core.take_groups()
+    assert core.get_state()["outputs_kept"] == 0 and core.get_state()["nodes_used"] == 8   # thinned
+    assert [core.group_faults(int(c)).tobytes() for c in core.pending_cookies()] == [
+        faults[offsets[-3]:offsets[-2]].tobytes(), faults[offsets[-2]:offsets[-1]].tobytes()]
+    core._check_nodes()
+
+
 @pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])
 def test_a_group_reported_alone_leaves_the_batch_output_as_it_was(strategy: str) -> None:
     """run() collects a group; before it is taken, a group reported one request

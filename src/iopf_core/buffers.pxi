@@ -202,12 +202,17 @@ cdef inline void segs_release(Segs* s, uint32_t i, uint32_t nfaults) noexcept no
     cdef Seg* x = &s.seg[i]
     x.pending -= 1
     x.kept -= nfaults
-    if i != s.cur:
-        if x.pending == 0:
+    if x.pending == 0:
+        # None left: the output being filled starts its cookie range again at
+        # its next group (segs_hold). Else a run of batches answered as they
+        # formed (not kept, so the same output is filled again) would stretch
+        # it, and a thin output would walk every cookie handed out since.
+        x.first = 0
+        if i != s.cur:
             s.dead[s.ndead] = i
             s.ndead += 1
-        else:
-            segs_thin(s, i)
+    elif i != s.cur:
+        segs_thin(s, i)
 
 
 cdef inline void segs_next(Segs* s) noexcept nogil:

@@ -194,7 +194,7 @@ ctypedef struct Rules:
 # groups nodes again (thin, see Grouper.seg_sweep) and goes: an output kept
 # is never more than 4x the faults it keeps (plus the output being filled).
 ctypedef struct Seg:
-    uint64_t first, last      # the cookies of the first and last group kept in it (0: none yet)
+    uint64_t first, last      # the cookies of the first and last group kept in it (first 0: none pending)
     uint64_t faults           # the faults it holds, once taken (0 while it is being filled)
     uint64_t kept             # the faults of its pending groups
     uint32_t pending          # its pending groups (without nodes)

@@ -2154,6 +2154,9 @@ cdef class Grouper:
                         continue
                     seg_groups[g.tail] += 1
                     seg_faults[g.tail] += g.nfaults
+                    if not self.segs.seg[g.tail].first <= g.cookie <= self.segs.seg[g.tail].last:
+                        msg = (f"group {g.cookie}: outside the cookies {self.segs.seg[g.tail].first}.."
+                               f"{self.segs.seg[g.tail].last} of its output {g.tail}")
                     self.seg_faults(g.tail, &end)
                     if <size_t>g.at + g.nfaults > end:
                         msg = f"group {g.cookie}: faults {g.at}+{g.nfaults} past its output ({end})"
@@ -2174,6 +2177,8 @@ cdef class Grouper:
                                     or seg_faults[i] != self.segs.seg[i].kept):
                     msg = (f"output {i}: {seg_groups[i]} pending groups, {seg_faults[i]} faults in it, "
                            f"counted {self.segs.seg[i].pending} and {self.segs.seg[i].kept}")
+                elif msg is None and seg_groups[i] == 0 and self.segs.seg[i].first:
+                    msg = f"output {i}: no pending group, its cookies start at {self.segs.seg[i].first}"
                 elif (msg is None and i != self.segs.cur and seg_groups[i] and not self.segs.seg[i].thin
                       and 4 * seg_faults[i] < self.segs.seg[i].faults):
                     msg = f"output {i}: keeps {seg_faults[i]} of its {self.segs.seg[i].faults} faults, not thinned"
