@@ -152,6 +152,63 @@ def test_a_thin_output_gives_its_groups_nodes_and_goes(strategy: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
+def test_a_thin_output_without_nodes_to_spare_stays_kept_until_answered(strategy: str) -> None:
+    """Giving a thin output's groups nodes is all or nothing, and a
+    MemoryError there fails nothing: the answer that made the output thin
+    is sent, the output stays kept (its groups read from it) until its
+    groups are answered, and then goes. For every allocation that can fail:
+    the call either changes nothing, or does all it does undisturbed."""
+    from iopf_core.grouper import _fail_alloc_after
+
+    arr = groups_of_4(8000)
+
+    def kept_batch() -> Any:
+        core: Any = STRATEGIES[strategy](iopf.policies.PCIE)
+        core.run(arr)
+        core.take_groups()
+        core.respond_batch(np.arange(1, 1501, dtype=np.uint64), np.zeros(1500, np.int64))
+        core.take_responses()
+        return core
+
+    def pending(core: Any) -> list[tuple[int, bytes]]:
+        return [(int(c), core.group_faults(int(c)).tobytes()) for c in core.pending_cookies()]
+
+    ref = kept_batch()
+    want = pending(ref)[1:]
+    assert ref.respond(1501, 0) and ref.get_state()["outputs_kept"] == 0      # thinned
+    sent = ref.take_responses().tobytes()
+    outcomes: set[str] = set()
+    for n in range(40):
+        core = kept_batch()
+        before = pending(core)
+        _fail_alloc_after(n)
+        try:
+            core.respond(1501, 0)
+        except MemoryError:
+            outcomes.add("refused")
+            assert pending(core) == before and not core.has_responses
+            core._check_nodes()
+            continue
+        finally:
+            _fail_alloc_after(-1)
+        assert core.take_responses().tobytes() == sent and pending(core) == want
+        core._check_nodes()
+        s = core.get_state()
+        if s["outputs_kept"]:           # no nodes for its groups: it stays as it was
+            outcomes.add("kept")
+            assert s["nodes_used"] == 0 and s["faults_in_outputs"] == 499 * 4
+            core.respond(1502, 0)       # still thin: not tried again, still kept
+            assert core.get_state()["outputs_kept"] == 1
+            core.respond_batch(np.arange(1503, 2001, dtype=np.uint64), np.zeros(498, np.int64))
+            assert core.get_state()["outputs_kept"] == 0
+        else:
+            outcomes.add("thinned")
+            assert s["nodes_used"] == 499 * 4
+            break
+    assert {"kept", "thinned"} <= outcomes     # a failure hit the nodes, and the last call none
+
+
+@pytest.mark.parametrize("strategy", C_STRATEGIES)
 def test_a_batch_mostly_answered_while_it_runs_is_thinned_when_taken(strategy: str) -> None:
     """A constant handler answers most groups inside the batch; the few left
     to a Python handler get nodes when the batch is taken, and its output is
@@ -376,3 +433,81 @@ def test_outputs_outlive_their_grouper(n: int) -> None:
     assert first[0].tobytes() == groups_of_4(n).tobytes()
     assert second[0].tobytes() == groups_of_4(n, start=n).tobytes()
     assert list(second[1]) == list(range(0, n + 1, 4))
+
+
+def mixed_batch(rng: np.random.Generator, groups: int, t0: int) -> np.ndarray:
+    """Whole groups of 1 to 6 requests over 3 devices, 3 PASIDs and 8 group ids."""
+    recs: list[tuple[Any, ...]] = []
+    for _ in range(groups):
+        dev, pasid, grpid, k = (int(x) for x in rng.integers((1, 0, 0, 1), (4, 3, 8, 7)))
+        for j in range(k):
+            recs.append((t0 + len(recs), dev, pasid, grpid, 3 if j == k - 1 else 1, int(rng.integers(0, 4)),
+                         int(rng.integers(0, 2**40)), (int(rng.integers(0, 5)), 0)))
+    return np.array(recs, FAULT_DTYPE)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_thinned_outputs_agree_with_every_strategy(seed: int) -> None:
+    """Batches leave groups pending in their outputs (some taken later or not
+    at all, some answered as they form by a constant handler); answers,
+    timeouts, flushes, detaches and device removals thin the outputs and give
+    their groups nodes. The four strategies, the twin among them, send the
+    same responses and hold the same pending faults after every call, and the
+    compiled ones' nodes and outputs stay consistent."""
+    rng = np.random.default_rng(seed)
+    policy = iopf.policies.PCIE.replace(response_timeout=int(rng.choice([300, 5000])))
+    cores: list[Any] = [STRATEGIES[name](policy) for name in ["hash", "tree", "list", "python"]]
+    auto_dev = int(rng.integers(1, 4))
+    for core in cores:
+        core.attach(auto_dev, 0, None, 0)
+    sent: list[list[Any]] = [[] for _ in cores]
+    t = nodes = thinned = 0
+    for _ in range(150):
+        op = str(rng.choice(["batch", "batch", "respond", "respond_batch", "advance", "flush", "detach",
+                             "attach", "remove_device"]))
+        pending = [int(c) for c in cores[0].pending_cookies()]
+        dev, pasid = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+        outs: list[Any] = []
+        for core in cores:
+            rng_state = rng.bit_generator.state
+            if op == "batch":
+                arr = mixed_batch(rng, int(rng.integers(1, 300)), t)
+                take = rng.random() < 0.85
+                i = 0
+                while i < len(arr):
+                    i = core.run(arr, i)
+                outs.append([a.tobytes() for a in core.take_groups()] if take else None)
+            elif op == "respond" and pending:
+                outs.append(core.respond(pending[int(rng.integers(len(pending)))], 0, time=t))
+            elif op == "respond_batch" and pending:
+                share = 0.9 if rng.random() < 0.5 else 0.3
+                chosen = [c for c in pending if rng.random() < share]
+                outs.append(core.respond_batch(np.array(chosen, np.uint64), np.zeros(len(chosen), np.int64),
+                                               time=t))
+            elif op == "advance":
+                outs.append(core.advance(t + int(rng.integers(0, 3000))))
+            elif op == "flush":
+                outs.append(core.flush_pasid(dev, pasid, 1, time=t))
+            elif op in ("detach", "attach", "remove_device"):
+                try:
+                    outs.append(core.detach(dev, pasid, time=t) if op == "detach" else
+                                core.attach(dev, pasid, time=t, auto=int(rng.integers(0, 2)))
+                                if op == "attach" else core.remove_device(dev, time=t))
+                except ValueError as e:
+                    outs.append(str(e))
+            if core is not cores[-1]:
+                rng.bit_generator.state = rng_state      # every core draws the same
+        outs = [o.tolist() if isinstance(o, np.ndarray) else o for o in outs]
+        assert all(o == outs[0] for o in outs), op
+        t = max(t + 300, int(cores[0].now))
+        for core, seen in zip(cores, sent):
+            seen.extend(core.take_responses().tolist())
+        assert all(s == sent[0] for s in sent), op
+        held = [[(c, core.group_faults(int(c)).tobytes()) for c in core.pending_cookies()] for core in cores]
+        assert all(h == held[0] for h in held), op
+        for core in cores[:3]:
+            core._check_nodes()
+        used = cores[0].get_state()["nodes_used"]
+        thinned += op != "batch" and used > nodes
+        nodes = used
+    assert thinned          # some outputs were thinned
