@@ -343,6 +343,30 @@ def test_respond_time_is_an_int(strategy):
     assert g.respond(0, time=np.uint64(6)) and q.now == 6
 
 
+def test_respond_batch_checks_time_as_respond_does(strategy):
+    """respond_batch takes ``time`` as respond does, however many cookies it
+    has: a bad one is refused (nothing answered or scheduled), an answer now
+    moves the clock to it even with no cookie, and with ``at=`` it is checked
+    but moves nothing."""
+    q = iopf.Queue(iopf.policies.PCIE.replace(response_timeout=10**6), strategy=strategy)
+    g = q.report_values(1, 1, 1, 3, 0)
+    assert g is not None
+    before = queue_state(q)
+    for cookies in ([], [g.cookie]):
+        for bad, exc in ((-1, ValueError), (2**64, ValueError), (1.5, TypeError)):
+            for at in (None, 20):
+                with pytest.raises(exc, match="time must be"):
+                    q.respond_batch(cookies, 0, time=bad, at=at)      # type: ignore[arg-type]
+                assert queue_state(q) == before and q.next_deadline() == 10**6
+    with pytest.raises(TypeError, match="time must be an int"):
+        q.respond(g, 0, time=1.5, at=20)                              # type: ignore[arg-type]
+    assert queue_state(q) == before and q.next_deadline() == 10**6
+    assert q.respond_batch([], 0, time=100).tolist() == [] and q.now == 100
+    assert q.respond_batch([g.cookie], 0, time=150, at=300).tolist() == [True] and q.now == 100
+    q.respond(g, 0)
+    assert q.take_responses()["time"].tolist() == [100]       # stamped with the clock respond_batch moved
+
+
 def test_report_group_refuses_bools(strategy):
     """The whole-group entry of the SimPy adapter refuses a bool in any
     field, as report_values does, and changes nothing."""

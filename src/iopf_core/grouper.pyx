@@ -1741,6 +1741,7 @@ cdef class Grouper:
             return None
         cdef uint64_t t
         if at is not None:
+            self._time(time)        # checked, as an answer now checks it; the clock stays
             t = at
             self.enter()
             try:
@@ -1760,7 +1761,7 @@ cdef class Grouper:
         sent = np.zeros(n, dtype=np.bool_)
         cdef uint8_t[::1] sv = sent.view(np.uint8)
         cdef const uint64_t[::1] av
-        cdef uint64_t t
+        cdef uint64_t t = self._time(time)     # checked even with `at` (the clock stays then)
         if at is not None:
             av = np.ascontiguousarray(np.broadcast_to(np.asarray(at, dtype=np.uint64), (n,)))
             self.enter()
@@ -1772,7 +1773,6 @@ cdef class Grouper:
             finally:
                 self.leave()
             return sent
-        t = self._time(time)
         self.enter()
         try:
             self.refill()

@@ -561,6 +561,12 @@ class PyGrouper:
                       time: int | None = None, at: Any = None) -> np.ndarray:
         k, c = check_answers(cookies, codes)
         self._check_code(0, reason)
+        # time as respond takes it, once, even with no cookie: checked, and
+        # an answer now moves the clock to it (as the compiled core does).
+        if at is None:
+            time = self._time(time)
+        elif time is not None:
+            _int_time(time)
         k, c = k.tolist(), c.tolist()
         ats = [None] * len(k) if at is None else np.broadcast_to(
             np.asarray(at, dtype=np.uint64), (len(k),)).tolist()
