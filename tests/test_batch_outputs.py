@@ -196,14 +196,14 @@ def test_a_thin_output_without_nodes_to_spare_stays_kept_until_answered(strategy
         s = core.get_state()
         if s["outputs_kept"]:           # no nodes for its groups: it stays as it was
             outcomes.add("kept")
-            assert s["nodes_used"] == 0 and s["faults_in_outputs"] == 499 * 4
+            assert s["nodes_used"] == 0 and s["faults_in_outputs"] == 499 * 4 and s["thin_failures"] == 1
             core.respond(1502, 0)       # still thin: not tried again, still kept
             assert core.get_state()["outputs_kept"] == 1
             core.respond_batch(np.arange(1503, 2001, dtype=np.uint64), np.zeros(498, np.int64))
             assert core.get_state()["outputs_kept"] == 0
         else:
             outcomes.add("thinned")
-            assert s["nodes_used"] == 499 * 4
+            assert s["nodes_used"] == 499 * 4 and s["thin_failures"] == 0
             break
     assert {"kept", "thinned"} <= outcomes     # a failure hit the nodes, and the last call none
 
