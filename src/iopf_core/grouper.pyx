@@ -2075,12 +2075,12 @@ cdef class Grouper:
             self.leave()
 
     cdef uint64_t faults_in_outputs(self) noexcept:
-        """Faults of the pending groups kept in an output, not in nodes (Segs)."""
+        """Faults of the pending groups kept in an output, not in nodes: the
+        outputs' own counts (Segs), which _check_nodes checks against the groups."""
         cdef uint64_t k = 0
         cdef uint32_t i
-        for i in range(self.cookies.cap):
-            if self.cookies.slots[i].cookie and self.pends.items[self.cookies.slots[i].idx].head == NIL:
-                k += self.pends.items[self.cookies.slots[i].idx].nfaults
+        for i in range(self.segs.cap):
+            k += self.segs.seg[i].kept
         return k
 
     cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept:
