@@ -287,7 +287,7 @@ cdef class Grouper:
     cdef uint32_t node_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t node_key(self, const Node* n) noexcept nogil
     cdef uint32_t skey(self, uint32_t kp) noexcept nogil
-    cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
+    cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid, int64_t slot, uint32_t h) noexcept nogil
     cdef void part_drop(self, uint32_t p) noexcept nogil
     cdef void part_unlink(self, uint32_t p) noexcept nogil
     cdef int part_room(self) except -1 nogil
@@ -314,7 +314,7 @@ cdef class Grouper:
     cdef int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
-    cdef uint32_t collect(self, uint32_t head, uint64_t cookie, uint32_t dev) noexcept nogil
+    cdef uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
@@ -341,7 +341,6 @@ cdef class Grouper:
     cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
-    cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1

@@ -449,11 +449,15 @@ cdef class Grouper:
         itab_reserve(&self.chains, 1)
         return 0
 
-    cdef inline uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
-        """An empty Part under key (dev, kp, grpid), linked (room made by part_room)."""
+    cdef inline uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid, int64_t slot,
+                                  uint32_t h) noexcept nogil:
+        """An empty Part under key (dev, kp, grpid), linked (room made by part_room).
+        slot: -1, or (hash strategy) the empty slot its search ended on and h
+        the key's hash: the Part goes there, as itab_insert would put it."""
         cdef uint32_t p = pool_alloc(&self.parts), old
         cdef Part* x = P(&self.parts, p)
         cdef int64_t c = part_find(&self.chains, &self.parts, dev, kp, KEY_CHAIN)
+        cdef IdxTable* t
         x.head = x.tail = NIL
         x.dev = dev
         x.kp = kp
@@ -467,7 +471,13 @@ cdef class Grouper:
             x.cnext = old
             P(&self.parts, old).cprev = p
             self.chains.slots[c].idx = p
-        self.s_insert(p)
+        if slot >= 0:
+            t = &(<HashGrouper>self).table
+            t.slots[slot].hash = h
+            t.slots[slot].idx = p
+            t.count += 1
+        else:
+            self.s_insert(p)
         return p
 
     cdef void part_drop(self, uint32_t p) noexcept nogil:
@@ -767,9 +777,12 @@ cdef class Grouper:
         f.priv[0] = n.priv0
         f.priv[1] = n.priv1
 
-    cdef inline uint32_t collect(self, uint32_t head, uint64_t cookie, uint32_t dev) noexcept nogil:
+    cdef inline uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie,
+                                 uint32_t dev) noexcept nogil:
         """Append a completed group to the batch output (room made by the
-        caller); returns its number of faults (one walk counts and copies)."""
+        caller): the faults of the list head, then `last` (the LPIG, when it
+        has no node; checked, so the copy is what a node would give back);
+        returns its number of faults (one walk counts and copies)."""
         cdef FaultRec* f = <FaultRec*>(self.out_faults.data + self.out_faults.len)
         cdef uint32_t n = head, nfaults = 0
         while n != NIL:
@@ -777,6 +790,9 @@ cdef class Grouper:
             f += 1
             nfaults += 1
             n = self.N(n).next
+        if last != NULL:
+            f[0] = last[0]
+            nfaults += 1
         self.out_faults.len += nfaults * sizeof(FaultRec)
         (<int64_t*>(self.out_offsets.data + self.out_offsets.len))[0] = self.out_faults.len // sizeof(FaultRec)
         self.out_offsets.len += sizeof(int64_t)
@@ -874,14 +890,6 @@ cdef class Grouper:
         return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
                 and not self.n_limited and not self.auto_advance)
 
-    cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
-        """s_find for a partial: a search, the hash strategy's inline."""
-        cdef int64_t i
-        if self.hashed:
-            i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
-            return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
-        return self.s_find(dev, sk, gk)
-
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r as the newest fault of Part part (a free node made
         sure of): it is taken, and counted."""
@@ -915,14 +923,28 @@ cdef class Grouper:
         return self.take_partial_found(r, sk, gk)
 
     cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil:
-        """take_partial after a search: a new Part if none has the key."""
-        cdef uint32_t part = self.find_part(r.dev, sk, gk)
+        """take_partial after a search: a new Part if none has the key (the hash
+        strategy's in the slot where its search ended, unless part_room grew
+        the table)."""
+        cdef uint32_t part, h = 0, cap = 0
+        cdef int64_t i, slot = -1
+        cdef IdxTable* t = NULL
+        if self.hashed:
+            t = &(<HashGrouper>self).table
+            h = part_hash(r.dev, sk, gk)
+            i = part_probe(t, &self.parts, r.dev, sk, gk, h, &slot)
+            part = NIL if i < 0 else t.slots[i].idx
+            cap = t.cap
+        else:
+            part = self.s_find(r.dev, sk, gk)
         if part == NIL:
             self.part_room()        # part_new below then cannot fail
+            if t != NULL and t.cap != cap:
+                slot = -1           # moved: part_new probes again
         if self.nodes.free == NIL:
             node_grow(&self.nodes)
         if part == NIL:
-            part = self.part_new(r.dev, sk, gk)
+            part = self.part_new(r.dev, sk, gk, slot, h)
         self.hold_partial(part, r)
         return REPORT_HELD
 
@@ -958,9 +980,8 @@ cdef class Grouper:
         cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
         cdef int64_t ei, di
         cdef uint64_t handle = 0
-        cdef bint last
+        cdef bint last, keep
         cdef uint8_t kind
-        cdef Node* node
         cdef HeapItem tmo
         if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
             # What falls due before this request comes first. The room the
@@ -1014,8 +1035,11 @@ cdef class Grouper:
         out = 0
         if collect:
             out = self.out_room(dev, kp, r.grpid)
+        # run() copies the group out and frees its nodes at once: the LPIG
+        # then needs no node, it goes straight to the output after the others.
+        keep = collect != COLLECT_FREE
         # Most requests need nothing new: the cheap tests first, reserve() when one fails.
-        if (self.nodes.free == NIL
+        if ((keep and self.nodes.free == NIL)
                 or self.pends.free == NIL or 2 * (self.c.pending_now + 2) > self.cookies.cap
                 or (p.has_timeout and self.heap.len == self.heap.cap)
                 or self.out_faults.len + out * sizeof(FaultRec) > self.out_faults.cap
@@ -1023,15 +1047,16 @@ cdef class Grouper:
                 or self.out_cookies.len + sizeof(uint64_t) > self.out_cookies.cap
                 or (auto and (self.outbox.len + sizeof(RespRec) > self.outbox.cap
                               or self.outbox_gtime.len + sizeof(uint64_t) > self.outbox_gtime.cap))):
-            self.reserve(1, 1, 1 if auto else 0, out)
+            self.reserve(keep, 1, 1 if auto else 0, out)
         if auto == AUTO_SERVE:      # serve_cookie below: its FIFO place, its timeout and answer
             sv_room(&self.sv)
             heap_reserve(&self.heap, 2 if p.has_timeout else 1)
         if ei < 0:
             self.entry_room()       # entry_get below then cannot fail
-        n = node_alloc(&self.nodes)
-        node = self.N(n)
-        node_fill(node, r)
+        n = NIL
+        if keep:
+            n = node_alloc(&self.nodes)
+            node_fill(self.N(n), r)
         self.count_in(r, KIND_LAST)
         self.hold(dev, 1)
         # Every partial with the key, stale or of another PASID, then the LPIG.
@@ -1039,21 +1064,24 @@ cdef class Grouper:
         if self.per_device:
             part = self.s_find(dev, sk, KEY_LIST)
             if part != NIL:
-                head = self.part_take(part, self.node_key(node), r.grpid, &tail)
+                head = self.part_take(part, kp if p.match_pasid else KEY_ANY, r.grpid, &tail)
         else:
             part = self.s_pop(dev, sk, r.grpid)
             if part != NIL:
                 head = P(&self.parts, part).head
                 tail = P(&self.parts, part).tail
                 self.part_unlink(part)
-        if tail == NIL:
-            head = n
-        else:
-            self.N(tail).next = n
         # The group's size: counted as it is copied out (the one walk of its
         # faults, which went cold while the group was open), or by a walk.
         at = <uint32_t>(self.out_faults.len // sizeof(FaultRec))
-        nf = self.collect(head, self.next_cookie, dev) if collect else self.list_len(head)
+        if keep:
+            if tail == NIL:
+                head = n
+            else:
+                self.N(tail).next = n
+            nf = self.collect(head, NULL, self.next_cookie, dev) if collect else self.list_len(head)
+        else:
+            nf = self.collect(head, r, self.next_cookie, dev)
         self.c.partial_now -= nf - 1
         self.c.grouped += nf
         self.c.groups += 1
@@ -1074,7 +1102,8 @@ cdef class Grouper:
         if collect == COLLECT_FREE:
             # Copied out: its faults stay in the output, and its nodes go back
             # to work at once, while they are still in cache.
-            node_release_list(&self.nodes, head, n, nf)
+            if head != NIL:
+                node_release_list(&self.nodes, head, tail, nf - 1)
             g.head = NIL
             g.tail = segs_hold(&self.segs, g.cookie, nf)
             g.at = at

@@ -64,6 +64,27 @@ cdef inline uint32_t part_hash(uint32_t dev, uint32_t kp, uint32_t grp) noexcept
     return <uint32_t>mix3(dev, kp, grp)
 
 
+cdef inline int64_t part_probe(const IdxTable* t, const PartPool* pp, uint32_t dev, uint32_t kp,
+                               uint32_t grp, uint32_t h, int64_t* empty) noexcept nogil:
+    """part_find with the key's hash h given: the slot position, or -1 with
+    *empty the slot where itab_insert would put the key (-1: no table yet).
+    A new partial group takes that slot (part_new): one hash and one probe."""
+    cdef uint32_t mask = t.cap - 1, i = h & mask
+    cdef const Part* x
+    empty[0] = -1
+    if t.cap == 0:
+        return -1
+    while True:
+        if t.slots[i].idx == NIL:
+            empty[0] = i
+            return -1
+        if t.slots[i].hash == h:
+            x = P(pp, t.slots[i].idx)
+            if x.dev == dev and x.kp == kp and x.grpid == grp:
+                return i
+        i = (i + 1) & mask
+
+
 cdef inline int64_t part_find(const IdxTable* t, const PartPool* pp, uint32_t dev, uint32_t kp,
                               uint32_t grp) noexcept nogil:
     """Slot position in t of the Part keyed (dev, kp, grp), or -1. In the table
