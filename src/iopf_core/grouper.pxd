@@ -78,6 +78,7 @@ ctypedef struct PartPool:
     Part* parts               # one array (see pool_grow), cap a multiple of CHUNK
     uint32_t cap, free, used
     uint32_t recent           # the Part that took the last partial (NIL: none), see take_partial
+    uint32_t empty            # Parts with no fault (the hash strategy keeps them: parts_sweep)
 
 # The held faults (nodes.pxi): one array of Nodes, the free ones on a list
 # through Node.next; used counts the others.
@@ -339,6 +340,7 @@ cdef class Grouper:
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
     cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
+    cdef void parts_sweep(self) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1

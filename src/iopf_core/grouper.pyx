@@ -106,6 +106,7 @@ cdef enum:
     MIN_CAP = 16
     CHUNK_BITS = 10           # the least growth of the nodes and Parts (1024): slack stays small
     CHUNK = 1 << CHUNK_BITS
+    SWEEP_MIN = 64            # empty Parts the hash strategy keeps in any case (parts_sweep)
     CHUNK_MASK = CHUNK - 1
     COLLECT_KEEP = 1          # report_one(collect): copy the group out, keep its nodes
     COLLECT_FREE = 2          # ... and free them (run(): the faults stay in the output, Segs)
@@ -441,6 +442,14 @@ cdef class Grouper:
     # (dev, kp): the table `chains` finds the newest Part of a (dev, kp), the
     # others link from it (cnext, cprev). Linked when a group gets its first
     # partial, unlinked when it completes or empties: nothing per fault.
+    #
+    # The hash strategy keeps a completed group's Part, empty, under its key
+    # and on its chain: devices reuse their group ids (a PCIe function has
+    # 512), so the next group with the key takes it again, and an LPIG and
+    # the group after it change no table. parts.empty counts the empty
+    # Parts (a Part counts from part_new until its first fault); when they
+    # outnumber the others, parts_sweep() frees them. Every walk of Parts
+    # takes an empty one as a Part with no fault.
     cdef inline int part_room(self) except -1 nogil:
         """Room for one more Part (pool, strategy, chain), before any change."""
         if self.parts.free == NIL:
@@ -459,6 +468,7 @@ cdef class Grouper:
         cdef int64_t c = part_find(&self.chains, &self.parts, dev, kp, KEY_CHAIN)
         cdef IdxTable* t
         x.head = x.tail = NIL
+        self.parts.empty += 1      # until hold_partial gives it its first fault
         x.dev = dev
         x.kp = kp
         x.grpid = grpid
@@ -540,6 +550,8 @@ cdef class Grouper:
         emptied. Returns how many went; the order of the rest is kept."""
         cdef Part* x = P(&self.parts, p)
         cdef uint32_t n = x.head, nx, prev = NIL, k = 0
+        if n == NIL:
+            self.parts.empty -= 1
         while n != NIL:
             nx = self.N(n).next
             if whole or self.node_kpasid(self.N(n)) == kp:
@@ -568,6 +580,8 @@ cdef class Grouper:
         while p != NIL:
             nx = P(&self.parts, p).cnext
             n = P(&self.parts, p).head
+            if n == NIL:
+                self.parts.empty -= 1
             while n != NIL:
                 m = self.N(n).next
                 node_release(&self.nodes, n)
@@ -902,6 +916,7 @@ cdef class Grouper:
         node_fill(node, r)
         if x.head == NIL:
             x.head = n
+            self.parts.empty -= 1
         else:
             self.N(x.tail).next = n
         x.tail = n
@@ -946,7 +961,24 @@ cdef class Grouper:
         if part == NIL:
             part = self.part_new(r.dev, sk, gk, slot, h)
         self.hold_partial(part, r)
+        if self.parts.empty > SWEEP_MIN and 2 * self.parts.empty > self.parts.used:
+            self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
         return REPORT_HELD
+
+    cdef void parts_sweep(self) noexcept nogil:
+        """Free the empty Parts the hash strategy kept (a walk of its table:
+        each sweep frees at least half the Parts it walks past, so a Part
+        costs O(1) however its key recurs)."""
+        cdef IdxTable* t = &(<HashGrouper>self).table
+        cdef uint32_t i = 0, p
+        while i < t.cap:
+            p = t.slots[i].idx
+            if p != NIL and P(&self.parts, p).head == NIL:
+                itab_delete(t, i)       # may pull a later slot into i: look at i again
+                self.part_unlink(p)
+                self.parts.empty -= 1
+            else:
+                i += 1
 
     cdef inline uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
         """The batch output room, in faults, to make for the group an LPIG of
@@ -978,8 +1010,9 @@ cdef class Grouper:
         """
         cdef Rules* p = &self.rules
         cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
-        cdef int64_t ei, di
+        cdef int64_t ei, di, ci
         cdef uint64_t handle = 0
+        cdef Part* x
         cdef bint last, keep
         cdef uint8_t kind
         cdef HeapItem tmo
@@ -1065,6 +1098,15 @@ cdef class Grouper:
             part = self.s_find(dev, sk, KEY_LIST)
             if part != NIL:
                 head = self.part_take(part, kp if p.match_pasid else KEY_ANY, r.grpid, &tail)
+        elif self.hashed:       # the Part stays, empty, for the key's next group
+            ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
+            if ci >= 0:
+                x = P(&self.parts, (<HashGrouper>self).table.slots[ci].idx)
+                head = x.head
+                tail = x.tail
+                if head != NIL:
+                    x.head = x.tail = NIL
+                    self.parts.empty += 1
         else:
             part = self.s_pop(dev, sk, r.grpid)
             if part != NIL:
@@ -2092,7 +2134,8 @@ cdef class Grouper:
         self.enter()
         try:
             return {"nodes_used": self.nodes.used, "node_capacity": self.nodes.cap,
-                    "parts_used": self.parts.used, "part_capacity": self.parts.cap,
+                    "parts_used": self.parts.used, "parts_empty": self.parts.empty,
+                    "part_capacity": self.parts.cap,
                     "chains": self.chains.count,
                     "pend_capacity": self.pends.cap, "entries": self.entry_count,
                     "entry_capacity": self.entry_cap, "cookie_capacity": self.cookies.cap,
@@ -2138,7 +2181,7 @@ cdef class Grouper:
         output that the grouper keeps (Segs), and the outputs' counts of such
         groups agree. Returns the number of free nodes. For tests: O(capacity)."""
         cdef uint8_t* seen
-        cdef uint32_t i, n, last, p, parts = 0
+        cdef uint32_t i, n, last, p, parts = 0, empty = 0
         cdef int64_t k
         cdef uint64_t free = 0, held = 0, pending = 0, in_outputs = 0
         cdef const Pend* g
@@ -2168,10 +2211,13 @@ cdef class Grouper:
                     k = self.mark_list(P(&self.parts, p).head, seen, &last)
                     if k < 0:
                         msg = f"Part {p}: node {last} out of range or on two lists"
-                    elif k == 0 or last != P(&self.parts, p).tail:
-                        msg = f"Part {p}: empty, or its tail {P(&self.parts, p).tail} is not its last node {last}"
+                    elif k == 0 and (not self.hashed or P(&self.parts, p).tail != NIL):
+                        msg = f"Part {p}: empty (only the hash strategy keeps empty Parts), tail {P(&self.parts, p).tail}"
+                    elif k and last != P(&self.parts, p).tail:
+                        msg = f"Part {p}: its tail {P(&self.parts, p).tail} is not its last node {last}"
                     else:
                         held += k
+                        empty += k == 0
                     p = P(&self.parts, p).cnext
             for i in range(self.cookies.cap):
                 if self.cookies.slots[i].cookie == 0 or msg is not None:
@@ -2216,8 +2262,9 @@ cdef class Grouper:
             unused = [i for i in range(self.segs.cap) if i != self.segs.cur and self.seg_arrays[i] is None]
             if msg is None and sorted([self.segs.free[i] for i in range(self.segs.nfree)]) != unused:
                 msg = f"free output numbers {[self.segs.free[i] for i in range(self.segs.nfree)]}, unused {unused}"
-            if msg is None and parts != self.parts.used:
-                msg = f"{parts} Parts on the flush chains, {self.parts.used} used"
+            if msg is None and (parts != self.parts.used or empty != self.parts.empty):
+                msg = (f"{parts} Parts on the flush chains, {empty} empty; "
+                       f"{self.parts.used} used, {self.parts.empty} empty")
             if msg is None and (held != self.c.partial_now or pending + in_outputs != self.pending_faults):
                 msg = (f"{held} partials, {pending} pending faults on lists and {in_outputs} in "
                        f"outputs, counted {self.c.partial_now} and {self.pending_faults}")

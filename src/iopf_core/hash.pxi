@@ -26,15 +26,6 @@ cdef class HashGrouper(Grouper):
         if i >= 0:
             itab_delete(&self.table, <uint32_t>i)
 
-    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
-        cdef int64_t i = part_find(&self.table, &self.parts, dev, kp, grpid)
-        cdef uint32_t p
-        if i < 0:
-            return NIL
-        p = self.table.slots[i].idx
-        itab_delete(&self.table, <uint32_t>i)
-        return p
-
     cdef int s_reserve(self) except -1 nogil:
         return itab_reserve(&self.table, 1)
 

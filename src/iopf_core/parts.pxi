@@ -54,6 +54,7 @@ cdef void pool_free(PartPool* pp) noexcept nogil:
     pp.parts = NULL
     pp.cap = pp.used = 0
     pp.free = pp.recent = NIL
+    pp.empty = 0
 
 
 cdef inline size_t pool_sizeof(const PartPool* pp) noexcept nogil:
