@@ -274,6 +274,7 @@ cdef class Grouper:
     cdef Segs segs
     cdef list seg_arrays      # per output number: the faults array taken, or None
     cdef uint64_t thin_failures   # thin outputs kept for want of nodes (get_state, tests)
+    cdef uint32_t sweep_min       # empty Parts the hash strategy keeps in any case (SWEEP_MIN)
     cdef int refill(self) except -1
     cdef void seg_sweep(self) noexcept nogil
     cdef int seg_room(self) except -1

@@ -173,6 +173,7 @@ cdef class Grouper:
         self.next_handle = 1
         self.parts.free = NIL
         self.parts.recent = NIL
+        self.sweep_min = SWEEP_MIN
         self._entries_init(MIN_CAP)
         cookies_init(&self.cookies, MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
@@ -259,6 +260,11 @@ cdef class Grouper:
             self.next_cookie = next_cookie or 1
         finally:
             self.leave()
+
+    def _debug_sweep_min(self, uint32_t n):
+        """Debug: keep at most n empty Parts before a sweep may run (instead of
+        SWEEP_MIN), so that a short test sweeps often (hash strategy)."""
+        self.sweep_min = n
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -448,8 +454,9 @@ cdef class Grouper:
     # 512), so the next group with the key takes it again, and an LPIG and
     # the group after it change no table. parts.empty counts the empty
     # Parts (a Part counts from part_new until its first fault); when they
-    # outnumber the others, parts_sweep() frees them. Every walk of Parts
-    # takes an empty one as a Part with no fault.
+    # fill a quarter of the table, parts_sweep() frees them. Every walk of
+    # Parts (flush, discard, remove_device, counts) takes an empty one as a
+    # Part with no fault; none is ever a group.
     cdef inline int part_room(self) except -1 nogil:
         """Room for one more Part (pool, strategy, chain), before any change."""
         if self.parts.free == NIL:
@@ -961,14 +968,15 @@ cdef class Grouper:
         if part == NIL:
             part = self.part_new(r.dev, sk, gk, slot, h)
         self.hold_partial(part, r)
-        if self.parts.empty > SWEEP_MIN and 2 * self.parts.empty > self.parts.used:
+        if t != NULL and self.parts.empty > self.sweep_min and 4 * self.parts.empty > t.cap:
             self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
         return REPORT_HELD
 
     cdef void parts_sweep(self) noexcept nogil:
-        """Free the empty Parts the hash strategy kept (a walk of its table:
-        each sweep frees at least half the Parts it walks past, so a Part
-        costs O(1) however its key recurs)."""
+        """Free the empty Parts the hash strategy kept: a walk of its table,
+        when they hold a quarter of its slots, so that a sweep costs O(1) a
+        Part it frees, and the empty Parts never make the table (or the pool
+        beyond a quarter of it) grow."""
         cdef IdxTable* t = &(<HashGrouper>self).table
         cdef uint32_t i = 0, p
         while i < t.cap:
