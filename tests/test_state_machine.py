@@ -102,11 +102,12 @@ class Agreement(RuleBasedStateMachine):
     def setup(self, policy, service, seed):
         self.queues = [iopf.Queue(policy, strategy=s) for s in STRATEGIES]
         if COMPILED:
-            # The hash strategy again, sweeping its empty partial group
-            # records as soon as they fill a quarter of its table.
-            swept = iopf.Queue(policy, strategy="hash")
-            swept.core._debug_sweep_min(0)
-            self.queues.append(swept)
+            # The hash and the tree again, sweeping their empty partial group
+            # records as soon as there are three (the pool holds 1,024).
+            for s in ("hash", "tree"):
+                swept = iopf.Queue(policy, strategy=s)
+                swept.core._debug_sweep_ratio(512)
+                self.queues.append(swept)
         self.service = service
         if service is not None:
             time, servers = service

@@ -78,7 +78,7 @@ ctypedef struct PartPool:
     Part* parts               # one array (see pool_grow), cap a multiple of CHUNK
     uint32_t cap, free, used
     uint32_t recent           # the Part that took the last partial (NIL: none), see take_partial
-    uint32_t empty            # Parts with no fault (the hash strategy keeps them: parts_sweep)
+    uint32_t empty            # Parts with no fault, kept for their keys (hash, tree: parts_sweep)
 
 # The held faults (nodes.pxi): one array of Nodes, the free ones on a list
 # through Node.next; used counts the others.
@@ -274,7 +274,7 @@ cdef class Grouper:
     cdef Segs segs
     cdef list seg_arrays      # per output number: the faults array taken, or None
     cdef uint64_t thin_failures   # thin outputs kept for want of nodes (get_state, tests)
-    cdef uint32_t sweep_min       # empty Parts the hash strategy keeps in any case (SWEEP_MIN)
+    cdef uint32_t sweep_ratio     # parts_sweep when empty Parts are over 1/sweep_ratio of the pool (4)
     cdef int refill(self) except -1
     cdef void seg_sweep(self) noexcept nogil
     cdef int seg_room(self) except -1
@@ -328,7 +328,6 @@ cdef class Grouper:
     cdef uint32_t s_find(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void s_insert(self, uint32_t p) noexcept nogil
     cdef void s_remove(self, uint32_t p) noexcept nogil
-    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef int s_reserve(self) except -1 nogil
     cdef size_t s_sizeof(self) noexcept nogil
     cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil
@@ -344,6 +343,7 @@ cdef class Grouper:
     cdef void parts_sweep(self) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
+    cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1

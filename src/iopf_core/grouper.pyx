@@ -106,7 +106,6 @@ cdef enum:
     MIN_CAP = 16
     CHUNK_BITS = 10           # the least growth of the nodes and Parts (1024): slack stays small
     CHUNK = 1 << CHUNK_BITS
-    SWEEP_MIN = 64            # empty Parts the hash strategy keeps in any case (parts_sweep)
     CHUNK_MASK = CHUNK - 1
     COLLECT_KEEP = 1          # report_one(collect): copy the group out, keep its nodes
     COLLECT_FREE = 2          # ... and free them (run(): the faults stay in the output, Segs)
@@ -173,7 +172,7 @@ cdef class Grouper:
         self.next_handle = 1
         self.parts.free = NIL
         self.parts.recent = NIL
-        self.sweep_min = SWEEP_MIN
+        self.sweep_ratio = 4
         self._entries_init(MIN_CAP)
         cookies_init(&self.cookies, MIN_CAP)
         self.spare = <Spare*>PyMem_RawMalloc(sizeof(Spare))
@@ -261,10 +260,10 @@ cdef class Grouper:
         finally:
             self.leave()
 
-    def _debug_sweep_min(self, uint32_t n):
-        """Debug: keep at most n empty Parts before a sweep may run (instead of
-        SWEEP_MIN), so that a short test sweeps often (hash strategy)."""
-        self.sweep_min = n
+    def _debug_sweep_ratio(self, uint32_t ratio):
+        """Debug: sweep the empty Parts when they are more than 1/ratio of the
+        pool (4 otherwise), so that a short test sweeps often."""
+        self.sweep_ratio = ratio
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -304,14 +303,6 @@ cdef class Grouper:
 
     cdef void s_remove(self, uint32_t p) noexcept nogil:
         pass
-
-    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
-        """Find and remove the Part keyed (dev, kp, grpid) (NIL if none): an LPIG's
-        one search (the caller then unlinks it, part_unlink)."""
-        cdef uint32_t p = self.s_find(dev, kp, grpid)
-        if p != NIL:
-            self.s_remove(p)
-        return p
 
     cdef size_t s_sizeof(self) noexcept nogil:
         return 0
@@ -449,14 +440,15 @@ cdef class Grouper:
     # others link from it (cnext, cprev). Linked when a group gets its first
     # partial, unlinked when it completes or empties: nothing per fault.
     #
-    # The hash strategy keeps a completed group's Part, empty, under its key
-    # and on its chain: devices reuse their group ids (a PCIe function has
-    # 512), so the next group with the key takes it again, and an LPIG and
-    # the group after it change no table. parts.empty counts the empty
+    # The hash and the tree keep a completed group's Part, empty, under its
+    # key and on its chain: devices reuse their group ids (a PCIe function
+    # has 512), so the next group with the key takes it again, and an LPIG
+    # and the group after it change no table. parts.empty counts the empty
     # Parts (a Part counts from part_new until its first fault); when they
-    # fill a quarter of the table, parts_sweep() frees them. Every walk of
+    # fill a quarter of the pool, parts_sweep() frees them. Every walk of
     # Parts (flush, discard, remove_device, counts) takes an empty one as a
-    # Part with no fault; none is ever a group.
+    # Part with no fault; none is ever a group. (The list's Part is a
+    # device's whole list: it goes when it empties.)
     cdef inline int part_room(self) except -1 nogil:
         """Room for one more Part (pool, strategy, chain), before any change."""
         if self.parts.free == NIL:
@@ -911,6 +903,14 @@ cdef class Grouper:
         return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
                 and not self.n_limited and not self.auto_advance)
 
+    cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
+        """s_find, the hash strategy's inline."""
+        cdef int64_t i
+        if self.hashed:
+            i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
+            return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
+        return self.s_find(dev, sk, gk)
+
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r as the newest fault of Part part (a free node made
         sure of): it is taken, and counted."""
@@ -968,25 +968,20 @@ cdef class Grouper:
         if part == NIL:
             part = self.part_new(r.dev, sk, gk, slot, h)
         self.hold_partial(part, r)
-        if t != NULL and self.parts.empty > self.sweep_min and 4 * self.parts.empty > t.cap:
+        if <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
             self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
         return REPORT_HELD
 
     cdef void parts_sweep(self) noexcept nogil:
-        """Free the empty Parts the hash strategy kept: a walk of its table,
-        when they hold a quarter of its slots, so that a sweep costs O(1) a
-        Part it frees, and the empty Parts never make the table (or the pool
-        beyond a quarter of it) grow."""
-        cdef IdxTable* t = &(<HashGrouper>self).table
-        cdef uint32_t i = 0, p
-        while i < t.cap:
-            p = t.slots[i].idx
-            if p != NIL and P(&self.parts, p).head == NIL:
-                itab_delete(t, i)       # may pull a later slot into i: look at i again
-                self.part_unlink(p)
+        """Free the empty Parts kept for their keys (see part_room): a walk of
+        the pool when they are a quarter of it, so that a sweep costs O(1) a
+        Part it frees, and they never make the pool or the tables grow by
+        more than a third."""
+        cdef uint32_t i
+        for i in range(self.parts.cap):
+            if P(&self.parts, i).kp != KEY_EMPTY and P(&self.parts, i).head == NIL:
+                self.part_drop(i)
                 self.parts.empty -= 1
-            else:
-                i += 1
 
     cdef inline uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
         """The batch output room, in faults, to make for the group an LPIG of
@@ -1018,7 +1013,7 @@ cdef class Grouper:
         """
         cdef Rules* p = &self.rules
         cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
-        cdef int64_t ei, di, ci
+        cdef int64_t ei, di
         cdef uint64_t handle = 0
         cdef Part* x
         cdef bint last, keep
@@ -1106,21 +1101,15 @@ cdef class Grouper:
             part = self.s_find(dev, sk, KEY_LIST)
             if part != NIL:
                 head = self.part_take(part, kp if p.match_pasid else KEY_ANY, r.grpid, &tail)
-        elif self.hashed:       # the Part stays, empty, for the key's next group
-            ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
-            if ci >= 0:
-                x = P(&self.parts, (<HashGrouper>self).table.slots[ci].idx)
+        else:                   # the Part stays, empty, for the key's next group
+            part = self.find_part(dev, sk, r.grpid)
+            if part != NIL:
+                x = P(&self.parts, part)
                 head = x.head
                 tail = x.tail
                 if head != NIL:
                     x.head = x.tail = NIL
                     self.parts.empty += 1
-        else:
-            part = self.s_pop(dev, sk, r.grpid)
-            if part != NIL:
-                head = P(&self.parts, part).head
-                tail = P(&self.parts, part).tail
-                self.part_unlink(part)
         # The group's size: counted as it is copied out (the one walk of its
         # faults, which went cold while the group was open), or by a walk.
         at = <uint32_t>(self.out_faults.len // sizeof(FaultRec))
@@ -2219,8 +2208,8 @@ cdef class Grouper:
                     k = self.mark_list(P(&self.parts, p).head, seen, &last)
                     if k < 0:
                         msg = f"Part {p}: node {last} out of range or on two lists"
-                    elif k == 0 and (not self.hashed or P(&self.parts, p).tail != NIL):
-                        msg = f"Part {p}: empty (only the hash strategy keeps empty Parts), tail {P(&self.parts, p).tail}"
+                    elif k == 0 and (self.per_device or P(&self.parts, p).tail != NIL):
+                        msg = f"Part {p}: empty (the list keeps none), tail {P(&self.parts, p).tail}"
                     elif k and last != P(&self.parts, p).tail:
                         msg = f"Part {p}: its tail {P(&self.parts, p).tail} is not its last node {last}"
                     else:

@@ -25,8 +25,9 @@ cdef int pool_grow(PartPool* pp) except -1 nogil:
     if a == NULL:
         return raise_nomem()
     pp.parts = a
-    for i in range(pp.cap, <uint32_t>cap - 1):
+    for i in range(pp.cap, <uint32_t>cap):
         a[i].cnext = i + 1
+        a[i].kp = KEY_EMPTY         # free (parts_sweep walks the pool)
     a[cap - 1].cnext = pp.free
     pp.free = pp.cap
     pp.cap = <uint32_t>cap
@@ -42,8 +43,9 @@ cdef inline uint32_t pool_alloc(PartPool* pp) noexcept nogil:
 
 
 cdef inline void pool_release(PartPool* pp, uint32_t i) noexcept nogil:
-    if pp.recent == i:          # a free Part keeps its old key: never a hit
+    if pp.recent == i:
         pp.recent = NIL
+    pp.parts[i].kp = KEY_EMPTY      # free: no key (parts_sweep walks the pool)
     pp.parts[i].cnext = pp.free
     pp.free = i
     pp.used -= 1

@@ -138,11 +138,6 @@ cdef class TreeGrouper(Grouper):
         cdef uint32_t found = NIL
         self.root = self.t_delete(self.root, self.T(p).dev, self.T(p).kp, self.T(p).grpid, &found)
 
-    cdef uint32_t s_pop(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil:
-        cdef uint32_t found = NIL
-        self.root = self.t_delete(self.root, dev, kp, grpid, &found)
-        return found
-
     cdef int s_reserve(self) except -1 nogil:
         """A chunk of tree nodes for every chunk of Parts (nothing moves or is copied)."""
         cdef size_t cap = self.tc_cap
