@@ -343,7 +343,6 @@ cdef class Grouper:
     cdef void parts_sweep(self) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
-    cdef uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1

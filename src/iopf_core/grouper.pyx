@@ -903,14 +903,6 @@ cdef class Grouper:
         return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
                 and not self.n_limited and not self.auto_advance)
 
-    cdef inline uint32_t find_part(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
-        """s_find, the hash strategy's inline."""
-        cdef int64_t i
-        if self.hashed:
-            i = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, gk)
-            return NIL if i < 0 else (<HashGrouper>self).table.slots[i].idx
-        return self.s_find(dev, sk, gk)
-
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r as the newest fault of Part part (a free node made
         sure of): it is taken, and counted."""
@@ -1013,7 +1005,7 @@ cdef class Grouper:
         """
         cdef Rules* p = &self.rules
         cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
-        cdef int64_t ei, di
+        cdef int64_t ei, di, ci
         cdef uint64_t handle = 0
         cdef Part* x
         cdef bint last, keep
@@ -1102,7 +1094,11 @@ cdef class Grouper:
             if part != NIL:
                 head = self.part_take(part, kp if p.match_pasid else KEY_ANY, r.grpid, &tail)
         else:                   # the Part stays, empty, for the key's next group
-            part = self.find_part(dev, sk, r.grpid)
+            if self.hashed:     # s_find, inline
+                ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
+                part = NIL if ci < 0 else (<HashGrouper>self).table.slots[ci].idx
+            else:
+                part = self.s_find(dev, sk, r.grpid)
             if part != NIL:
                 x = P(&self.parts, part)
                 head = x.head
