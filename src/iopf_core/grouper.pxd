@@ -257,6 +257,7 @@ cdef class Grouper:
     # lives; free ones on a list through qhead) and the index table of them
     cdef Entry* entries
     cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
+    cdef uint32_t entry_recent    # the entry entry_find found last (a hint: its key is checked)
     cdef IdxTable etab
     cdef CookieTable cookies
     cdef TimeHeap heap

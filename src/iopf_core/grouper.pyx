@@ -608,15 +608,24 @@ cdef class Grouper:
         return 0
 
     cdef inline int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil:
-        cdef uint32_t h = entry_hash(dev, pasid), mask = self.etab.cap - 1, i = h & mask
+        # The entry found last first: a device sends its groups together. A
+        # deleted or reused record fails the key test (a free one's pasid is
+        # KEY_EMPTY, which no one looks for).
+        cdef uint32_t h, mask, i = self.entry_recent
         cdef const Entry* x
+        if i < self.entry_used and self.entries[i].dev == dev and self.entries[i].pasid == pasid:
+            return i
+        h = entry_hash(dev, pasid)
+        mask = self.etab.cap - 1
+        i = h & mask
         while True:
             if self.etab.slots[i].idx == NIL:
                 return -1
             if self.etab.slots[i].hash == h:
                 x = &self.entries[self.etab.slots[i].idx]
                 if x.dev == dev and x.pasid == pasid:
-                    return self.etab.slots[i].idx
+                    self.entry_recent = self.etab.slots[i].idx
+                    return self.entry_recent
             i = (i + 1) & mask
 
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil:
@@ -1094,11 +1103,18 @@ cdef class Grouper:
             if part != NIL:
                 head = self.part_take(part, kp if p.match_pasid else KEY_ANY, r.grpid, &tail)
         else:                   # the Part stays, empty, for the key's next group
-            if self.hashed:     # s_find, inline
-                ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
-                part = NIL if ci < 0 else (<HashGrouper>self).table.slots[ci].idx
-            else:
-                part = self.s_find(dev, sk, r.grpid)
+            # The Part that took the last partial first: a device sends a
+            # group's requests together, its LPIG last.
+            part = self.parts.recent
+            if part != NIL and (P(&self.parts, part).dev != dev or P(&self.parts, part).kp != sk
+                                or P(&self.parts, part).grpid != r.grpid):
+                part = NIL
+            if part == NIL:
+                if self.hashed:     # s_find, inline
+                    ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
+                    part = NIL if ci < 0 else (<HashGrouper>self).table.slots[ci].idx
+                else:
+                    part = self.s_find(dev, sk, r.grpid)
             if part != NIL:
                 x = P(&self.parts, part)
                 head = x.head
