@@ -294,6 +294,6 @@ class Agreement(RuleBasedStateMachine):
 
 
 Agreement.TestCase.settings = settings(
-    max_examples=20 if os.environ.get("HYPOTHESIS_PROFILE") == "sanitize" else int(os.environ.get("IOPF_SM_EXAMPLES", 150)), stateful_step_count=40, deadline=None,
+    max_examples=20 if os.environ.get("HYPOTHESIS_PROFILE") == "sanitize" else 150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestAgreement = Agreement.TestCase

@@ -437,8 +437,9 @@ cdef class Grouper:
     # -- partial groups --------------------------------------------------------------
     # Each Part is under its key in the strategy and on the flush chain of its
     # (dev, kp): the table `chains` finds the newest Part of a (dev, kp), the
-    # others link from it (cnext, cprev). Linked when a group gets its first
-    # partial, unlinked when it completes or empties: nothing per fault.
+    # others link from it (cnext, cprev). Linked when a key gets its first
+    # partial, unlinked when it is dropped (flush, discard, removal), swept,
+    # or, for the list, empties: nothing per fault.
     #
     # The hash and the tree keep a completed group's Part, empty, under its
     # key and on its chain: devices reuse their group ids (a PCIe function
