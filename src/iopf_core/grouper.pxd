@@ -340,7 +340,7 @@ cdef class Grouper:
     cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
-    cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
+    cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil
     cdef void parts_sweep(self) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil

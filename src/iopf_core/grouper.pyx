@@ -938,18 +938,18 @@ cdef class Grouper:
         with a node free: no search, no room to make."""
         cdef uint32_t gk = KEY_LIST if self.per_device else r.grpid
         cdef uint32_t part = self.parts.recent
-        cdef const Part* x
-        if part != NIL and self.nodes.free != NIL:
-            x = P(&self.parts, part)
-            if x.dev == r.dev and x.kp == sk and x.grpid == gk:
-                self.hold_partial(part, r)
-                return REPORT_HELD
-        return self.take_partial_found(r, sk, gk)
+        if (part == NIL or self.nodes.free == NIL or P(&self.parts, part).dev != r.dev
+                or P(&self.parts, part).kp != sk or P(&self.parts, part).grpid != gk):
+            part = self.part_for(r, sk, gk)
+        self.hold_partial(part, r)
+        if <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
+            self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
+        return REPORT_HELD
 
-    cdef int take_partial_found(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil:
-        """take_partial after a search: a new Part if none has the key (the hash
-        strategy's in the slot where its search ended, unless part_room grew
-        the table)."""
+    cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil:
+        """take_partial's Part after a search: a new one if none has the key
+        (the hash strategy's in the slot where its search ended, unless
+        part_room grew the table); and a free node for r."""
         cdef uint32_t part, h = 0, cap = 0
         cdef int64_t i, slot = -1
         cdef IdxTable* t = NULL
@@ -969,10 +969,7 @@ cdef class Grouper:
             node_grow(&self.nodes)
         if part == NIL:
             part = self.part_new(r.dev, sk, gk, slot, h)
-        self.hold_partial(part, r)
-        if <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
-            self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
-        return REPORT_HELD
+        return part
 
     cdef void parts_sweep(self) noexcept nogil:
         """Free the empty Parts kept for their keys (see part_room): a walk of
