@@ -2191,6 +2191,8 @@ cdef class Grouper:
         cdef uint8_t* seen
         cdef uint32_t i, n, last, p, parts = 0, empty = 0
         cdef int64_t k
+        cdef IdxTable* t
+        cdef const Part* x
         cdef uint64_t free = 0, held = 0, pending = 0, in_outputs = 0
         cdef const Pend* g
         cdef cnp.ndarray marks
@@ -2273,6 +2275,23 @@ cdef class Grouper:
             if msg is None and (parts != self.parts.used or empty != self.parts.empty):
                 msg = (f"{parts} Parts on the flush chains, {empty} empty; "
                        f"{self.parts.used} used, {self.parts.empty} empty")
+            if msg is None and self.hashed:
+                # Every Part once in the hash table, where a search for its key finds it.
+                t = &(<HashGrouper>self).table
+                parts = 0
+                for i in range(t.cap):
+                    p = t.slots[i].idx
+                    if p != NIL and msg is None:
+                        parts += 1
+                        if p >= self.parts.cap:
+                            msg = f"slot {i} of the hash table: Part {p} out of range"
+                            continue
+                        x = P(&self.parts, p)
+                        if (t.slots[i].hash != part_hash(x.dev, x.kp, x.grpid)
+                                or part_find(t, &self.parts, x.dev, x.kp, x.grpid) != i):
+                            msg = f"Part {p} in slot {i} of the hash table: not where its key leads"
+                if msg is None and (parts != self.parts.used or parts != t.count):
+                    msg = f"{parts} Parts in the hash table, counted {t.count}; {self.parts.used} used"
             if msg is None and (held != self.c.partial_now or pending + in_outputs != self.pending_faults):
                 msg = (f"{held} partials, {pending} pending faults on lists and {in_outputs} in "
                        f"outputs, counted {self.c.partial_now} and {self.pending_faults}")
