@@ -36,6 +36,30 @@ def own_key_partials(n: int) -> np.ndarray:
     return a
 
 
+@pytest.mark.parametrize("n", [16_385, 24_578])
+def test_held_partials_keep_the_memory_goal_while_keys_that_never_recur_come_and_go(n: int) -> None:
+    """n partials wait (LPIGs lost); then n groups, each with a key never seen
+    before, form and are answered one at a time. Their empty records must not
+    grow the pool or the tables that the held partials need: before the fix
+    the table and pool doubled (171 bytes per held partial at 16,385)."""
+    q = iopf.Queue(strategy="hash", default_handler=Response.SUCCESS)
+    q.report_batch(own_key_partials(n))
+    core: Any = q.core
+    for k in range(n):
+        dev = 10**6 + k
+        core.report((n + k, dev, 1, 0, 1, 1, 0, (0, 0)))
+        core.report((n + k, dev, 1, 0, 3, 1, 0, (0, 0)))
+        core.take_groups()
+        if k % 1000 == 999:
+            core.take_response_list()
+    core.take_response_list()
+    core._check_nodes()
+    st = core.get_state()
+    assert st["parts_used"] - st["parts_empty"] == q.partial_count == n
+    assert q.stats.groups == q.stats.answered == n
+    assert q.sizeof() / n <= 128, (n, q.sizeof() / n, st)
+
+
 def random_policy(rng: random.Random) -> iopf.Policy:
     base = rng.choice(list(iopf.policies.PRESETS.values()))
     return dataclasses.replace(

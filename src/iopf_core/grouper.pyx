@@ -454,7 +454,8 @@ cdef class Grouper:
     # 512), so the next group with the key takes it again, and an LPIG and
     # the group after it change no table. parts.empty counts the empty
     # Parts (a Part counts from part_new until its first fault); when they
-    # fill a quarter of the table, parts_sweep() frees them. Every walk of
+    # fill a quarter of the table, or would make room grow for a new Part,
+    # parts_sweep() frees them. Every walk of
     # Parts (flush, discard, remove_device, counts) takes an empty one as a
     # Part with no fault; none is ever a group.
     cdef inline int part_room(self) except -1 nogil:
@@ -960,6 +961,14 @@ cdef class Grouper:
         else:
             part = self.s_find(r.dev, sk, gk)
         if part == NIL:
+            if (t != NULL and self.parts.empty and 128 * self.parts.empty >= t.cap
+                    and (self.parts.free == NIL or 4 * (t.count + 1) > 3 * t.cap
+                         or 4 * (self.chains.count + 1) > 3 * self.chains.cap)):
+                # part_room would grow the pool or a table: the empty Parts make
+                # room instead (held partials alone decide the memory), when
+                # they are enough of the table for the walk to pay.
+                self.parts_sweep()
+                slot = -1           # the sweep moved slots: part_new probes again
             self.part_room()        # part_new below then cannot fail
             if t != NULL and t.cap != cap:
                 slot = -1           # moved: part_new probes again
@@ -974,9 +983,11 @@ cdef class Grouper:
 
     cdef void parts_sweep(self) noexcept nogil:
         """Free the empty Parts the hash strategy kept: a walk of its table,
-        when they hold a quarter of its slots, so that a sweep costs O(1) a
-        Part it frees, and the empty Parts never make the table (or the pool
-        beyond a quarter of it) grow."""
+        when they hold a quarter of its slots, or when a new Part would grow
+        the pool or a table and they hold 1/128 of the slots (take_partial_found),
+        so that a sweep costs O(1) a Part it frees, and the empty Parts make
+        the pool or a table grow only while they are under 1/128 of its slots
+        (held partials keep their memory goal beside keys that never recur)."""
         cdef IdxTable* t = &(<HashGrouper>self).table
         cdef uint32_t i = 0, p
         while i < t.cap:
