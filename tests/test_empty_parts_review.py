@@ -89,20 +89,21 @@ def test_every_strategy_agrees_and_the_records_stay_counted(seed: int) -> None:
     nrng = np.random.default_rng(seed)
     policy = random_policy(rng)
     queues = [iopf.Queue(policy, strategy=s) for s in ("python", "hash", "tree", "list", "hash", "hash")]
-    queues[4].core._debug_sweep_min(0)
-    queues[5].core._debug_sweep_min(3)
+    cores: list[Any] = [q.core for q in queues]
+    cores[4]._debug_sweep_min(0)
+    cores[5]._debug_sweep_min(3)
     ndev, nkeys, t = rng.choice([1, 3, 8]), rng.choice([2, 16, 512]), 0
 
     def agree(fn: Any) -> None:
-        results = []
+        results: list[tuple[Any, ...]] = []
         for q in queues:
             try:
                 results.append(("ok", fn(q)))
             except Exception as exc:  # the same exception everywhere is agreement
                 results.append(("raised", type(exc).__name__, str(exc)))
         assert all(r == results[0] for r in results), results
-        for q in queues[1:]:
-            q.core._check_nodes()
+        for core in cores[1:]:
+            core._check_nodes()
         snaps = [snapshot(q) for q in queues]
         assert all(s == snaps[0] for s in snaps)
         responses = [q.take_responses().tobytes() for q in queues]
