@@ -270,3 +270,32 @@ def test_every_allocation_failure_leaves_the_call_all_or_nothing(match_pasid: bo
     finally:
         _fail_alloc_after(-1)
     assert failed > 20
+
+
+@pytest.mark.parametrize("strategy", ["hash", "tree", "list", "python"])
+def test_a_sweep_that_frees_the_record_of_the_last_partial(strategy: str) -> None:
+    """Key A's last partial, then its LPIG: A's record is empty and still the
+    one the next partial of A would take first. A new key that would grow the
+    table sweeps it; A's next group is then a new record's, with nothing of
+    the first group in it."""
+    q = iopf.Queue(strategy=strategy)
+
+    def rec(t: int, grpid: int, last: bool) -> Fault:
+        return Fault(1, 1, grpid, t << 12, last=last, time=t)
+
+    for g in range(11):                     # 11 open groups: the table's 16 slots hold 12
+        q.report(rec(g, 100 + g, False))
+    q.report(rec(20, 7, False))
+    first = q.report(rec(21, 7, True))
+    assert first is not None and first.faults["time"].tolist() == [20, 21]
+    q.report(rec(22, 8, False))             # a new key: the sweep, not a growth, makes room
+    q.report(rec(23, 7, False))
+    second = q.report(rec(24, 7, True))
+    assert second is not None and second.faults["time"].tolist() == [23, 24]
+    assert q.partial_count == 12
+    if strategy != "python":
+        core: Any = q.core
+        core._check_nodes()
+    if strategy == "hash":      # the 12 open groups', and A's again, empty
+        st = core.get_state()
+        assert (st["parts_used"], st["parts_empty"]) == (13, 1)
