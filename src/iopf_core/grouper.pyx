@@ -446,7 +446,8 @@ cdef class Grouper:
     # has 512), so the next group with the key takes it again, and an LPIG
     # and the group after it change no table. parts.empty counts the empty
     # Parts (a Part counts from part_new until its first fault); when they
-    # fill a quarter of the pool, parts_sweep() frees them. Every walk of
+    # are over a quarter of the pool, or when room for a new Part would
+    # have to grow, parts_sweep() frees them. Every walk of
     # Parts (flush, discard, remove_device, counts) takes an empty one as a
     # Part with no fault; none is ever a group. (The list's Part is a
     # device's whole list: it goes when it empties.)
@@ -962,6 +963,14 @@ cdef class Grouper:
         else:
             part = self.s_find(r.dev, sk, gk)
         if part == NIL:
+            if (self.parts.empty and 128 * <uint64_t>self.parts.empty >= self.parts.cap
+                    and (self.parts.free == NIL or (t != NULL and 4 * (t.count + 1) > 3 * t.cap)
+                         or 4 * (self.chains.count + 1) > 3 * self.chains.cap)):
+                # part_room would grow the pool or a table: the empty Parts make
+                # room instead (held partials alone decide the memory), when
+                # they are enough of the pool for the walk to pay.
+                self.parts_sweep()
+                slot = -1           # the sweep moved slots: part_new probes again
             self.part_room()        # part_new below then cannot fail
             if t != NULL and t.cap != cap:
                 slot = -1           # moved: part_new probes again
@@ -972,10 +981,13 @@ cdef class Grouper:
         return part
 
     cdef void parts_sweep(self) noexcept nogil:
-        """Free the empty Parts kept for their keys (see part_room): a walk of
-        the pool when they are a quarter of it, so that a sweep costs O(1) a
-        Part it frees, and they never make the pool or the tables grow by
-        more than a third."""
+        """Free the empty Parts kept for their keys (see part_room), in one
+        walk of the pool: when they are over a quarter of it (take_partial),
+        or when a new Part would make the pool or a table grow and they are
+        at least 1/128 of the pool (part_for). A sweep so costs O(1) a Part
+        it frees, and the pool and the tables grow for held partials, never
+        for empty Parts beyond 1/128 of the pool (the memory per held
+        partial stays within its goal beside keys that never recur)."""
         cdef uint32_t i
         for i in range(self.parts.cap):
             if P(&self.parts, i).kp != KEY_EMPTY and P(&self.parts, i).head == NIL:
@@ -2190,6 +2202,8 @@ cdef class Grouper:
         cdef uint8_t* seen
         cdef uint32_t i, n, last, p, parts = 0, empty = 0
         cdef int64_t k
+        cdef IdxTable* t
+        cdef const Part* x
         cdef uint64_t free = 0, held = 0, pending = 0, in_outputs = 0
         cdef const Pend* g
         cdef cnp.ndarray marks
@@ -2272,6 +2286,23 @@ cdef class Grouper:
             if msg is None and (parts != self.parts.used or empty != self.parts.empty):
                 msg = (f"{parts} Parts on the flush chains, {empty} empty; "
                        f"{self.parts.used} used, {self.parts.empty} empty")
+            if msg is None and self.hashed:
+                # Every Part once in the hash table, where a search for its key finds it.
+                t = &(<HashGrouper>self).table
+                parts = 0
+                for i in range(t.cap):
+                    p = t.slots[i].idx
+                    if p != NIL and msg is None:
+                        parts += 1
+                        if p >= self.parts.cap:
+                            msg = f"slot {i} of the hash table: Part {p} out of range"
+                            continue
+                        x = P(&self.parts, p)
+                        if (t.slots[i].hash != part_hash(x.dev, x.kp, x.grpid)
+                                or part_find(t, &self.parts, x.dev, x.kp, x.grpid) != i):
+                            msg = f"Part {p} in slot {i} of the hash table: not where its key leads"
+                if msg is None and (parts != self.parts.used or parts != t.count):
+                    msg = f"{parts} Parts in the hash table, counted {t.count}; {self.parts.used} used"
             if msg is None and (held != self.c.partial_now or pending + in_outputs != self.pending_faults):
                 msg = (f"{held} partials, {pending} pending faults on lists and {in_outputs} in "
                        f"outputs, counted {self.c.partial_now} and {self.pending_faults}")
