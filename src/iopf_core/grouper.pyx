@@ -2298,8 +2298,13 @@ cdef class Grouper:
                             msg = f"slot {i} of the hash table: Part {p} out of range"
                             continue
                         x = P(&self.parts, p)
-                        if (t.slots[i].hash != part_hash(x.dev, x.kp, x.grpid)
-                                or part_find(t, &self.parts, x.dev, x.kp, x.grpid) != i):
+                        # A search for its key reaches slot i: no empty slot from
+                        # its home to i. (Not part_find: a second caller of it
+                        # here made the compiler stop inlining it in the LPIG's path.)
+                        n = t.slots[i].hash & (t.cap - 1)
+                        while n != i and t.slots[n].idx != NIL:
+                            n = (n + 1) & (t.cap - 1)
+                        if t.slots[i].hash != part_hash(x.dev, x.kp, x.grpid) or n != i:
                             msg = f"Part {p} in slot {i} of the hash table: not where its key leads"
                 if msg is None and (parts != self.parts.used or parts != t.count):
                     msg = f"{parts} Parts in the hash table, counted {t.count}; {self.parts.used} used"
