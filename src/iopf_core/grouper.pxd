@@ -178,6 +178,7 @@ ctypedef struct Rules:
     bint match_pasid, stall, stop_markers, priv_data_is_last, require_handler
     bint discard_on_overflow, flush_partial_on_detach, has_timeout, has_depth
     uint32_t pasid_bits, grpid_bits
+    uint32_t bad_pasid, bad_grpid   # the bits above them (bad_rec: one test a record)
     uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
     uint64_t timeout, depth
     bint require_device, attach_adds_device

@@ -220,6 +220,8 @@ cdef class Grouper:
         r.no_pasid = KEY_NO_PASID if policy.no_pasid is None else policy.no_pasid
         r.pasid_bits = policy.pasid_bits
         r.grpid_bits = policy.grpid_bits
+        r.bad_pasid = ~((<uint32_t>1 << r.pasid_bits) - 1)     # (both at most 31 bits)
+        r.bad_grpid = ~((<uint32_t>1 << r.grpid_bits) - 1)
         r.no_handler_code = policy.no_handler_code
         r.handler_error_code = policy.handler_error_code
         r.timeout_code = policy.timeout_code
@@ -826,9 +828,9 @@ cdef class Grouper:
 
     # -- the per-fault rules ------------------------------------------------------------
     cdef inline bint bad_rec(self, const FaultRec* r) noexcept nogil:
-        return ((r.pasid >> self.rules.pasid_bits) != 0 or
-                (<uint64_t>r.grpid >> self.rules.grpid_bits) != 0 or
-                r.flags > 0xF or r.perm > 0xF)
+        # One test, no branch a field: the batch loop checks every record again.
+        return ((r.pasid & self.rules.bad_pasid) | (r.grpid & self.rules.bad_grpid)
+                | ((r.flags | r.perm) & ~(<uint32_t>0xF))) != 0
 
     cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
         """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
