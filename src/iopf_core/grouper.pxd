@@ -343,6 +343,7 @@ cdef class Grouper:
     cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
     cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil
     cdef void parts_sweep(self) noexcept nogil
+    cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
     cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1

@@ -106,6 +106,7 @@ cdef enum:
     MIN_CAP = 16
     CHUNK_BITS = 10           # the least growth of the nodes and Parts (1024): slack stays small
     CHUNK = 1 << CHUNK_BITS
+    SWEEP_FLOOR = 4096        # sweep_for_room: what is smaller grows rather than sweeps
     CHUNK_MASK = CHUNK - 1
     COLLECT_KEEP = 1          # report_one(collect): copy the group out, keep its nodes
     COLLECT_FREE = 2          # ... and free them (run(): the faults stay in the output, Segs)
@@ -965,12 +966,7 @@ cdef class Grouper:
         else:
             part = self.s_find(r.dev, sk, gk)
         if part == NIL:
-            if (self.parts.empty and 128 * <uint64_t>self.parts.empty >= self.parts.cap
-                    and (self.parts.free == NIL or (t != NULL and 4 * (t.count + 1) > 3 * t.cap)
-                         or 4 * (self.chains.count + 1) > 3 * self.chains.cap)):
-                # part_room would grow the pool or a table: the empty Parts make
-                # room instead (held partials alone decide the memory), when
-                # they are enough of the pool for the walk to pay.
+            if self.parts.empty and self.sweep_for_room(t):
                 self.parts_sweep()
                 slot = -1           # the sweep moved slots: part_new probes again
             self.part_room()        # part_new below then cannot fail
@@ -982,14 +978,31 @@ cdef class Grouper:
             part = self.part_new(r.dev, sk, gk, slot, h)
         return part
 
+    cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil:
+        """Whether a new Part should sweep the empty Parts rather than let
+        part_room grow the pool, the strategy's table t or the flush chains:
+        when the one that would grow is large (SWEEP_FLOOR: below it a growth
+        costs little memory, and sweeping keys that come back would only
+        make them again) and the empty Parts are a 32nd of the pool (which
+        grows a chunk at a time) or an eighth of the table (which doubles)
+        or more. So they make the pool grow by about a 32nd at most, and a
+        table double only when held partials fill 5/8 of it."""
+        cdef uint64_t e = 8 * <uint64_t>self.parts.empty
+        if self.parts.free == NIL and self.parts.cap >= SWEEP_FLOOR and 4 * e >= self.parts.cap:
+            return True
+        if (t != NULL and 4 * (<uint64_t>t.count + 1) > 3 * <uint64_t>t.cap
+                and t.cap >= SWEEP_FLOOR and e >= t.cap):
+            return True
+        return (4 * (<uint64_t>self.chains.count + 1) > 3 * <uint64_t>self.chains.cap
+                and self.chains.cap >= SWEEP_FLOOR and e >= self.chains.cap)
+
     cdef void parts_sweep(self) noexcept nogil:
         """Free the empty Parts kept for their keys (see part_room), in one
         walk of the pool: when they are over a quarter of it (take_partial),
-        or when a new Part would make the pool or a table grow and they are
-        at least 1/128 of the pool (part_for). A sweep so costs O(1) a Part
-        it frees, and the pool and the tables grow for held partials, never
-        for empty Parts beyond 1/128 of the pool (the memory per held
-        partial stays within its goal beside keys that never recur)."""
+        or when a new Part would make a large pool or table grow and they are
+        enough of it (sweep_for_room, part_for). A sweep so costs O(1) a
+        Part it frees, and the memory per held partial stays within its goal
+        beside keys that never recur (tests/test_empty_parts_review.py)."""
         cdef uint32_t i
         for i in range(self.parts.cap):
             if P(&self.parts, i).kp != KEY_EMPTY and P(&self.parts, i).head == NIL:
