@@ -149,3 +149,25 @@ def test_every_strategy_forms_the_same_groups_with_recurring_and_new_keys() -> N
         seen.append(([q.partial_count], []))
         outs[strategy] = seen
     assert outs["hash"] == outs["tree"] == outs["list"] == outs["python"]
+
+
+@pytest.mark.parametrize("strategy", ["hash", "tree"])
+def test_records_of_keys_that_recur_are_kept_while_tables_are_small(strategy: str) -> None:
+    """64 devices taking turns, one key each, beside 32 partials that wait:
+    the 96 flush chains fill 3/4 of their table, and the next key would
+    make it grow. A table that small grows; it must not sweep the records
+    of keys that come back a moment later (that made a sweep every few
+    groups, and each key's record new again)."""
+    q = iopf.Queue(strategy=strategy)
+    waiting = groups(np.arange(32), np.full(32, 100), np.zeros(32, int), 2)
+    q.report_batch(waiting[waiting["flags"] == P])
+    dev = np.arange(1024) % 64
+    stream = groups(dev, np.full(1024, 0xFFFF0), np.zeros(1024, int), 4)
+    q.report_batch(stream[:256])                  # every key once: 64 empty records
+    assert state(q)["parts_empty"] == 64
+    fewest = 64
+    for i in range(256, len(stream)):
+        q.report_batch(stream[i:i + 1])
+        fewest = min(fewest, state(q)["parts_empty"])
+    assert fewest == 63                           # one in use at a time, none swept
+    assert state(q)["parts_used"] == 32 + 64
