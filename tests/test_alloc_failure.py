@@ -107,8 +107,22 @@ def apply(core: Any, name: str, args: tuple[Any, ...], start: int = 0) -> None:
     elif name == "respond_half":
         cookies = core.pending_cookies()[::2]
         core.respond_batch(cookies, np.ones(len(cookies), np.uint32))
+    elif name == "respond_all":
+        cookies = core.pending_cookies()
+        core.respond_batch(cookies, np.zeros(len(cookies), np.uint32))
     else:
         getattr(core, name)(*args)
+
+
+def first_failure(core: Any, workload: list[tuple[str, tuple[Any, ...]]]) -> int | None:
+    """Apply the calls of the workload until one raises MemoryError: its index
+    (None: none did)."""
+    for k, (name, args) in enumerate(workload):
+        try:
+            apply(core, name, args)
+        except MemoryError:
+            return k
+    return None
 
 
 def state(core: Any) -> tuple[Any, ...]:
@@ -150,13 +164,8 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, poli
         for n in range(total):
             core: Any = STRATEGIES[strategy](policy)     # compiled: get_state
             _fail_alloc_after(n)
-            k = 0
-            for k, (name, args) in enumerate(WORKLOAD):
-                try:
-                    apply(core, name, args)
-                except MemoryError:
-                    break
-            else:
+            k = first_failure(core, WORKLOAD)
+            if k is None:
                 # The one allocation whose failure no call reports: nodes for
                 # the groups of a thin batch output, which then stays kept
                 # until they are answered. Nothing else may differ.
@@ -166,6 +175,7 @@ def test_every_allocation_failure_leaves_the_state_as_before(strategy: str, poli
                 failed_at.add("thin output")
                 continue
             _fail_alloc_after(-1)
+            name, args = WORKLOAD[k]
             failed_at.add(name)
             position = core.position if name == "run" else None
             # after the failure: exactly as a core that never made the call

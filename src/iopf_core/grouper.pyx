@@ -1002,7 +1002,7 @@ cdef class Grouper:
         or when a new Part would make a large pool or table grow and they are
         enough of it (sweep_for_room, part_for). A sweep so costs O(1) a
         Part it frees, and the memory per held partial stays within its goal
-        beside keys that never recur (tests/test_empty_parts_review.py)."""
+        beside keys that never recur (tests/test_empty_parts_hardening.py)."""
         cdef uint32_t i
         for i in range(self.parts.cap):
             if P(&self.parts, i).kp != KEY_EMPTY and P(&self.parts, i).head == NIL:

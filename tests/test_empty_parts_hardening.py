@@ -20,6 +20,7 @@ import pytest
 import iopf
 from iopf import FAULT_DTYPE, Fault, Response
 from iopf_core import COMPILED, STRATEGIES
+from test_alloc_failure import apply, first_failure
 
 pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled core's partial group records")
 
@@ -201,19 +202,6 @@ WORKLOAD: list[Call] = [
 ]
 
 
-def apply(core: Any, name: str, args: tuple[Any, ...], start: int = 0) -> None:
-    if name == "run":
-        i = start
-        while i < len(args[0]):
-            i = core.run(args[0], i)
-        core.take_groups()
-    elif name == "respond_all":
-        cookies = core.pending_cookies()
-        core.respond_batch(cookies, np.zeros(len(cookies), np.uint32))
-    else:
-        getattr(core, name)(*args)
-
-
 def seen(core: Any) -> tuple[Any, ...]:
     """What a caller can see of the core (and its records checked)."""
     core._check_nodes()
@@ -254,14 +242,11 @@ def test_every_allocation_failure_leaves_the_call_all_or_nothing(match_pasid: bo
         for n in range(total):
             core = make()
             _fail_alloc_after(n)
-            for k, (name, args) in enumerate(WORKLOAD):
-                try:
-                    apply(core, name, args)
-                except MemoryError:
-                    break
-            else:
+            k = first_failure(core, WORKLOAD)
+            if k is None:
                 continue        # (a thin output's nodes: no call reports it)
             _fail_alloc_after(-1)
+            name, args = WORKLOAD[k]
             failed += 1
             position = core.position if name == "run" else None
             assert seen(core) == seen(reference(k, position)), (n, name, position)
