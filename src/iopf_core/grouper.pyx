@@ -942,12 +942,17 @@ cdef class Grouper:
         with a node free: no search, no room to make."""
         cdef uint32_t gk = KEY_LIST if self.per_device else r.grpid
         cdef uint32_t part = self.parts.recent
+        cdef bint searched = False
         if (part == NIL or self.nodes.free == NIL or P(&self.parts, part).dev != r.dev
                 or P(&self.parts, part).kp != sk or P(&self.parts, part).grpid != gk):
             part = self.part_for(r, sk, gk)
+            searched = True
         self.hold_partial(part, r)
-        if <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
-            self.parts_sweep()      # after the request is taken: it changes nothing anyone sees
+        # Empty Parts are Parts part_for made, emptied: the test belongs after
+        # a search, not on every partial. After the request is taken: a sweep
+        # changes nothing anyone sees.
+        if searched and <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
+            self.parts_sweep()
         return REPORT_HELD
 
     cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil:
