@@ -322,7 +322,6 @@ cdef class Grouper:
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
-    cdef void tidy_all(self) noexcept nogil
     cdef uint64_t _time(self, object time) except? 0
     cdef const FaultRec* _records(self, object arr, Py_ssize_t* n) except? NULL
 

@@ -1273,14 +1273,6 @@ cdef class Grouper:
         self.c.partial_now -= dropped
         return 0
 
-    cdef void tidy_all(self) noexcept nogil:
-        """Delete every entry with nothing on it (after a sweep over the table)."""
-        cdef uint32_t i
-        for i in range(self.entry_used):     # a delete moves no other entry
-            if (self.entries[i].pasid != KEY_EMPTY and self.entries[i].pasid != KEY_DEVICE and
-                    self.entries[i].qhead == NIL and self.entries[i].handle == 0):
-                self.entry_delete(i)
-
     # -- answering pending groups ----------------------------------------------------------
     cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil:
         """Answer a pending group (once only): 1 if sent, 0 if stale."""
