@@ -7,6 +7,7 @@ cdef enum:
     OUT_COOKIES = 2
     OUT_BOX = 3
     SMALL_OUT = 65536         # below: copied out, the buffer kept
+    SMALL_INDEX = 4096        # the same for offsets and cookies (see buf_out)
 
 
 cdef class _Block:
@@ -90,10 +91,14 @@ cdef tuple buf_out(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     Above 64 KiB the block itself becomes the array's memory (no copy; copying
     the 52 bytes of every fault again cost as much as grouping them) and
     comes back for another batch when the array is gone; below, a copy
-    (block None).
+    (block None). Offsets and cookies, 8 bytes a group, go as blocks from
+    4 KiB: their buffers grow by doubling, so the block is at most twice
+    what the array shows, where the faults' is run()'s room for the worst
+    case (a copy and a new array for each cost more than grouping 100
+    faults).
     """
     cdef _Block blk
-    if b.len < SMALL_OUT:
+    if b.len < (SMALL_OUT if kind == OUT_FAULTS else SMALL_INDEX):
         out = np.empty(b.len // dtype.itemsize, dtype=dtype)
         if b.len:
             memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)

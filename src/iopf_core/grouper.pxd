@@ -290,6 +290,7 @@ cdef class Grouper:
     cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept
     cdef uint32_t node_kpasid(self, const Node* n) noexcept nogil
     cdef uint32_t node_key(self, const Node* n) noexcept nogil
+    cdef uint32_t gkey(self, uint32_t grpid) noexcept nogil
     cdef uint32_t skey(self, uint32_t kp) noexcept nogil
     cdef uint32_t part_new(self, uint32_t dev, uint32_t kp, uint32_t grpid, int64_t slot, uint32_t h) noexcept nogil
     cdef void part_drop(self, uint32_t p) noexcept nogil
@@ -320,6 +321,7 @@ cdef class Grouper:
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
     cdef uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
+    cdef bint bad_bits(self, uint32_t pasid, uint32_t grpid, uint32_t flags_perm) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
     cdef int drop_where(self, int mode, uint32_t dev, uint32_t kp, uint64_t* counter) except -1 nogil
     cdef uint64_t _time(self, object time) except? 0
@@ -339,7 +341,9 @@ cdef class Grouper:
     cdef int report_one(self, const FaultRec* r, int collect) except -1 nogil
     cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
-    cdef int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil
+    cdef bint recent_has(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
+    cdef bint hold_recent(self, const FaultRec* r, uint32_t sk, uint32_t gk) noexcept nogil
+    cdef int take_partial(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
     cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil
     cdef void parts_sweep(self) noexcept nogil
     cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil

@@ -397,7 +397,7 @@ cdef class Grouper:
 
     cdef uint32_t s_count(self, uint32_t dev, uint32_t kpasid, uint32_t grpid) noexcept nogil:
         """How many partials an LPIG of (dev, kpasid, grpid) would take (nothing changes)."""
-        cdef uint32_t p = self.s_find(dev, self.skey(kpasid), KEY_LIST if self.per_device else grpid)
+        cdef uint32_t p = self.s_find(dev, self.skey(kpasid), self.gkey(grpid))
         cdef uint32_t n, k = 0
         if p == NIL:
             return 0
@@ -428,6 +428,11 @@ cdef class Grouper:
         if self.rules.match_pasid:
             return key_pasid(n.pasid, n.flags, self.rules.no_pasid)
         return KEY_ANY
+
+    cdef inline uint32_t gkey(self, uint32_t grpid) noexcept nogil:
+        """The group part of the strategy's key for faults of group id grpid:
+        grpid, or KEY_LIST (the device's one list)."""
+        return KEY_LIST if self.per_device else grpid
 
     cdef inline uint32_t skey(self, uint32_t kp) noexcept nogil:
         """The PASID part of the strategy's key (and of the flush chain) for
@@ -830,8 +835,13 @@ cdef class Grouper:
     # -- the per-fault rules ------------------------------------------------------------
     cdef inline bint bad_rec(self, const FaultRec* r) noexcept nogil:
         # One test, no branch a field: the batch loop checks every record again.
-        return ((r.pasid & self.rules.bad_pasid) | (r.grpid & self.rules.bad_grpid)
-                | ((r.flags | r.perm) & ~(<uint32_t>0xF))) != 0
+        return self.bad_bits(r.pasid, r.grpid, r.flags | r.perm)
+
+    cdef inline bint bad_bits(self, uint32_t pasid, uint32_t grpid, uint32_t flags_perm) noexcept nogil:
+        """The field check of bad_rec: a bit set that the field may not have.
+        Bitwise, so that check() can test the OR of a whole batch at once."""
+        return ((pasid & self.rules.bad_pasid) | (grpid & self.rules.bad_grpid)
+                | (flags_perm & ~(<uint32_t>0xF))) != 0
 
     cdef inline uint8_t rec_kind(self, uint32_t flags, uint32_t perm) noexcept nogil:
         """What the rules make of a request: held (partial), an LPIG, or a dropped stop marker."""
@@ -860,8 +870,9 @@ cdef class Grouper:
         is not read again. A group that waits for a Python handler stays
         pending (REPORT_GROUPED); a C caller answers it or leaves it to the queue.
         """
-        cdef FaultRec rec = r[0]
+        cdef FaultRec rec
         cdef int res
+        rec_copy(&rec, r)
         if self.bad_rec(&rec):
             return REPORT_REFUSED
         self.enter()
@@ -919,12 +930,13 @@ cdef class Grouper:
 
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r as the newest fault of Part part (a free node made
-        sure of): it is taken, and counted."""
+        sure of): it is taken, and counted. Not in the device's outstanding
+        count (hold()): a plain partial has no limit to count for, and
+        report_ruled counts the others (a leaf: the hot loop inlines it)."""
         cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
         self.count_in(r, KIND_PARTIAL)
-        self.hold(r.dev, 1)
         self.parts.recent = part
         node_fill(node, r)
         if x.head == NIL:
@@ -935,23 +947,34 @@ cdef class Grouper:
         x.tail = n
         self.c.partial_now += 1
 
-    cdef inline int take_partial(self, const FaultRec* r, uint32_t sk) except -1 nogil:
-        """Hold partial r in its group (strategy key sk), which the rules have
-        let through: REPORT_HELD. Inline for its common case, the group that
-        took the last partial (a device sends a group's requests together)
-        with a node free: no search, no room to make."""
-        cdef uint32_t gk = KEY_LIST if self.per_device else r.grpid
+    cdef inline bint recent_has(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil:
+        """Whether the Part that took the last partial (parts.recent) has the
+        key (dev, strategy key sk, group key gk): a device sends a group's
+        requests together, so its next partial and its LPIG try it before
+        any search."""
         cdef uint32_t part = self.parts.recent
-        cdef bint searched = False
-        if (part == NIL or self.nodes.free == NIL or P(&self.parts, part).dev != r.dev
-                or P(&self.parts, part).kp != sk or P(&self.parts, part).grpid != gk):
-            part = self.part_for(r, sk, gk)
-            searched = True
-        self.hold_partial(part, r)
+        return (part != NIL and P(&self.parts, part).dev == dev
+                and P(&self.parts, part).kp == sk and P(&self.parts, part).grpid == gk)
+
+    cdef inline bint hold_recent(self, const FaultRec* r, uint32_t sk, uint32_t gk) noexcept nogil:
+        """Hold partial r (the rules let it through; strategy key sk, group
+        key gk) in the Part that took the last partial, if it has r's key and
+        a node is free: no search, no room to make, nothing that can fail.
+        Inline in the batch loop; False: take_partial."""
+        if self.nodes.free == NIL or not self.recent_has(r.dev, sk, gk):
+            return False
+        self.hold_partial(self.parts.recent, r)
+        return True
+
+    cdef int take_partial(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil:
+        """Hold partial r (the rules let it through) in its group after a
+        search (hold_recent failed): REPORT_HELD. Not inline: the common
+        partial needs none of this."""
+        self.hold_partial(self.part_for(r, sk, gk), r)
         # Empty Parts are Parts part_for made, emptied: the test belongs after
         # a search, not on every partial. After the request is taken: a sweep
         # changes nothing anyone sees.
-        if searched and <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
+        if <uint64_t>self.parts.empty * self.sweep_ratio > self.parts.cap:
             self.parts_sweep()
         return REPORT_HELD
 
@@ -1032,8 +1055,13 @@ cdef class Grouper:
         A plain partial (the most common request) is held here, inline; every
         other request goes through the rules (report_ruled).
         """
+        cdef uint32_t sk, gk
         if self.plain_partial(r.flags):
-            return self.take_partial(r, self.skey(key_pasid(r.pasid, r.flags, self.rules.no_pasid)))
+            sk = self.skey(key_pasid(r.pasid, r.flags, self.rules.no_pasid))
+            gk = self.gkey(r.grpid)
+            if self.hold_recent(r, sk, gk):
+                return REPORT_HELD
+            return self.take_partial(r, sk, gk)
         return self.report_ruled(r, collect)
 
     cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil:
@@ -1096,7 +1124,10 @@ cdef class Grouper:
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
         if not last:
-            return self.take_partial(r, sk)
+            if not self.hold_recent(r, sk, self.gkey(r.grpid)):
+                self.take_partial(r, sk, self.gkey(r.grpid))
+            self.hold(dev, 1)
+            return REPORT_HELD
         # A constant handler answers the group it completes in C (one response).
         auto = self.entries[ei].auto_code if handle else (self.default_auto if self.default_handler else 0)
         out = 0
@@ -1135,10 +1166,7 @@ cdef class Grouper:
         else:                   # the Part stays, empty, for the key's next group
             # The Part that took the last partial first: a device sends a
             # group's requests together, its LPIG last.
-            part = self.parts.recent
-            if part != NIL and (P(&self.parts, part).dev != dev or P(&self.parts, part).kp != sk
-                                or P(&self.parts, part).grpid != r.grpid):
-                part = NIL
+            part = self.parts.recent if self.recent_has(dev, sk, r.grpid) else NIL
             if part == NIL:
                 if self.hashed:     # s_find, inline
                     ci = part_find(&(<HashGrouper>self).table, &self.parts, dev, sk, r.grpid)
@@ -1515,11 +1543,25 @@ cdef class Grouper:
         """Raise ValueError naming the first record a field check refuses."""
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
+        cdef uint64_t pasid_grpid = 0, flags_perm = 0, v
         with nogil:
+            # A batch is bad if the OR of its fields is (bad_bits is bitwise):
+            # one pass without a branch a record, then the search for the
+            # first bad one only when there is one. The pass ORs (pasid, grpid)
+            # and (flags, perm), adjacent in a record, 8 bytes at a time.
             for i in range(n):
-                if self.bad_rec(&recs[i]):
-                    bad = i
-                    break
+                memcpy(&v, &recs[i].pasid, 8)
+                pasid_grpid |= v
+                memcpy(&v, &recs[i].flags, 8)
+                flags_perm |= v
+            if self.bad_bits(<uint32_t>pasid_grpid, <uint32_t>(pasid_grpid >> 32),
+                             <uint32_t>flags_perm | <uint32_t>(flags_perm >> 32)):
+                for i in range(n):
+                    if self.bad_rec(&recs[i]):
+                        bad = i
+                        break
+        # (No bad one found: the array changed meanwhile; run() checks each
+        # record it applies anyway.)
         if bad >= 0:
             self.refuse(bad, &recs[bad])
 
@@ -1771,7 +1813,7 @@ cdef class Grouper:
             buf_reserve(&self.out_faults, (n - start) * sizeof(FaultRec))
             with nogil:
                 while i < n:
-                    rec = recs[i]
+                    rec_copy(&rec, &recs[i])
                     if self.bad_rec(&rec):
                         bad = i
                         break
