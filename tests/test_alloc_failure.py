@@ -336,12 +336,11 @@ def test_a_failed_respond_batch_at_schedules_nothing(strategy: str) -> None:
 
 
 class _NumpyFails:
-    """np.empty and np.frombuffer, failing at call number `at` (None: never), counted."""
+    """np.empty, failing at call number `at` (None: never), counted."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int | None) -> None:
         self.calls, self.at = 0, at
-        for name in ("empty", "frombuffer"):
-            monkeypatch.setattr(np, name, self.wrap(getattr(np, name)))
+        monkeypatch.setattr(np, "empty", self.wrap(np.empty))
 
     def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -350,6 +349,33 @@ class _NumpyFails:
                 raise MemoryError
             return real(*args, **kwargs)
         return call
+
+
+def take_failures(monkeypatch: pytest.MonkeyPatch, take: Callable[[], Any]) -> list[tuple[str, int]]:
+    """Every allocation take() makes, as a way to fail it: ("numpy", at) for
+    its at-th np.empty (an output copied into a new array), ("core", k) for
+    its k-th allocation of the core (a lent output's array is one)."""
+    with monkeypatch.context() as m:
+        count = _NumpyFails(m, None)
+        before = _fail_alloc_after(-1)
+        take()
+        allocs = _fail_alloc_after(-1) - before
+    return [("numpy", at) for at in range(1, count.calls + 1)] + [("core", k) for k in range(allocs)]
+
+
+def take_failing(monkeypatch: pytest.MonkeyPatch, how: tuple[str, int], take: Callable[[], Any]) -> None:
+    """take() with the allocation `how` (see take_failures) failing: it raises MemoryError."""
+    kind, at = how
+    with monkeypatch.context() as m:
+        if kind == "numpy":
+            _NumpyFails(m, at)
+        else:
+            _fail_alloc_after(at)
+        try:
+            with pytest.raises(MemoryError):
+                take()
+        finally:
+            _fail_alloc_after(-1)
 
 
 def grouped(strategy: str, n: int) -> Any:
@@ -365,13 +391,6 @@ def grouped(strategy: str, n: int) -> Any:
     return core
 
 
-def numpy_calls(monkeypatch: pytest.MonkeyPatch, take: Callable[[], Any]) -> int:
-    with monkeypatch.context() as m:
-        count = _NumpyFails(m, None)
-        take()
-    return count.calls
-
-
 def assert_outputs(core: Any, groups: Any, responses: Any) -> None:
     for got, want in zip(core.take_groups(), groups):
         np.testing.assert_array_equal(got, want)
@@ -382,10 +401,12 @@ def assert_outputs(core: Any, groups: Any, responses: Any) -> None:
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
 @pytest.mark.parametrize("n", [40, 8000])       # outputs copied; outputs lent (over 64 KiB)
 @pytest.mark.parametrize("call", ["take_groups", "take_responses"])
-def test_take_outputs_all_or_nothing_when_numpy_fails(monkeypatch, strategy, n, call):
+def test_take_outputs_all_or_nothing_when_an_allocation_fails(monkeypatch, strategy, n, call):
     """take_groups and take_responses make every array before they empty any
-    output: when numpy fails to allocate one, the call raises MemoryError and
-    the next calls take everything, as if it had not been made."""
+    output: when one fails to allocate (numpy's copy of a small output, the
+    array a large one is lent to, or the core's own memory), the call raises
+    MemoryError and the next calls take everything, as if it had not been
+    made."""
     want = grouped(strategy, n)
     groups, responses = want.take_groups(), want.take_responses(group_times=True)
     assert len(groups[2]) == n // 4 and len(responses[0]) == n // 8
@@ -395,15 +416,12 @@ def test_take_outputs_all_or_nothing_when_numpy_fails(monkeypatch, strategy, n, 
             core.take_groups()
         else:
             core.take_responses(group_times=True)
-    core = grouped(strategy, n)
-    calls = numpy_calls(monkeypatch, lambda: take(core))
-    assert calls >= 2
-    for at in range(1, calls + 1):
+    counted = grouped(strategy, n)
+    failures = take_failures(monkeypatch, lambda: take(counted))
+    assert len(failures) >= 2
+    for how in failures:
         core = grouped(strategy, n)
-        with monkeypatch.context() as m:
-            _NumpyFails(m, at)
-            with pytest.raises(MemoryError):
-                take(core)
+        take_failing(monkeypatch, how, lambda: take(core))
         assert_outputs(core, groups, responses)
 
 
@@ -414,29 +432,14 @@ def core_domain_bytes() -> int:
     return sum(t.size for t in snap.traces)
 
 
-def blocks_in(tb: Any) -> list[Any]:
-    """The output blocks that the frames of a traceback hold (the arguments of
-    the numpy call that failed). Reading a frame's f_locals keeps its locals
-    in the frame: pass frames that end with the call."""
-    found = []
-    while tb is not None:
-        for v in tb.tb_frame.f_locals.values():
-            for x in v if isinstance(v, tuple) else (v,):
-                if type(x).__name__ == "_Block":
-                    found.append(x)
-        tb = tb.tb_next
-    return found
-
-
 @pytest.mark.parametrize("strategy", C_STRATEGIES)
 @pytest.mark.parametrize("call", ["take_groups", "take_responses"])
 def test_a_failed_take_frees_nothing_twice_and_leaks_nothing(monkeypatch, strategy, call):
-    """The blocks a failed take made (lent outputs, over 64 KiB) do not own their
-    memory. One outlives the call (the failed numpy call's arguments, in the
-    traceback) while the retry lends the same memory to new arrays, those
-    arrays go (their memory to the spare) and the queue goes: it frees nothing
-    then (a double free aborts the sanitizer run) and keeps only the Spare
-    alive; when it goes, nothing of the core is left in its trace domain."""
+    """The blocks a failed take made (lent outputs, over 64 KiB) do not own
+    their memory: they go with the failed call, and the retry lends the same
+    memory to new arrays. Those arrays go (their memory to the spare) and the
+    queue goes: nothing is freed twice (a double free aborts the sanitizer
+    run) and nothing of the core is left in its trace domain."""
     def take(core: Any) -> None:
         if call == "take_groups":
             core.take_groups()
@@ -444,33 +447,23 @@ def test_a_failed_take_frees_nothing_twice_and_leaks_nothing(monkeypatch, strate
             core.take_responses(group_times=True)
     N = 16_000      # every output over 64 KiB: lent, not copied
     counted = grouped(strategy, N)
-    calls = numpy_calls(monkeypatch, lambda: take(counted))
+    failures = take_failures(monkeypatch, lambda: take(counted))
+    assert any(kind == "core" for kind, _ in failures)     # a lent output's array can fail
     del counted
     gc.collect()
     tracemalloc.start()
-    kept = 0
     try:
-        for at in range(1, calls + 1):
+        for how in failures:
             core = grouped(strategy, N)
-            with monkeypatch.context() as m:
-                _NumpyFails(m, at)
-                with pytest.raises(MemoryError) as failed:
-                    take(core)
-            blocks = blocks_in(failed.tb.tb_next)  # (not this frame: f_locals would keep core)
-            kept += len(blocks)
-            del failed
+            take_failing(monkeypatch, how, lambda: take(core))
             groups, responses = core.take_groups(), core.take_responses(group_times=True)
             assert len(groups[2]) == N // 4 and len(responses[0]) == N // 8
             assert int(groups[1][-1]) == N and groups[0]["addr"][-1] == (N - 1) << 12
             del groups, responses, core
             gc.collect()
-            assert core_domain_bytes() <= (256 if blocks else 0), at   # the Spare, kept by a block
-            del blocks
-            gc.collect()
-            assert core_domain_bytes() == 0, at
+            assert core_domain_bytes() == 0, how
     finally:
         tracemalloc.stop()
-    assert kept     # some failed numpy call had a block
 
 
 #: Nothing checks a partial (no allocation, no handler or device required, no

@@ -308,6 +308,7 @@ cdef class Grouper:
     cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
+    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
     cdef void entry_delete(self, uint32_t i) noexcept nogil
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil

@@ -54,6 +54,7 @@ cdef extern from *:
 TRACE_DOMAIN = IOPF_TRACE_DOMAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from cpython.long cimport PyLong_Check, PyLong_CheckExact, PyLong_AsLongAndOverflow
 from cpython.bool cimport PyBool_Check
 from cpython.tuple cimport PyTuple_GET_ITEM
@@ -621,10 +622,16 @@ cdef class Grouper:
         # The entry found last first: a device sends its groups together. A
         # deleted or reused record fails the key test (a free one's pasid is
         # KEY_EMPTY, which no one looks for).
-        cdef uint32_t h, mask, i = self.entry_recent
-        cdef const Entry* x
+        cdef uint32_t i = self.entry_recent
         if i < self.entry_used and self.entries[i].dev == dev and self.entries[i].pasid == pasid:
             return i
+        return self.entry_search(dev, pasid)
+
+    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid) noexcept nogil:
+        """entry_find when the entry found last is not it (not inline: the
+        common case needs none of this)."""
+        cdef uint32_t h, mask, i
+        cdef const Entry* x
         h = entry_hash(dev, pasid)
         mask = self.etab.cap - 1
         i = h & mask
@@ -1543,19 +1550,20 @@ cdef class Grouper:
         """Raise ValueError naming the first record a field check refuses."""
         cdef Py_ssize_t n, i, bad = -1
         cdef const FaultRec* recs = self._records(arr, &n)
-        cdef uint64_t pasid_grpid = 0, flags_perm = 0, v
+        cdef uint64_t acc[2]
+        cdef uint64_t v[2]
+        acc[0] = acc[1] = 0
         with nogil:
             # A batch is bad if the OR of its fields is (bad_bits is bitwise):
             # one pass without a branch a record, then the search for the
-            # first bad one only when there is one. The pass ORs (pasid, grpid)
-            # and (flags, perm), adjacent in a record, 8 bytes at a time.
+            # first bad one only when there is one. The pass ORs pasid,
+            # grpid, flags and perm, adjacent in a record, 16 bytes at a time.
             for i in range(n):
-                memcpy(&v, &recs[i].pasid, 8)
-                pasid_grpid |= v
-                memcpy(&v, &recs[i].flags, 8)
-                flags_perm |= v
-            if self.bad_bits(<uint32_t>pasid_grpid, <uint32_t>(pasid_grpid >> 32),
-                             <uint32_t>flags_perm | <uint32_t>(flags_perm >> 32)):
+                memcpy(v, &recs[i].pasid, 16)
+                acc[0] |= v[0]
+                acc[1] |= v[1]
+            if self.bad_bits(<uint32_t>acc[0], <uint32_t>(acc[0] >> 32),
+                             <uint32_t>acc[1] | <uint32_t>(acc[1] >> 32)):
                 for i in range(n):
                     if self.bad_rec(&recs[i]):
                         bad = i
