@@ -353,8 +353,9 @@ class _NumpyFails:
 
 def take_failures(monkeypatch: pytest.MonkeyPatch, take: Callable[[], Any]) -> list[tuple[str, int]]:
     """Every allocation take() makes, as a way to fail it: ("numpy", at) for
-    its at-th np.empty (an output copied into a new array), ("core", k) for
-    its k-th allocation of the core (a lent output's array is one)."""
+    its at-th np.empty (take_responses' group times), ("core", k) for its
+    k-th allocation of the core (the array of every output, copied or lent,
+    is one)."""
     with monkeypatch.context() as m:
         count = _NumpyFails(m, None)
         before = _fail_alloc_after(-1)
@@ -448,7 +449,7 @@ def test_a_failed_take_frees_nothing_twice_and_leaks_nothing(monkeypatch, strate
     N = 16_000      # every output over 64 KiB: lent, not copied
     counted = grouped(strategy, N)
     failures = take_failures(monkeypatch, lambda: take(counted))
-    assert any(kind == "core" for kind, _ in failures)     # a lent output's array can fail
+    assert len(failures) >= 2       # at least the array of each output
     del counted
     gc.collect()
     tracemalloc.start()

@@ -104,8 +104,9 @@ cdef tuple buf_out(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     faults).
     """
     cdef _Block blk
+    cdef cnp.npy_intp n = <cnp.npy_intp>(b.len // dtype.itemsize)
     if b.len < (SMALL_OUT if kind == OUT_FAULTS else SMALL_INDEX):
-        out = np.empty(b.len // dtype.itemsize, dtype=dtype)
+        out = new_array(dtype, n, NULL)
         if b.len:
             memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)
         return out, None
@@ -117,17 +118,22 @@ cdef tuple buf_out(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     if spare != NULL:
         blk.spare = spare
         spare.refs += 1
-    # The array itself, over the block (its base): what np.frombuffer(blk)
-    # makes, without the buffer protocol's round trip (a third of the cost
-    # of taking a batch's output).
-    cdef cnp.npy_intp n = <cnp.npy_intp>(b.len // dtype.itemsize)
-    if alloc_fails():               # the debug switch (_fail_alloc_after) counts the array
-        raise MemoryError()
-    Py_INCREF(dtype)                # PyArray_NewFromDescr steals it
-    out = PyArray_NewFromDescr(<PyTypeObject*>np.ndarray, dtype, 1, &n, NULL, b.data,
-                               cnp.NPY_ARRAY_CARRAY, NULL)
+    out = new_array(dtype, n, b.data)
     cnp.set_array_base(<cnp.ndarray>out, blk)
     return out, blk
+
+
+cdef object new_array(cnp.dtype dtype, cnp.npy_intp n, char* data):
+    """A 1-D array of n items: over data (the caller then sets its base), or
+    numpy's own memory (data NULL). What np.empty or np.frombuffer would
+    make, without their argument parsing and buffer protocol (together most
+    of the cost of taking a batch's output). The allocation debug switch
+    (_fail_alloc_after) counts it, so that tests can fail it."""
+    if alloc_fails():
+        raise MemoryError()
+    Py_INCREF(dtype)                # PyArray_NewFromDescr steals it
+    return PyArray_NewFromDescr(<PyTypeObject*>np.ndarray, dtype, 1, &n, NULL, data,
+                                cnp.NPY_ARRAY_CARRAY if data != NULL else 0, NULL)
 
 
 cdef void buf_commit(Buf* b, _Block blk, Spare* spare, int kind) noexcept:

@@ -24,6 +24,7 @@ cdef enum:
     KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
     KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
     KEY_CHAIN = 0xFFFFFFFA    # third hash word of a flush chain's key (dev, kp)
+    ENTRY_HINTS = 256         # Grouper.entry_hint: the entry found last for a (dev, PASID), by hash
 
 # What report_rec did with one record (a C caller cannot call a Python handler:
 # a group whose handler is a Python callable is left pending, REPORT_GROUPED).
@@ -258,7 +259,7 @@ cdef class Grouper:
     # lives; free ones on a list through qhead) and the index table of them
     cdef Entry* entries
     cdef uint32_t entry_cap, entry_used, entry_free, entry_count, n_limited
-    cdef uint32_t entry_recent    # the entry entry_find found last (a hint: its key is checked)
+    cdef uint32_t entry_hint[ENTRY_HINTS]   # the entry entry_find found last, by entry_hint_slot (a hint: its key is checked)
     cdef IdxTable etab
     cdef CookieTable cookies
     cdef TimeHeap heap
@@ -308,7 +309,7 @@ cdef class Grouper:
     cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
     cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
-    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid) noexcept nogil
+    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid, uint32_t slot) noexcept nogil
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
     cdef void entry_delete(self, uint32_t i) noexcept nogil
     cdef void entry_tidy(self, uint32_t dev, uint32_t pasid) noexcept nogil

@@ -619,17 +619,19 @@ cdef class Grouper:
         return 0
 
     cdef inline int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil:
-        # The entry found last first: a device sends its groups together. A
-        # deleted or reused record fails the key test (a free one's pasid is
-        # KEY_EMPTY, which no one looks for).
-        cdef uint32_t i = self.entry_recent
+        # The entry found last for a (dev, PASID) of the same hint slot
+        # first: a device sends its groups together, and a few devices take
+        # turns (each its own slot). A deleted or reused record fails the key
+        # test (a free one's pasid is KEY_EMPTY, which no one looks for).
+        cdef uint32_t slot = entry_hint_slot(dev, pasid)
+        cdef uint32_t i = self.entry_hint[slot]
         if i < self.entry_used and self.entries[i].dev == dev and self.entries[i].pasid == pasid:
             return i
-        return self.entry_search(dev, pasid)
+        return self.entry_search(dev, pasid, slot)
 
-    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid) noexcept nogil:
-        """entry_find when the entry found last is not it (not inline: the
-        common case needs none of this)."""
+    cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid, uint32_t slot) noexcept nogil:
+        """entry_find when its hint (entry_hint[slot]) is not the entry: the
+        table's search (not inline: the common case needs none of this)."""
         cdef uint32_t h, mask, i
         cdef const Entry* x
         h = entry_hash(dev, pasid)
@@ -641,8 +643,8 @@ cdef class Grouper:
             if self.etab.slots[i].hash == h:
                 x = &self.entries[self.etab.slots[i].idx]
                 if x.dev == dev and x.pasid == pasid:
-                    self.entry_recent = self.etab.slots[i].idx
-                    return self.entry_recent
+                    self.entry_hint[slot] = self.etab.slots[i].idx
+                    return self.etab.slots[i].idx
             i = (i + 1) & mask
 
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil:

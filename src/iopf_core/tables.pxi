@@ -27,6 +27,13 @@ cdef inline uint32_t entry_hash(uint32_t dev, uint32_t pasid) noexcept nogil:
     return <uint32_t>mix3(dev, pasid, 0)
 
 
+cdef inline uint32_t entry_hint_slot(uint32_t dev, uint32_t pasid) noexcept nogil:
+    """Where Grouper.entry_hint keeps the entry of (dev, PASID) found last:
+    cheaper than entry_hash (two multiplies), and apart for consecutive
+    devices and for consecutive PASIDs of one device."""
+    return (dev * <uint32_t>0x9E3779B1u + pasid * <uint32_t>0x85EBCA77u) >> 24
+
+
 cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
     cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
     return (x > y) - (x < y)
