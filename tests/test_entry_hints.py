@@ -51,7 +51,8 @@ def some_keys(n: int) -> np.ndarray:
 
 def check(q: iopf.Queue) -> None:
     if q.strategy != "python":
-        q.core._check_nodes()
+        core: Any = q.core      # the compiled core (the twin has no entries to check)
+        core._check_nodes()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
