@@ -941,7 +941,7 @@ cdef class Grouper:
         """Hold request r as the newest fault of Part part (a free node made
         sure of): it is taken, and counted. Not in the device's outstanding
         count (hold()): a plain partial has no limit to count for, and
-        report_ruled counts the others (a leaf: the hot loop inlines it)."""
+        report_ruled counts the others (so this makes no call)."""
         cdef uint32_t n = node_take(&self.nodes)
         cdef Node* node = self.N(n)
         cdef Part* x = P(&self.parts, part)
