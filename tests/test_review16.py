@@ -10,6 +10,7 @@ import gc
 import pickle
 import random
 import sys
+import threading
 import tracemalloc
 from typing import Any
 
@@ -392,3 +393,47 @@ def test_outstanding_counts_of_limited_devices_agree_with_the_twin(policy: iopf.
     a compiled core now and then, the call then made again. Every overflow
     decision, response, pending group and counter is the twin's."""
     limits_workload(11, policy, 600, inject)
+
+
+# -- the record copy ---------------------------------------------------------------------
+
+@needs_core
+def test_a_batch_changed_by_another_thread_while_it_runs_applies_only_checked_records() -> None:
+    """run() lets go of the GIL; another thread writes bad PASIDs and flags
+    into the batch and puts the good ones back, over and over. Each record is
+    copied field by field and the copy is checked and applied: whatever the
+    interleaving, no grouped fault has a field the policy refuses, every
+    refusal names a record, and the counters add up."""
+    core: Any = STRATEGIES["hash"](iopf.policies.PCIE)
+    a = groups(40_000, size=4)
+    stop = threading.Event()
+
+    def writer() -> None:
+        p, f = a["pasid"], a["flags"]
+        while not stop.is_set():
+            p[::7] = 1 << 25
+            p[::7] = 5
+            f[::11] = 0x31
+            f[::11] = 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(5):
+            i = 0
+            while i < len(a):
+                try:
+                    i = core.run(a, i)
+                except ValueError as e:
+                    assert str(e).startswith(f"record {core.position}:")
+                    i = core.position + 1
+            faults, _, cookies = core.take_groups()
+            assert (faults["pasid"] == 5).all() and (faults["flags"] <= 0xF).all()
+            core.respond_batch(cookies, np.zeros(len(cookies), np.int64))
+            core.take_responses()
+            core.discard_partial()
+    finally:
+        stop.set()
+        t.join()
+    assert iopf.Stats(core.stats()).conserved()
+    core._check_nodes()
