@@ -105,7 +105,9 @@ cdef tuple buf_out(Buf* b, cnp.dtype dtype, Spare* spare, int kind):
     """
     cdef _Block blk
     cdef cnp.npy_intp n = <cnp.npy_intp>(b.len // dtype.itemsize)
-    if b.len < (SMALL_OUT if kind == OUT_FAULTS else SMALL_INDEX):
+    # Not the responses: reserve() makes room for a respond_batch's every
+    # cookie, answered or stale, so their block may be far bigger than them.
+    if b.len < (SMALL_INDEX if kind == OUT_OFFSETS or kind == OUT_COOKIES else SMALL_OUT):
         out = new_array(dtype, n, NULL)
         if b.len:
             memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), b.data, b.len)
