@@ -1,4 +1,4 @@
-"""Review of the record copy, the device count of held partials, the entry
+"""Attacks on the record copy, the device count of held partials, the entry
 hints, check()'s one-pass test and the output arrays made over lent blocks.
 
 Each test names what it checks; the differential ones compare the compiled
