@@ -2109,7 +2109,16 @@ cdef class Grouper:
                 if n:
                     memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
             out = buf_take(&self.outbox, RESPONSE_DTYPE, self.spare, OUT_BOX)
-            self.outbox_gtime.len = 0       # only once the responses are taken
+            # Only once the responses are taken. A respond_batch makes room
+            # for an answer per cookie before it knows which are stale: room
+            # that went mostly unused goes too (as buf_commit lets the
+            # responses' own go).
+            if (self.outbox_gtime.cap > SMALL_OUT
+                    and self.outbox_gtime.cap > 2 * self.outbox_gtime.len):
+                PyMem_RawFree(self.outbox_gtime.data)
+                self.outbox_gtime.data = NULL
+                self.outbox_gtime.cap = 0
+            self.outbox_gtime.len = 0
         finally:
             self.leave()
         return (out, gt) if group_times else out
