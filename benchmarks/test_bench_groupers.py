@@ -26,6 +26,25 @@ def stream(group_size: int, devices: int) -> np.ndarray:
     return s
 
 
+def steady_floor(kind: str, background: np.ndarray, work: np.ndarray) -> CFloor:
+    """The plain C grouping ("hash" or "list") holding background, after one pass of work."""
+    f = CFloor(kind)
+    f.run(background)
+    f.run(work)
+    return f
+
+
+def steady_queue(strategy: str, background: np.ndarray, work: np.ndarray) -> iopf.Queue:
+    """A queue holding background, after one pass of work, answered: its
+    tables are at their steady size, so that what is timed next is LPIG
+    completion, not one table resize."""
+    q = iopf.Queue(strategy=strategy)
+    q.report_batch(background)
+    q.report_batch(work).respond(iopf.Response.SUCCESS)
+    q.take_responses()
+    return q
+
+
 def lpig_case(benchmark, strategy, outstanding, devices, group_size):
     background = held_partials(outstanding, devices=devices)
     work = stream(group_size, devices)
@@ -36,10 +55,7 @@ def lpig_case(benchmark, strategy, outstanding, devices, group_size):
             pytest.skip("no C compiler for the floor")
 
         def setup_floor():
-            f = CFloor("list" if strategy == "floor-list" else "hash")
-            f.run(background)
-            f.run(work)
-            return (f,), {}
+            return (steady_floor("list" if strategy == "floor-list" else "hash", background, work),), {}
         slow_list = strategy == "floor-list" and outstanding // devices >= 4096
         benchmark.pedantic(lambda f: f.run(work), setup=setup_floor, rounds=3 if slow_list else 10,
                            iterations=1)
@@ -58,13 +74,7 @@ def lpig_case(benchmark, strategy, outstanding, devices, group_size):
         return
 
     def setup():
-        q = iopf.Queue(strategy=strategy)
-        q.report_batch(background)
-        # One pass of the stream first, answered, so that tables are at their
-        # steady size: the timing is LPIG completion, not one table resize.
-        q.report_batch(work).respond(iopf.Response.SUCCESS)
-        q.take_responses()
-        return (q,), {}
+        return (steady_queue(strategy, background, work),), {}
 
     def run(q):
         q.report_batch(work)

@@ -138,14 +138,21 @@ cdef object new_array(cnp.dtype dtype, cnp.npy_intp n, char* data):
                                 cnp.NPY_ARRAY_CARRAY if data != NULL else 0, NULL)
 
 
+cdef inline void buf_clear(Buf* b) noexcept nogil:
+    """Empty b, whose contents were copied out. Large room that held little
+    goes rather than stay with the grouper: a batch's reservation for its
+    worst case, or a respond_batch's for cookies that turned out stale."""
+    if b.len < SMALL_OUT and b.cap > SMALL_OUT:
+        PyMem_RawFree(b.data)
+        b.data = NULL
+        b.cap = 0
+    b.len = 0
+
+
 cdef void buf_commit(Buf* b, _Block blk, Spare* spare, int kind) noexcept:
     """Empty the buffer whose contents buf_out made into an array (and block)."""
     if blk is None:
-        b.len = 0
-        if b.cap > SMALL_OUT:       # a batch's reservation that went unused
-            PyMem_RawFree(b.data)
-            b.data = NULL
-            b.cap = 0
+        buf_clear(b)
         return
     blk.owns = True                 # the block's memory is the array's now
     b.data = NULL

@@ -90,7 +90,7 @@ cdef list take_response_list(Grouper g):
             out[i] = (r.time, r.dev, r.pasid, r.grpid, r.code, r.flags, r.cookie, r.nfaults,
                       r.reason)
         g.outbox.len = 0
-        g.outbox_gtime.len = 0
+        buf_clear(&g.outbox_gtime)
         if g.outbox.cap > SMALL_OUT:   # as buf_take: a big batch's room is not kept
             PyMem_RawFree(g.outbox.data)
             g.outbox.data = NULL

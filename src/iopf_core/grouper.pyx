@@ -1080,7 +1080,7 @@ cdef class Grouper:
         MemoryError leaves the grouper as it was before the call.
         """
         cdef Rules* p = &self.rules
-        cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, part, n, m, head, tail, nf, q, auto, out, at
+        cdef uint32_t flags = r.flags, dev = r.dev, kp, sk, gk, part, n, m, head, tail, nf, q, auto, out, at
         cdef int64_t ei, di, ci
         cdef uint64_t handle = 0
         cdef Part* x
@@ -1133,8 +1133,9 @@ cdef class Grouper:
             if di >= 0 and self.entries[di].limit and self.entries[di].outstanding + 1 > self.entries[di].limit:
                 return self.overflow(r, last)
         if not last:
-            if not self.hold_recent(r, sk, self.gkey(r.grpid)):
-                self.take_partial(r, sk, self.gkey(r.grpid))
+            gk = self.gkey(r.grpid)
+            if not self.hold_recent(r, sk, gk):
+                self.take_partial(r, sk, gk)
             self.hold(dev, 1)
             return REPORT_HELD
         # A constant handler answers the group it completes in C (one response).
@@ -2109,16 +2110,7 @@ cdef class Grouper:
                 if n:
                     memcpy(cnp.PyArray_DATA(gt), self.outbox_gtime.data, self.outbox_gtime.len)
             out = buf_take(&self.outbox, RESPONSE_DTYPE, self.spare, OUT_BOX)
-            # Only once the responses are taken. A respond_batch makes room
-            # for an answer per cookie before it knows which are stale: room
-            # that went mostly unused goes too (as buf_commit lets the
-            # responses' own go).
-            if (self.outbox_gtime.cap > SMALL_OUT
-                    and self.outbox_gtime.cap > 2 * self.outbox_gtime.len):
-                PyMem_RawFree(self.outbox_gtime.data)
-                self.outbox_gtime.data = NULL
-                self.outbox_gtime.cap = 0
-            self.outbox_gtime.len = 0
+            buf_clear(&self.outbox_gtime)     # only once the responses are taken
         finally:
             self.leave()
         return (out, gt) if group_times else out
