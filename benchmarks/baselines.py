@@ -29,11 +29,14 @@ def _build() -> ctypes.CDLL:
 
     cc = new_compiler()
     customize_compiler(cc)            # the CC, CFLAGS and LDSHARED of this Python
-    out = Path(tempfile.mkdtemp(prefix="iopf-floor-"))
-    objs = cc.compile([str(_HERE / "floor.c")], output_dir=str(out), extra_preargs=["-O3"])
-    lib = out / ("floor" + (sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"))
-    cc.link_shared_object(objs, str(lib))
-    dll = ctypes.CDLL(str(lib))
+    # The build directory goes once the library is loaded (where the system
+    # lets a loaded library's file go): every process builds its own.
+    with tempfile.TemporaryDirectory(prefix="iopf-floor-", ignore_cleanup_errors=True) as tmp:
+        out = Path(tmp)
+        objs = cc.compile([str(_HERE / "floor.c")], output_dir=str(out), extra_preargs=["-O3"])
+        lib = out / ("floor" + (sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"))
+        cc.link_shared_object(objs, str(lib))
+        dll = ctypes.CDLL(str(lib))
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
     dll.floor_new.restype = vp
     dll.floor_new.argtypes = [ctypes.c_int]

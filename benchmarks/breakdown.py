@@ -1,7 +1,7 @@
 """Where the batch time goes: the report_batch + respond_batch loop of the
 benchmarks, taken apart one layer at a time, next to the C floor.
 
-    python benchmarks/breakdown.py [rounds] [--fixed-heap]
+    python benchmarks/breakdown.py [rounds] [--fixed-heap] [--chunks]
 
 Each variant runs the same 400,000-fault trace (512 open groups, groups of
 4, 64 devices) in 64K-fault chunks; CPU time (time.process_time), the
@@ -13,6 +13,11 @@ dropping it at once lets the next chunk write into the same, cache-warm
 block, a few ns/fault that the public row would otherwise be charged with.
 The last row differs from the one before it only by the Python layer
 (queue.py: the batch checks, the lock, GroupBatch, the answer code).
+
+--chunks times the public pair and the floor chunk by chunk instead: a new
+queue's first chunks also pay for its first use (tables and pools growing
+to their working size, output memory touched for the first time), the
+later ones show the steady state a long replay runs at.
 """
 from __future__ import annotations
 
@@ -84,6 +89,38 @@ def queue_pair() -> None:
 VARIANTS = [floor, core_run_auto, core_run_respond, core_checked, queue_pair]
 
 
+def by_chunk(rounds: int) -> None:
+    """The public pair (report_batch; respond_batch + take_responses) and the
+    floor, each chunk timed alone: minimum over the rounds, ns per fault."""
+    best: dict[tuple[str, int], float] = {}
+
+    def keep(name: str, j: int, t: float) -> None:
+        best[name, j] = min(best.get((name, j), float("inf")), t)
+
+    for _ in range(rounds):
+        q = iopf.Queue()
+        for j, c in enumerate(chunks):
+            t0 = time.process_time()
+            b = q.report_batch(c)
+            t1 = time.process_time()
+            q.respond_batch(b.cookies, 0)
+            q.take_responses()
+            keep("report_batch", j, t1 - t0)
+            keep("respond_batch + take_responses", j, time.process_time() - t1)
+        f = CFloor()
+        for j, c in enumerate(chunks):
+            t0 = time.process_time()
+            f.run(c)
+            keep("floor", j, time.process_time() - t0)
+    names = ["report_batch", "respond_batch + take_responses", "floor"]
+    print("| chunk | faults | " + " | ".join(names) + " | pair x floor |")
+    print("|---:|---:|" + "---:|" * (len(names) + 1))
+    for j, c in enumerate(chunks):
+        ns = [best[name, j] / len(c) * 1e9 for name in names]
+        print(f"| {j} | {len(c)} | " + " | ".join(f"{x:.1f}" for x in ns)
+              + f" | {(ns[0] + ns[1]) / ns[2]:.2f} |")
+
+
 #: glibc reads it at start-up: a fixed mmap threshold (see --fixed-heap).
 FIXED_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
@@ -93,6 +130,8 @@ def main() -> None:
     parser.add_argument("rounds", type=int, nargs="?", default=9)
     parser.add_argument("--fixed-heap", action="store_true",
                         help="fix glibc's mmap threshold first, so the rows measure the code")
+    parser.add_argument("--chunks", action="store_true",
+                        help="the public pair and the floor chunk by chunk (first use, steady state)")
     args = parser.parse_args()
     if args.fixed_heap and any(os.environ.get(k) != v for k, v in FIXED_HEAP.items()):
         # glibc raises its mmap threshold to the size of any large block the
@@ -104,6 +143,9 @@ def main() -> None:
         # ignore the variable.)
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **FIXED_HEAP})
     rounds = args.rounds
+    if args.chunks:
+        by_chunk(rounds)
+        return
     best = {f.__name__: float("inf") for f in VARIANTS}
     for _ in range(rounds):
         for f in VARIANTS:
