@@ -285,7 +285,11 @@ cdef class Grouper:
     cdef const FaultRec* seg_faults(self, uint32_t i, size_t* n) except? NULL
     cdef uint64_t faults_in_outputs(self) noexcept
 
-    # internals (see grouper.pyx)
+    # internals (see grouper.pyx). A method is C-inline only when its line
+    # here says `inline` (in grouper.pyx alone, Cython makes it a plain
+    # static function, and gcc kept the larger hot ones as calls: the
+    # partial's hold, the copy out, the entry's lookup, the answer and its
+    # response, measured in benchmarks/RESULTS.md).
     cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil
     cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept
@@ -308,7 +312,7 @@ cdef class Grouper:
     cdef uint32_t chain_len(self, uint32_t dev, uint32_t kp) noexcept nogil
     cdef int entry_room(self, uint32_t more=*) except -1 nogil
     cdef int _entries_init(self, uint32_t cap) except -1
-    cdef int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
+    cdef inline int64_t entry_find(self, uint32_t dev, uint32_t pasid) noexcept nogil
     cdef int64_t entry_search(self, uint32_t dev, uint32_t pasid, uint32_t slot) noexcept nogil
     cdef int64_t entry_get(self, uint32_t dev, uint32_t pasid) except -1 nogil
     cdef void entry_delete(self, uint32_t i) noexcept nogil
@@ -318,10 +322,10 @@ cdef class Grouper:
     cdef int advance_to(self, uint64_t now, bint timeouts_only) except -1 nogil
     cdef int advance_call(self, uint64_t now, bint timeouts_only) except -1
     cdef int serve_cookie(self, uint64_t cookie, uint64_t arrival, bint given, uint64_t duration, uint32_t code) except -1 nogil
-    cdef int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
+    cdef inline int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
-    cdef uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
+    cdef inline uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef bint bad_bits(self, uint32_t pasid, uint32_t grpid, uint32_t flags_perm) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
@@ -350,7 +354,7 @@ cdef class Grouper:
     cdef void parts_sweep(self) noexcept nogil
     cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
-    cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
+    cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1
@@ -365,7 +369,7 @@ cdef class Grouper:
     cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time)
     cdef object group_of(self, object raw)
     cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time)
-    cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+    cdef inline int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 
 cdef class HashGrouper(Grouper):
