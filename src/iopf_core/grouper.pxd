@@ -286,10 +286,13 @@ cdef class Grouper:
     cdef uint64_t faults_in_outputs(self) noexcept
 
     # internals (see grouper.pyx). A method is C-inline only when its line
-    # here says `inline` (in grouper.pyx alone, Cython makes it a plain
-    # static function, and gcc kept the larger hot ones as calls: the
-    # partial's hold, the copy out, the entry's lookup, the answer and its
-    # response, measured in benchmarks/RESULTS.md).
+    # here says `inline`: `cdef inline` in grouper.pyx alone makes a plain
+    # static function, called directly, which gcc inlines or not by size.
+    # Inline here where it was measured to pay (benchmarks/RESULTS.md,
+    # "Inline where the declaration says so"): the entry's lookup, at every
+    # LPIG, and writing a response, at every answer. The partial's hold,
+    # the copy out and the answer itself gained the batch nothing and
+    # slowed the per-call path (its larger callers), so they stay calls.
     cdef Node* N(self, uint32_t i) noexcept nogil
     cdef uint32_t list_len(self, uint32_t n) noexcept nogil
     cdef int64_t mark_list(self, uint32_t n, uint8_t* seen, uint32_t* last) noexcept
@@ -325,7 +328,7 @@ cdef class Grouper:
     cdef inline int send(self, uint64_t time, uint32_t dev, uint32_t pasid, uint32_t grpid, uint32_t flags, uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil
     cdef int answer_chain(self, uint32_t dev, uint32_t kp, bint by_handle, uint64_t handle, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
     cdef void node_to_rec(self, const Node* n, uint32_t dev, FaultRec* f) noexcept nogil
-    cdef inline uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
+    cdef uint32_t collect(self, uint32_t head, const FaultRec* last, uint64_t cookie, uint32_t dev) noexcept nogil
     cdef bint bad_rec(self, const FaultRec* r) noexcept nogil
     cdef bint bad_bits(self, uint32_t pasid, uint32_t grpid, uint32_t flags_perm) noexcept nogil
     cdef int overflow(self, const FaultRec* r, bint last) except -1 nogil
@@ -354,7 +357,7 @@ cdef class Grouper:
     cdef void parts_sweep(self) noexcept nogil
     cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil
-    cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
+    cdef void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil
     cdef bint detach_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef bint detach_one_(self, uint32_t dev, uint32_t kpasid, uint64_t t) except -1
     cdef int remove_device_(self, uint32_t dev, uint64_t t) except -1
@@ -369,7 +372,7 @@ cdef class Grouper:
     cdef object values_call(self, dev, pasid, grpid, flags, addr, perm, time)
     cdef object group_of(self, object raw)
     cdef object respond_call(self, uint64_t cookie, uint32_t code, uint32_t reason, time)
-    cdef inline int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
+    cdef int respond_cookie(self, uint64_t cookie, uint32_t code, uint32_t reason, uint64_t time) except -1 nogil
 
 
 cdef class HashGrouper(Grouper):

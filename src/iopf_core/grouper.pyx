@@ -790,9 +790,9 @@ cdef class Grouper:
                          uint32_t code, uint64_t cookie, uint32_t nfaults, uint32_t reason, uint64_t gtime) except -1 nogil:
         """A response to the group of LPIG (dev, pasid, grpid, flags).
 
-        Inline (so declared in grouper.pxd), as respond_cookie: a call with
-        ten arguments through the class's method table was a sixth of the
-        instructions of answering a group (respond_batch)."""
+        Inline (declared so in grouper.pxd): called with its ten arguments
+        through the class's method table, it was a sixth of the instructions
+        of answering a group (respond_batch)."""
         buf_reserve(&self.outbox, sizeof(RespRec))
         buf_reserve(&self.outbox_gtime, sizeof(uint64_t))
         (<uint64_t*>(self.outbox_gtime.data + self.outbox_gtime.len))[0] = gtime
