@@ -24,7 +24,8 @@ cdef enum:
     KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
     KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
     KEY_CHAIN = 0xFFFFFFFA    # third hash word of a flush chain's key (dev, kp)
-    ENTRY_HINTS = 256         # Grouper.entry_hint: the entry found last for a (dev, PASID), by hash
+    ENTRY_HINT_BITS = 8       # Grouper.entry_hint: the entry found last for a (dev, PASID),
+    ENTRY_HINTS = 1 << ENTRY_HINT_BITS   # in one of 256 slots by entry_hint_slot
 
 # What report_rec did with one record (a C caller cannot call a Python handler:
 # a group whose handler is a Python callable is left pending, REPORT_GROUPED).

@@ -30,9 +30,9 @@ cdef inline uint32_t entry_hash(uint32_t dev, uint32_t pasid) noexcept nogil:
 cdef inline uint32_t entry_hint_slot(uint32_t dev, uint32_t pasid) noexcept nogil:
     """Where Grouper.entry_hint keeps the entry of (dev, PASID) found last:
     cheaper than entry_hash (two multiplies), and apart for consecutive
-    devices and for consecutive PASIDs of one device. The top 8 bits: one
-    of ENTRY_HINTS (256) slots."""
-    return (dev * <uint32_t>0x9E3779B1u + pasid * <uint32_t>0x85EBCA77u) >> 24
+    devices and for consecutive PASIDs of one device. Its top bits: one of
+    ENTRY_HINTS slots."""
+    return (dev * <uint32_t>0x9E3779B1u + pasid * <uint32_t>0x85EBCA77u) >> (32 - ENTRY_HINT_BITS)
 
 
 cdef int cmp_u64(const void* a, const void* b) noexcept nogil:
