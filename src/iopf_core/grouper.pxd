@@ -24,6 +24,7 @@ cdef enum:
     KEY_EMPTY = 0xFFFFFFFC    # free slot of a table
     KEY_LIST = 0xFFFFFFFB     # ListGrouper: a device's single partial list
     KEY_CHAIN = 0xFFFFFFFA    # third hash word of a flush chain's key (dev, kp)
+    RULED = 0x80000000        # Grouper.plain_mask: no request is a plain partial (no checked flags have it)
     ENTRY_HINT_BITS = 8       # Grouper.entry_hint: the entry found last for a (dev, PASID),
     ENTRY_HINTS = 1 << ENTRY_HINT_BITS   # in one of 256 slots by entry_hint_slot
 
@@ -185,7 +186,7 @@ ctypedef struct Rules:
     uint64_t timeout, depth
     bint require_device, attach_adds_device
     bint checks_partial       # require_handler, require_device or has_depth: a partial is not simply held
-    bint plain_partials       # neither stall nor checks_partial: see Grouper.plain_partial
+    bint plain_partials       # neither stall nor checks_partial: see Grouper.plain_update
     uint32_t last_flags       # the flags that make a request its group's last (not under stall)
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 
@@ -266,7 +267,8 @@ cdef class Grouper:
     cdef TimeHeap heap
     cdef uint64_t tmo_quantum
     cdef bint has_service
-    cdef public bint auto_advance
+    cdef bint advances_on_report   # the auto_advance property: each request first advances time
+    cdef uint32_t plain_mask  # a request is a plain partial when (flags | RULED) & plain_mask is 0 (plain_update)
     cdef Service sv
     cdef Buf outbox_gtime      # per response: the time its group formed
     cdef uint64_t pending_faults, next_cookie
@@ -351,10 +353,13 @@ cdef class Grouper:
     cdef int report_one(self, const FaultRec* r, int collect) except -1 nogil
     cdef int report_ruled(self, const FaultRec* r, int collect) except -1 nogil
     cdef bint plain_partial(self, uint32_t flags) noexcept nogil
+    cdef void plain_update(self) noexcept nogil
     cdef bint recent_has(self, uint32_t dev, uint32_t sk, uint32_t gk) noexcept nogil
     cdef bint hold_recent(self, const FaultRec* r, uint32_t sk, uint32_t gk) noexcept nogil
     cdef int take_partial(self, const FaultRec* r, uint32_t sk, uint32_t gk) except -1 nogil
     cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil
+    cdef uint32_t part_make(self, const FaultRec* r, uint32_t sk, uint32_t gk, uint32_t part,
+                            int64_t slot, uint32_t h) except NIL nogil
     cdef void parts_sweep(self) noexcept nogil
     cdef bint sweep_for_room(self, const IdxTable* t) noexcept nogil
     cdef uint32_t out_room(self, uint32_t dev, uint32_t kp, uint32_t grpid) noexcept nogil

@@ -17,6 +17,7 @@ class ReportResult(enum.IntEnum):
     REPORT_REFUSED = 4
 
 def _fail_alloc_after(n: int) -> int: ...
+def _part_hash(dev: int, kp: int, grp: int) -> int: ...
 
 class Grouper:
     strategy: str

@@ -235,6 +235,7 @@ cdef class Grouper:
         r.checks_partial = r.require_handler or r.require_device or r.has_depth
         r.plain_partials = not r.stall and not r.checks_partial
         r.last_flags = LAST_PAGE | (PRIV_DATA if r.priv_data_is_last else 0)
+        self.plain_update()
         self.policy = policy
         self.inited = True
 
@@ -937,9 +938,32 @@ cdef class Grouper:
     cdef inline bint plain_partial(self, uint32_t flags) noexcept nogil:
         """A partial that no rule could refuse or drop, with nothing to advance
         first: it goes straight to its group (take_partial). The most common
-        request, so report_one tests this first."""
-        return ((flags & self.rules.last_flags) == 0 and self.rules.plain_partials
-                and not self.n_limited and not self.auto_advance)
+        request, so report_one tests this first, with one mask (plain_update).
+        RULED is set in no request's flags (bad_bits: they fit 4 bits), so
+        it tests nonzero against a plain_mask that has it."""
+        return ((flags | RULED) & self.plain_mask) == 0
+
+    cdef void plain_update(self) noexcept nogil:
+        """plain_mask, after a change of what plain_partial depends on: the
+        policy, the devices with a limit (n_limited), auto_advance. A
+        request is a plain partial when it has none of the flags that make
+        it last (rules.last_flags); no request is (RULED) when a rule may
+        refuse a partial (rules.plain_partials), a device's allocation is
+        counted, or time advances before each request."""
+        if self.rules.plain_partials and not self.n_limited and not self.advances_on_report:
+            self.plain_mask = self.rules.last_flags
+        else:
+            self.plain_mask = RULED
+
+    @property
+    def auto_advance(self):
+        """Each request first sends what falls due at or before its time."""
+        return self.advances_on_report
+
+    @auto_advance.setter
+    def auto_advance(self, bint on):
+        self.advances_on_report = on
+        self.plain_update()
 
     cdef inline void hold_partial(self, uint32_t part, const FaultRec* r) noexcept nogil:
         """Hold request r as the newest fault of Part part (a free node made
@@ -994,18 +1018,32 @@ cdef class Grouper:
     cdef uint32_t part_for(self, const FaultRec* r, uint32_t sk, uint32_t gk) except NIL nogil:
         """take_partial's Part after a search: a new one if none has the key
         (the hash strategy's in the slot where its search ended, unless
-        part_room grew the table); and a free node for r."""
-        cdef uint32_t part, h = 0, cap = 0
+        part_room grew the table); and a free node for r.
+
+        A key found with a node free returns at once: the Parts of a key
+        stay, empty, for its next group, so that is every group's first
+        partial once the keys recur. The rest (part_make) is apart, so that
+        this common case runs without its registers and stack."""
+        cdef uint32_t h = 0
         cdef int64_t i, slot = -1
-        cdef IdxTable* t = NULL
+        cdef IdxTable* t
         if self.hashed:
             t = &(<HashGrouper>self).table
             h = part_hash(r.dev, sk, gk)
             i = part_probe(t, &self.parts, r.dev, sk, gk, h, &slot)
-            part = NIL if i < 0 else t.slots[i].idx
-            cap = t.cap
-        else:
-            part = self.s_find(r.dev, sk, gk)
+            if i >= 0:
+                if self.nodes.free != NIL:
+                    return t.slots[i].idx
+                return self.part_make(r, sk, gk, t.slots[i].idx, -1, h)
+            return self.part_make(r, sk, gk, NIL, slot, h)
+        return self.part_make(r, sk, gk, self.s_find(r.dev, sk, gk), -1, 0)
+
+    cdef uint32_t part_make(self, const FaultRec* r, uint32_t sk, uint32_t gk, uint32_t part,
+                            int64_t slot, uint32_t h) except NIL nogil:
+        """part_for's Part (part: the one found, or NIL; slot, h: where the
+        hash strategy's search ended, and the key's hash) and a free node."""
+        cdef IdxTable* t = &(<HashGrouper>self).table if self.hashed else NULL
+        cdef uint32_t cap = t.cap if t != NULL else 0
         if part == NIL:
             if self.parts.empty and self.sweep_for_room(t):
                 self.parts_sweep()
@@ -1091,7 +1129,7 @@ cdef class Grouper:
         cdef bint last, keep
         cdef uint8_t kind
         cdef HeapItem tmo
-        if self.auto_advance and self.heap.len and self.heap.items[0].time <= r.time:
+        if self.advances_on_report and self.heap.len and self.heap.items[0].time <= r.time:
             # What falls due before this request comes first. The room the
             # request may take (the advance only frees) is made before the
             # advance changes anything: all or nothing for both.
@@ -1434,6 +1472,7 @@ cdef class Grouper:
             elif self.entries[e].limit:
                 self.entries[e].limit = 0
                 self.n_limited -= 1
+                self.plain_update()
             return 0
         if e < 0 or self.entries[e].limit == 0:
             # Count what the device holds now: partials and faults of pending groups
@@ -1454,6 +1493,7 @@ cdef class Grouper:
                 e = self.entry_get(dev, KEY_DEVICE)
             self.entries[e].outstanding = count
             self.n_limited += 1
+            self.plain_update()
         self.entries[e].limit = limit
         return 0
 
@@ -2093,6 +2133,7 @@ cdef class Grouper:
         if e >= 0:
             if self.entries[e].limit:        # n_limited counts only limited entries
                 self.n_limited -= 1
+                self.plain_update()
             self.entry_delete(<uint32_t>e)
         return 0
 
