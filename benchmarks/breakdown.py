@@ -22,7 +22,6 @@ later ones show the steady state a long replay runs at.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import fixed_heap  # noqa: E402
 from baselines import CFloor  # noqa: E402
 from workloads import sliding  # noqa: E402
 
@@ -121,27 +121,16 @@ def by_chunk(rounds: int) -> None:
               + f" | {(ns[0] + ns[1]) / ns[2]:.2f} |")
 
 
-#: glibc reads it at start-up: a fixed mmap threshold (see --fixed-heap).
-FIXED_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rounds", type=int, nargs="?", default=9)
     parser.add_argument("--fixed-heap", action="store_true",
-                        help="fix glibc's mmap threshold first, so the rows measure the code")
+                        help="fix glibc's heap first (fixed_heap.py), so the rows measure the code")
     parser.add_argument("--chunks", action="store_true",
                         help="the public pair and the floor chunk by chunk (first use, steady state)")
     args = parser.parse_args()
-    if args.fixed_heap and any(os.environ.get(k) != v for k, v in FIXED_HEAP.items()):
-        # glibc raises its mmap threshold to the size of any large block the
-        # process frees, so whether a variant's large buffers are fresh
-        # mappings, which the kernel faults in, or heap memory freed before
-        # depends on what ran earlier: the floor moves from 10 to 20 ns a
-        # fault with it. A threshold fixed from the start puts every block of
-        # these sizes on the heap for all variants alike. (Other C libraries
-        # ignore the variable.)
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **FIXED_HEAP})
+    if args.fixed_heap:
+        print(f"malloc: {fixed_heap.fix()}")
     rounds = args.rounds
     if args.chunks:
         by_chunk(rounds)

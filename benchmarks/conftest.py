@@ -20,6 +20,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # for `import workloads`
 
+import fixed_heap  # noqa: E402
+
+# Before any benchmark allocates: the same heap for every contender (fixed_heap.py).
+MALLOC = fixed_heap.fix()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["malloc"] = MALLOC       # report.py prints it with the results
+
 
 @pytest.fixture(scope="session")
 def synthetic_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], Path]:

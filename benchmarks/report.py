@@ -97,7 +97,8 @@ def main() -> None:
         data = json.load(f)
     info = data.get("machine_info", {})
     print(f"Measured {data.get('datetime', '')[:10]} on {info.get('cpu', {}).get('brand_raw', '?')}, "
-          f"Python {info.get('python_version', '?')}, {info.get('cpu', {}).get('count', '?')} cores.\n")
+          f"Python {info.get('python_version', '?')}, {info.get('cpu', {}).get('count', '?')} cores, "
+          f"malloc {info.get('malloc', 'default')} (benchmarks/fixed_heap.py).\n")
     print(tables(data["benchmarks"]))
     if args.plot:
         plot(data["benchmarks"], args.plot)

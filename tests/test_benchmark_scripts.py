@@ -76,3 +76,46 @@ def test_lpig_rounds_prints_the_ratio_of_its_rows() -> None:
     assert set(ns) == {"hash", "tree", "list", "floor", "floor-list"}
     ratio = float(out.rsplit("list / hash:", 1)[1].strip().rstrip("x"))
     assert ratio == pytest.approx(ns["list"] / ns["hash"], rel=0.06)   # both rounded to 0.1
+
+
+REFILL = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import fixed_heap
+mode = fixed_heap.fix()
+def refill():
+    b = bytearray(8 << 20)          # 8 MiB, zeroed: every page written
+    del b
+refill()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+refill()
+print(mode, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                                reason="fixed_heap.py sets glibc's thresholds")
+
+
+@glibc_only
+@pytest.mark.parametrize("setting", ["", "default"])
+def test_fixed_heap_reuses_a_freed_block_unless_told_not_to(setting: str) -> None:
+    """fixed_heap.fix(): a large block freed and allocated again is heap
+    memory already faulted in (a few page faults), where glibc's default
+    maps it afresh (a fault for each of its 2,048 pages)."""
+    env = {**os.environ, "IOPF_BENCH_MALLOC": setting}
+    done = subprocess.run([sys.executable, "-c", REFILL, str(BENCH)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    mode, faults = done.stdout.split()
+    if setting == "default":
+        assert mode == "default" and int(faults) > 1500
+    else:
+        assert mode == "fixed" and int(faults) < 200
+
+
+@glibc_only
+def test_breakdown_fixed_heap_says_so() -> None:
+    out = run_script("breakdown.py", "1", "--fixed-heap")
+    assert out.splitlines()[0] == "malloc: fixed"
+    assert len(table_rows(out)) == 6
