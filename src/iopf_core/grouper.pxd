@@ -185,8 +185,6 @@ ctypedef struct Rules:
     uint32_t no_handler_code, handler_error_code, timeout_code, overflow_code
     uint64_t timeout, depth
     bint require_device, attach_adds_device
-    bint checks_partial       # require_handler, require_device or has_depth: a partial is not simply held
-    bint plain_partials       # neither stall nor checks_partial: see Grouper.plain_update
     uint32_t last_flags       # the flags that make a request its group's last (not under stall)
     uint32_t no_pasid         # PASID that means no PASID (Linux 0); KEY_NO_PASID: none
 

@@ -232,8 +232,6 @@ cdef class Grouper:
         r.timeout = policy.response_timeout or 0
         r.has_depth = policy.queue_depth is not None
         r.depth = policy.queue_depth or 0
-        r.checks_partial = r.require_handler or r.require_device or r.has_depth
-        r.plain_partials = not r.stall and not r.checks_partial
         r.last_flags = LAST_PAGE | (PRIV_DATA if r.priv_data_is_last else 0)
         self.plain_update()
         self.policy = policy
@@ -947,10 +945,13 @@ cdef class Grouper:
         """plain_mask, after a change of what plain_partial depends on: the
         policy, the devices with a limit (n_limited), auto_advance. A
         request is a plain partial when it has none of the flags that make
-        it last (rules.last_flags); no request is (RULED) when a rule may
-        refuse a partial (rules.plain_partials), a device's allocation is
-        counted, or time advances before each request."""
-        if self.rules.plain_partials and not self.n_limited and not self.advances_on_report:
+        it last (rules.last_flags); no request is (RULED) under stall (every
+        request is last), when a rule may refuse a partial (a handler, a
+        device or a depth check), when a device's allocation is counted, or
+        when time advances before each request."""
+        cdef const Rules* p = &self.rules
+        if (not p.stall and not p.require_handler and not p.require_device and not p.has_depth
+                and not self.n_limited and not self.advances_on_report):
             self.plain_mask = self.rules.last_flags
         else:
             self.plain_mask = RULED
